@@ -1,0 +1,251 @@
+"""The whole configuration as one pydantic model, validated in one place.
+
+Layers, later wins: the embedded default (`configs/default.yaml`, shipped in the package), the file
+given with `--config`, then `SAGE_<SECTION>__<KEY>=value` environment variables (values parsed as
+YAML scalars). Any error names the offending key; the daemon exits 2 on it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "SAGE_"
+_POLICY_RE = re.compile(r"latest|fifo:([1-9][0-9]{0,5})\Z")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuntimeSection(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(1, ge=1, le=64)
+    runtime_dir: str | None = None
+    state_dir: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    uvloop: bool = True
+
+
+class TickSection(Section):
+    rate_hz: float = Field(100.0, gt=0, le=1000)
+    #: Run a tick as soon as a frame arrives (bounded by max_rate_hz) instead of waiting for the period.
+    wake_on_input: bool = True
+    max_rate_hz: float = Field(1000.0, gt=0, le=10000)
+    #: Share of the tick period plugins may spend; the rest is ingest, attention and publish.
+    plugin_share: float = Field(0.8, gt=0, le=1)
+    #: A plugin still running this long past its deadline is abandoned and counted as hung.
+    hang_grace_ms: float = Field(250.0, gt=0)
+    #: Deadline misses over this many recent ticks feed the metabolic deadline-miss rate.
+    miss_window: int = Field(100, ge=1)
+
+
+def _check_policy(value: str) -> str:
+    if not _POLICY_RE.match(value):
+        raise ValueError("policy must be 'latest' or 'fifo:N' with N in 1..999999")
+    return value
+
+
+class SensorSection(Section):
+    kind: Literal["tensor", "text", "event", "reward"] = "tensor"
+    policy: str | None = None
+    dtype: str | None = None
+    max_shape: list[int] | None = None
+    modality: Literal["image", "vector", "text", "event", "reward", "other"] | None = None
+    expected_hz: float | None = Field(None, gt=0)
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, value: str | None) -> str | None:
+        return value if value is None else _check_policy(value)
+
+
+class IngestSection(Section):
+    endpoints: list[str] = ["ipc://{runtime_dir}/ingest.sock", "tcp://127.0.0.1:5560"]
+    #: ZMQ_MAXMSGSIZE: larger messages are dropped by libzmq before the daemon sees them.
+    max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_elements: int = Field(16 * 1024 * 1024, ge=1)
+    allow_undeclared: bool = True
+    reject_non_finite: bool = True
+    default_tensor_policy: str = "latest"
+    default_fifo_policy: str = "fifo:64"
+    rcvhwm: int = Field(1000, ge=1)
+    max_sensors: int = Field(256, ge=1)
+    sensors: dict[str, SensorSection] = {}
+
+    @field_validator("default_tensor_policy", "default_fifo_policy")
+    @classmethod
+    def _policies(cls, value: str) -> str:
+        return _check_policy(value)
+
+
+class ResultsSection(Section):
+    endpoints: list[str] = ["ipc://{runtime_dir}/results.sock", "tcp://127.0.0.1:5561"]
+    #: A subscriber that never reads costs at most this many queued messages, then drops.
+    sndhwm: int = Field(64, ge=1)
+
+
+class ControlSection(Section):
+    endpoint: str = "ipc://{runtime_dir}/control.sock"
+    socket_mode: int = Field(0o660, ge=0, le=0o777)
+
+
+class PluginsSection(Section):
+    #: Plugin names (entry points of `sage_runtime.plugins`) or `module:Class` import paths.
+    enabled: list[str] = []
+    #: Per-plugin options, by name, handed to the plugin's setup().
+    options: dict[str, dict[str, Any]] = {}
+    breaker_failures: int = Field(3, ge=1)
+    breaker_cooldown_s: float = Field(10.0, gt=0)
+
+
+class DemoSection(Section):
+    rate_hz: float = Field(10.0, gt=0, le=1000)
+
+
+class SageConfig(Section):
+    runtime: RuntimeSection = RuntimeSection()
+    tick: TickSection = TickSection()
+    ingest: IngestSection = IngestSection()
+    results: ResultsSection = ResultsSection()
+    control: ControlSection = ControlSection()
+    plugins: PluginsSection = PluginsSection()
+    demo: DemoSection = DemoSection()
+
+
+#: Sections (or "section.key") a SIGHUP reload applies without a restart.
+LIVE_KEYS = frozenset({
+    "tick.rate_hz", "tick.plugin_share", "tick.hang_grace_ms", "tick.wake_on_input", "tick.max_rate_hz",
+    "runtime.log_level", "ingest.reject_non_finite", "ingest.allow_undeclared", "plugins.breaker_failures",
+    "plugins.breaker_cooldown_s", "demo",
+})
+
+
+def default_config_text() -> str:
+    return resources.files("sage_runtime").joinpath("configs/default.yaml").read_text(encoding="utf-8")
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """SAGE_TICK__RATE_HZ=50 -> {"tick": {"rate_hz": 50}}. Single-underscore SAGE_* names are not config."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{name}: not a valid YAML value ({exc.problem})") from None
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def _read_yaml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping")
+    return data
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{key}: {msg}")
+    return f"invalid configuration ({origin}):\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> SageConfig:
+    """Embedded default, overlaid by the file at `path`, overlaid by SAGE_* variables."""
+    data = _read_yaml(default_config_text(), "embedded default")
+    origin = "embedded default"
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        data = _merge(data, _read_yaml(text, str(path)))
+        origin = str(path)
+    env = _env_overrides(dict(os.environ if environ is None else environ))
+    if env:
+        data = _merge(data, env)
+        origin += " + SAGE_* environment"
+    try:
+        return SageConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from None
+
+
+def changed_keys(old: SageConfig, new: SageConfig) -> list[str]:
+    """Dotted keys whose values differ (section.key granularity)."""
+    changed = []
+    a, b = old.model_dump(), new.model_dump()
+    for section in b:
+        if a.get(section) == b[section]:
+            continue
+        if isinstance(b[section], dict):
+            changed += [f"{section}.{k}" for k in b[section] if a[section].get(k) != b[section][k]]
+        else:
+            changed.append(section)
+    return changed
+
+
+def split_reload(old: SageConfig, new: SageConfig) -> tuple[list[str], list[str]]:
+    """(keys applied live, keys that need a restart)."""
+    live, restart = [], []
+    for key in changed_keys(old, new):
+        (live if key in LIVE_KEYS or key.split(".")[0] in LIVE_KEYS else restart).append(key)
+    return live, restart
+
+
+def resolve_runtime_dir(cfg: SageConfig, environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    if cfg.runtime.runtime_dir:
+        return Path(cfg.runtime.runtime_dir)
+    for name in ("SAGE_RUNTIME_DIR", "RUNTIME_DIRECTORY"):
+        if env.get(name):
+            return Path(env[name].split(":")[0])
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "sage"
+    return Path(f"/tmp/sage-{os.getuid()}")
+
+
+def resolve_state_dir(cfg: SageConfig, environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    if cfg.runtime.state_dir:
+        return Path(cfg.runtime.state_dir)
+    if env.get("SAGE_STATE_DIR"):
+        return Path(env["SAGE_STATE_DIR"])
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    return Path.home() / ".local" / "state" / "sage"
+
+
+def expand_endpoint(endpoint: str, runtime_dir: Path) -> str:
+    return endpoint.replace("{runtime_dir}", str(runtime_dir))

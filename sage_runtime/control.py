@@ -1,0 +1,90 @@
+"""The control edge: a ROUTER socket on a local ipc path answering one request with one reply.
+
+Handlers are plain callables registered by the daemon; this module knows the framing, not the
+commands. A malformed request gets an error reply and is counted; it never reaches a handler.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from sage_runtime.wire import WireError, decode_request, encode_reply
+
+log = logging.getLogger("sage.control")
+
+Handler = Callable[[dict[str, Any]], Any | Awaitable[Any]]
+
+
+class CommandError(Exception):
+    """A handler's refusal, sent back as {"ok": false, "error": {code, message}}."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ControlServer:
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, socket_mode: int = 0o660) -> None:
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+        if endpoint.startswith("ipc://"):
+            path = endpoint[len("ipc://"):]
+            old = os.umask(0o777 & ~socket_mode)  # created with the right mode, no window
+            try:
+                self.sock.bind(endpoint)
+            finally:
+                os.umask(old)
+            os.chmod(path, socket_mode)
+        else:
+            self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.handlers: dict[str, Handler] = {}
+        self.requests = 0
+        self.bad_requests = 0
+
+    def register(self, cmd: str, handler: Handler) -> None:
+        self.handlers[cmd] = handler
+
+    async def _answer(self, raw: bytes) -> bytes:
+        try:
+            cmd, args = decode_request(raw)
+        except WireError as exc:
+            self.bad_requests += 1
+            return encode_reply(error=("bad_request", str(exc)))
+        handler = self.handlers.get(cmd)
+        if handler is None:
+            self.bad_requests += 1
+            return encode_reply(error=("unknown_command", f"unknown command {cmd!r}; known: "
+                                       + ", ".join(sorted(self.handlers))))
+        try:
+            result = handler(args)
+            if inspect.isawaitable(result):
+                result = await result
+            return encode_reply(result)
+        except CommandError as exc:
+            return encode_reply(error=(exc.code, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not take the daemon down
+            log.exception("control command %s failed", cmd)
+            return encode_reply(error=("internal", f"{type(exc).__name__}: {exc}"))
+
+    async def run(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            self.requests += 1
+            if len(frames) < 2:
+                continue
+            # ROUTER: [identity, (empty delimiter from REQ/DEALER-with-envelope)..., body]
+            envelope, body = frames[:-1], frames[-1]
+            reply = await self._answer(body)
+            await self.sock.send_multipart([*envelope, reply])
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

@@ -1,0 +1,229 @@
+"""The tick loop: take frames, score and plan, run plugins under budget, publish.
+
+Ticks follow absolute deadlines (`start + k * period`), so lateness never accumulates into drift.
+With `wake_on_input` a frame arriving between deadlines starts a tick at once (at most
+`max_rate_hz`), which keeps frame-to-result latency near one hop; the periodic ticks still run so
+state, ATP and the watchdog advance when nothing arrives. Tensor compute never runs on the event
+loop: cognition runs on the compute thread, each plugin on its own thread (plugin_host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sage_runtime.cognition import Cognition, TickPlan
+from sage_runtime.config import SageConfig
+from sage_runtime.ingest import SensorTable
+from sage_runtime.irp import Frame, PluginInputs
+from sage_runtime.metrics import LatencyWindow, Stages
+from sage_runtime.plugin_host import PluginHost
+from sage_runtime.publish import ResultPublisher
+
+log = logging.getLogger("sage.tick")
+
+
+class Orchestrator:
+    def __init__(self, cfg: SageConfig, table: SensorTable, hosts: list[PluginHost], publisher: ResultPublisher,
+                 cognition: Cognition, compute: concurrent.futures.ThreadPoolExecutor,
+                 on_tick: Callable[[], None] | None = None) -> None:
+        self.cfg = cfg
+        self.table = table
+        self.hosts = {h.name: h for h in hosts}
+        self.publisher = publisher
+        self.cognition = cognition
+        self.compute = compute
+        self.on_tick = on_tick
+        self.stages = Stages()
+        self.tick_ms = LatencyWindow(4096)
+        self.lateness_ms = LatencyWindow(4096)
+        self.tick_count = 0
+        self.overruns = 0
+        self.missed_periods = 0
+        self.input_ticks = 0
+        self._input = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._misses: collections.deque[bool] = collections.deque(maxlen=cfg.tick.miss_window)
+        self.first_full_tick = asyncio.Event()
+        self.started = time.monotonic()
+
+    # ---------------------------------------------------------------- control from outside
+
+    def notify_input(self) -> None:
+        self._input.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def apply_config(self, cfg: SageConfig) -> None:
+        self.cfg = cfg
+        for host in self.hosts.values():
+            host.breaker_failures = cfg.plugins.breaker_failures
+            host.breaker_cooldown_s = cfg.plugins.breaker_cooldown_s
+
+    @property
+    def rate_hz(self) -> float:
+        return self.cognition.tick_rate_hz(self.cfg.tick.rate_hz)
+
+    def deadline_miss_rate(self) -> float:
+        return sum(self._misses) / len(self._misses) if self._misses else 0.0
+
+    # ---------------------------------------------------------------- the loop
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.rate_hz
+        next_deadline = loop.time()
+        last_tick = 0.0
+        while not self._stop.is_set():
+            now = loop.time()
+            wait = next_deadline - now
+            if wait > 0:
+                if self.cfg.tick.wake_on_input:
+                    # Never start input ticks closer together than 1/max_rate_hz.
+                    earliest = last_tick + 1.0 / self.cfg.tick.max_rate_hz
+                    try:
+                        if earliest > now:
+                            await asyncio.sleep(min(earliest - now, wait))
+                        if loop.time() < next_deadline:
+                            await asyncio.wait_for(self._input.wait(), timeout=next_deadline - loop.time())
+                    except asyncio.TimeoutError:
+                        pass
+                else:
+                    await asyncio.sleep(wait)
+            if self._stop.is_set():
+                break
+            start = loop.time()
+            periodic = start >= next_deadline
+            if periodic:
+                self.lateness_ms.record((start - next_deadline) * 1e3)
+            else:
+                self.input_ticks += 1
+            self._input.clear()
+            await self.tick(period)
+            last_tick = start
+            if periodic:
+                period = 1.0 / self.rate_hz
+                next_deadline += period
+                behind = loop.time() - next_deadline
+                if behind > 0:
+                    # Overran into the next period(s): count them and realign instead of bursting.
+                    skipped = int(behind // period) + 1
+                    self.missed_periods += skipped
+                    next_deadline += skipped * period
+
+    async def tick(self, period_s: float) -> None:
+        t0 = time.perf_counter()
+        self.tick_count += 1
+        tick_no = self.tick_count
+        frames, leases = self.table.take()
+        t1 = time.perf_counter()
+        self.stages.record("ingest", (t1 - t0) * 1e3)
+        budget_ms = period_s * 1e3 * self.cfg.tick.plugin_share
+        deadline_ns = time.perf_counter_ns() + int(budget_ms * 1e6)
+        try:
+            wanting = {name: self._inputs_for(host, frames) for name, host in self.hosts.items()
+                       if host.available(time.monotonic())}
+            wanting = {k: v for k, v in wanting.items() if v}
+            if frames or wanting or self.cognition.wants_tick():
+                plan: TickPlan = await asyncio.get_running_loop().run_in_executor(
+                    self.compute, self.cognition.plan, frames, wanting, budget_ms, self._health())
+            else:
+                plan = self.cognition.idle_plan()
+            for stage, ms in plan.timings_ms.items():
+                self.stages.record(stage, ms)
+            for transition in plan.transitions:
+                self.publisher.state(transition)
+            upstream: dict[str, dict[str, Any]] = {}
+            ts_ns = time.time_ns()
+            for name in plan.order:
+                host = self.hosts[name]
+                atp = plan.allocation.get(name, 0.0)
+                if atp <= 0:
+                    continue
+                inputs = PluginInputs(tick=tick_no, state=plan.state, frames=wanting[name][0],
+                                      backlog=wanting[name][1], salience=plan.salience, fused=plan.fused,
+                                      upstream=upstream)
+                result = await host.run(inputs, atp_ms=atp, deadline_ns=deadline_ns,
+                                        grace_ms=self.cfg.tick.hang_grace_ms)
+                self.stages.record(f"plugin:{name}", result.latency_ms)
+                self.cognition.settle(name, atp, result)
+                if result.halt != "error":
+                    upstream[name] = result.outputs
+                tp = time.perf_counter()
+                self.publisher.result(result, tick=tick_no, ts_ns=ts_ns, state=plan.state,
+                                      inputs={s: f.seq for s, f in inputs.frames.items()})
+                self.stages.record("publish", (time.perf_counter() - tp) * 1e3)
+            await self._offline_work(plan)
+        finally:
+            for lease in leases:
+                lease.release()
+        elapsed_ms = (time.perf_counter() - t0) * 1e3
+        self.tick_ms.record(elapsed_ms)
+        missed = elapsed_ms > period_s * 1e3
+        self._misses.append(missed)
+        if missed:
+            self.overruns += 1
+        if self.on_tick is not None:
+            self.on_tick()
+        if not self.first_full_tick.is_set():
+            self.first_full_tick.set()
+
+    def _inputs_for(self, host: PluginHost, frames: dict[str, list[Frame]]
+                    ) -> tuple[dict[str, Frame], dict[str, list[Frame]]] | None:
+        """The newest accepted frame per sensor, plus the in-order backlog for fifo sensors."""
+        latest: dict[str, Frame] = {}
+        backlog: dict[str, list[Frame]] = {}
+        for sensor, got in frames.items():
+            mine = [f for f in got if host.plugin.accepts(f)]
+            if mine:
+                latest[sensor] = mine[-1]
+                if len(mine) > 1:
+                    backlog[sensor] = mine
+        return (latest, backlog) if latest else None
+
+    async def _offline_work(self, plan: TickPlan) -> None:
+        """DREAM/REST consolidation with whatever ATP the plan set aside for it."""
+        for name, budget_ms in plan.offline.items():
+            host = self.hosts.get(name)
+            if host is None or not host.available(time.monotonic()):
+                continue
+            loop = asyncio.get_running_loop()
+            t0 = time.perf_counter()
+            try:
+                summary = await asyncio.wait_for(
+                    asyncio.wrap_future(host.executor.submit(host.plugin.consolidate, budget_ms), loop=loop),
+                    timeout=budget_ms / 1e3 + self.cfg.tick.hang_grace_ms / 1e3)
+            except Exception as exc:  # noqa: BLE001 - offline work must not stop the tick
+                log.warning("consolidation in %s failed: %s", name, exc)
+                summary = {"error": str(exc)}
+            spent = (time.perf_counter() - t0) * 1e3
+            self.cognition.settle_offline(name, spent, summary)
+
+    def _health(self) -> dict[str, float]:
+        runs = sum(h.runs for h in self.hosts.values())
+        errors = sum(h.errors for h in self.hosts.values())
+        return {"deadline_miss_rate": self.deadline_miss_rate(),
+                "plugin_error_rate": errors / runs if runs else 0.0}
+
+    # ---------------------------------------------------------------- reporting
+
+    def tick_summary(self) -> dict[str, Any]:
+        s = self.tick_ms.summary()
+        late = self.lateness_ms.summary()
+        return {
+            "rate_hz": round(self.rate_hz, 3), "count": self.tick_count, "input_ticks": self.input_ticks,
+            "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "max_ms": s["max_ms"],
+            "budget_ms": round(1e3 / self.rate_hz, 3), "overruns": self.overruns,
+            "missed_periods": self.missed_periods, "lateness_p50_ms": late["p50_ms"],
+            "lateness_p99_ms": late["p99_ms"], "deadline_miss_rate": round(self.deadline_miss_rate(), 4),
+        }
+
+    def plugins_summary(self) -> dict[str, Any]:
+        return {name: host.summary() for name, host in self.hosts.items()}
+
