@@ -1,0 +1,148 @@
+"""Python SDK: publish sensor frames, receive results, drive the control socket.
+
+Each class owns one ZeroMQ socket and is meant for one thread, like the sockets themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from sage_runtime.wire import (
+    ResultMessage, decode_published, decode_reply, encode_ingest, encode_request,
+)
+
+
+def default_runtime_dir() -> Path:
+    """Where a daemon with default settings puts its sockets (DESIGN section 4)."""
+    for name in ("SAGE_RUNTIME_DIR", "RUNTIME_DIRECTORY"):
+        if os.environ.get(name):
+            return Path(os.environ[name].split(":")[0])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "sage"
+    return Path(f"/tmp/sage-{os.getuid()}")
+
+
+def _endpoint(endpoint: str | None, sock_name: str) -> str:
+    return endpoint or f"ipc://{default_runtime_dir() / sock_name}"
+
+
+class SensorPublisher:
+    """Publishes frames for any number of sensors; numbers each sensor's frames from 0."""
+
+    def __init__(self, endpoint: str | None = None, *, context: zmq.Context | None = None,
+                 sndhwm: int = 1000) -> None:
+        self.ctx = context or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.SNDHWM, sndhwm)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.connect(_endpoint(endpoint, "ingest.sock"))
+        self._seq: dict[str, int] = {}
+
+    def _next(self, sensor: str, seq: int | None) -> int:
+        value = self._seq.get(sensor, 0) if seq is None else seq
+        self._seq[sensor] = value + 1
+        return value
+
+    def send_parts(self, parts: list[Any]) -> None:
+        self.sock.send_multipart(parts, copy=False)
+
+    def tensor(self, sensor: str, array: Any, *, seq: int | None = None, ts_ns: int | None = None,
+               meta: Mapping[str, Any] | None = None) -> int:
+        """Send a numpy array or torch tensor (C order, little-endian). Returns the seq used."""
+        n = self._next(sensor, seq)
+        self.send_parts(encode_ingest(sensor, n, "tensor", array, ts_ns=ts_ns or time.time_ns(), meta=meta))
+        return n
+
+    def text(self, sensor: str, text: str, *, seq: int | None = None, ts_ns: int | None = None,
+             meta: Mapping[str, Any] | None = None) -> int:
+        n = self._next(sensor, seq)
+        self.send_parts(encode_ingest(sensor, n, "text", text, ts_ns=ts_ns or time.time_ns(), meta=meta))
+        return n
+
+    def event(self, sensor: str, type: str, priority: str = "info", *, seq: int | None = None,
+              ts_ns: int | None = None, **fields: Any) -> int:
+        n = self._next(sensor, seq)
+        body = {"type": type, "priority": priority, **fields}
+        self.send_parts(encode_ingest(sensor, n, "event", body, ts_ns=ts_ns or time.time_ns()))
+        return n
+
+    def reward(self, sensor: str, value: float, target: str, *, seq: int | None = None,
+               ts_ns: int | None = None) -> int:
+        n = self._next(sensor, seq)
+        self.send_parts(encode_ingest(sensor, n, "reward", {"value": float(value), "target": target},
+                                      ts_ns=ts_ns or time.time_ns()))
+        return n
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ResultSubscriber:
+    """Receives `result/<plugin>` and `state` messages; tensors arrive as numpy arrays."""
+
+    def __init__(self, endpoint: str | None = None, *, topics: tuple[str, ...] = ("",),
+                 context: zmq.Context | None = None) -> None:
+        self.ctx = context or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        for topic in topics:
+            self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        self.sock.connect(_endpoint(endpoint, "results.sock"))
+
+    def recv(self, timeout_s: float | None = None) -> ResultMessage | None:
+        """The next message, or None when timeout_s passes first."""
+        if timeout_s is not None and not self.sock.poll(int(timeout_s * 1000)):
+            return None
+        return decode_published(self.sock.recv_multipart())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class DaemonNotRunning(ConnectionError):
+    """No daemon answered on the control socket."""
+
+
+class ControlError(RuntimeError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class ControlClient:
+    """One request, one reply over the control socket; a fresh REQ socket per call so a lost
+    reply never wedges the client."""
+
+    def __init__(self, endpoint: str | None = None, *, timeout_s: float = 3.0,
+                 context: zmq.Context | None = None) -> None:
+        self.endpoint = _endpoint(endpoint, "control.sock")
+        self.timeout_s = timeout_s
+        self.ctx = context or zmq.Context.instance()
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        if self.endpoint.startswith("ipc://") and not Path(self.endpoint[6:]).exists():
+            raise DaemonNotRunning(f"no control socket at {self.endpoint[6:]}")
+        sock = self.ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(self.endpoint)
+            sock.send(encode_request(cmd, args))
+            if not sock.poll(int(self.timeout_s * 1000)):
+                raise DaemonNotRunning(f"no reply from {self.endpoint} within {self.timeout_s} s")
+            reply = decode_reply(sock.recv())
+        finally:
+            sock.close(linger=0)
+        if not reply["ok"]:
+            err = reply.get("error") or {}
+            raise ControlError(str(err.get("code", "error")), str(err.get("message", "")))
+        return reply.get("result")
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status")
+

@@ -1,0 +1,119 @@
+"""The runner holds plugins to quota, deadline and convergence, and isolates failures."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sage_runtime.irp import IRPPlugin, PluginInputs, StepCost, run_plugin
+
+FAR = 1 << 62
+
+
+class Halver(IRPPlugin):
+    """x <- x/2 toward 0; energy |x|. Converges when steps stop changing E by more than eps."""
+
+    name = "halver"
+    halt_eps = 1e-3
+
+    def __init__(self, fail_at=None, nan_at=None):
+        self.fail_at, self.nan_at = fail_at, nan_at
+
+    def sample_inputs(self, seed):
+        return PluginInputs(tick=seed)
+
+    def init_state(self, inputs):
+        return {"x": torch.tensor(float(3 * inputs.tick + 1)), "i": 0}
+
+    def step(self, s):
+        if self.fail_at is not None and s["i"] + 1 == self.fail_at:
+            raise RuntimeError("boom")
+        x = s["x"] / 2 if self.nan_at != s["i"] + 1 else torch.tensor(math.nan)
+        return {"x": x, "i": s["i"] + 1}
+
+    def energy(self, s):
+        return float(s["x"].abs())
+
+    def outputs(self, s):
+        return {"x": s["x"]}
+
+
+class FakeClock:
+    """Each call advances time; a step costs `step_ns`."""
+
+    def __init__(self, step_ns):
+        self.t, self.step_ns = 0, step_ns
+
+    def __call__(self):
+        self.t += self.step_ns // 2
+        return self.t
+
+
+def test_converges_with_default_rule_and_counts_steps():
+    res = run_plugin(Halver(), PluginInputs(tick=3), atp_ms=1e9, deadline_ns=FAR, cost=StepCost())
+    assert res.halt == "converged" and res.error is None
+    assert res.steps == len(res.energies) - 1
+    assert all(b < a for a, b in zip(res.energies, res.energies[1:]))
+
+
+def test_oscillating_energy_does_not_halt_early():
+    class Osc(Halver):
+        def energy(self, s):
+            return float(s["i"] % 2)
+    p = Osc()
+    p.max_steps = 20
+    res = run_plugin(p, PluginInputs(), atp_ms=1e9, deadline_ns=FAR, cost=StepCost())
+    assert res.halt == "max_steps" and res.steps == 20
+
+
+@settings(max_examples=200, deadline=None)
+@given(atp=st.floats(0, 50), step_ms=st.floats(0.1, 5))
+def test_quota_is_atp_over_measured_step_cost(atp, step_ms):
+    cost = StepCost(step_ms, alpha=0.0)
+    res = run_plugin(Halver(), PluginInputs(tick=1000), atp_ms=atp, deadline_ns=FAR, cost=cost)
+    assert res.steps <= res.quota
+    expected = int(atp / step_ms)
+    if expected == 0 and atp >= 0.5 * step_ms:
+        expected = 1
+    assert res.quota == min(expected, Halver.max_steps)
+    if res.halt == "quota":
+        assert res.steps == res.quota
+
+
+@settings(max_examples=100, deadline=None)
+@given(deadline_steps=st.integers(0, 30))
+def test_deadline_stops_between_steps(deadline_steps):
+    clock = FakeClock(step_ns=1_000_000)
+    cost = StepCost(1.0, alpha=0.0)
+    deadline = clock.t + deadline_steps * 1_000_000
+    res = run_plugin(Halver(), PluginInputs(tick=10**6), atp_ms=1e9, deadline_ns=deadline, cost=cost, clock_ns=clock)
+    assert res.halt in ("deadline", "converged")
+    # It never starts a step that it predicts would end past the deadline (beyond the first).
+    assert res.steps <= max(deadline_steps, 1)
+
+
+@pytest.mark.parametrize("plugin", [Halver(fail_at=3), Halver(nan_at=2)])
+def test_raise_and_nan_are_isolated_as_error(plugin):
+    res = run_plugin(plugin, PluginInputs(), atp_ms=1e9, deadline_ns=FAR, cost=StepCost())
+    assert res.halt == "error" and res.error and res.outputs == {}
+
+
+def test_none_state_means_nothing_to_do():
+    class Idle(Halver):
+        def init_state(self, inputs):
+            return None
+    res = run_plugin(Idle(), PluginInputs(), atp_ms=10, deadline_ns=FAR, cost=StepCost())
+    assert res.steps == 0 and res.halt == "converged"
+
+
+def test_conformance_catches_an_input_blind_plugin():
+    from sage_runtime.conformance import check_plugin
+
+    class Blind(Halver):
+        def init_state(self, inputs):
+            return {"x": torch.tensor(1.0), "i": 0}
+    check_plugin(Halver)
+    with pytest.raises(AssertionError, match="ignores its input"):
+        check_plugin(Blind)
