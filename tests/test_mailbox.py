@@ -201,15 +201,17 @@ def test_latest_writer_never_overwrites_held_slots_and_drops_explicitly(mailbox)
     depth = 4
     ch = mailbox.register("h", dtype=torch.int64, max_shape=(16,), depth=depth)
     held = []
-    for i in range(depth - 1):  # each lease pins a different slot
+    for i in range(depth - 2):  # each lease pins a different slot
         ch.write(torch.full((16,), i))
         held.append(ch.read_latest())
-    # depth-1 slots leased (one of them the latest): the writer still has one free slot.
+    # depth-2 slots leased: the writer always has a slot besides the current latest one.
     for i in range(100, 110):
         result = ch.write(torch.full((16,), i))
         assert result.status is OK
         for lease in held:
             assert bool((lease.tensor == lease.seq).all())
+    held.append(ch.read_latest())
+    assert ch.write(torch.full((16,), 111)).status is OK  # the last free slot
     held.append(ch.read_latest())  # now every slot is leased
     before = ch.stats()
     result = ch.write(torch.full((16,), 999))
