@@ -213,7 +213,6 @@ class Channel:
         if slot is None:
             return result
         try:
-            self._wait_staging(slot)
             np.copyto(slot.host_np[: src.nbytes], src)
             self._upload(slot, src.nbytes)
         except BaseException:
@@ -242,7 +241,6 @@ class Channel:
             if isinstance(value, torch.Tensor) and value.device.type == "cuda":
                 self._copy_on_device(slot, value, numel)
             else:
-                self._wait_staging(slot)
                 nbytes = numel * self.itemsize
                 if isinstance(value, np.ndarray):
                     np.copyto(slot.host_np[:nbytes].view(value.dtype).reshape(shape), value, casting="no")
@@ -271,12 +269,14 @@ class Channel:
             slot = None if queue_full else self._find_free()
             status = WriteStatus.OK
             if slot is None and fifo and self.spec.on_full == "overwrite_oldest" and self._queue:
-                slot = self._queue.popleft()  # queued slots are never leased: popping is what leases
+                # Queued slots were never leased (popping is what leases). On CUDA its upload may still
+                # be queued: no reader can see that frame, and the new upload queues behind it.
+                slot = self._queue.popleft()
                 slot.live = False
                 status = WriteStatus.OVERWROTE_OLDEST
             if slot is None:
                 reason = f"fifo full ({self.spec.depth} queued)" if queue_full else \
-                    "no free slot: every slot is leased or being written"
+                    "no free slot: every slot is leased, being written or uploading"
                 self.dropped += 1
                 self.last_reason["dropped"] = reason
                 return None, WriteResult(WriteStatus.DROPPED, reason=reason)
@@ -291,7 +291,9 @@ class Channel:
         n = len(self._slots)
         for k in range(n):
             slot = self._slots[(self._cursor + k) % n]
-            if slot.free:
+            # CUDA: a slot whose last upload is still queued keeps its pinned staging buffer busy
+            # (a reader may be waiting on that upload): skip it rather than wait on the host.
+            if slot.free and (slot.ready is None or slot.ready.query()):
                 self._cursor = (slot.index + 1) % n
                 return slot
         return None
@@ -333,11 +335,6 @@ class Channel:
         return WriteResult(WriteStatus.REJECTED, reason=reason)
 
     # ---------------------------------------------------------------- CUDA copies (no host sync per frame)
-
-    def _wait_staging(self, slot: _Slot) -> None:
-        """The pinned staging buffer may still feed this slot's previous upload; let it finish."""
-        if slot.ready is not None:
-            slot.ready.synchronize()  # done long ago in steady state: the ring is `depth` writes deep
 
     def _upload(self, slot: _Slot, nbytes: int) -> None:
         if self._side_stream is None:
