@@ -1,0 +1,185 @@
+"""ATP ledger: the compute-time reservoir. 1 ATP = 1 ms of measured plugin compute.
+
+Pure logic: no I/O, no clock. The reservoir refills at the sustainable duty cycle (ATP per wall
+second = duty_cycle * 1000), derated by thermal telemetry; every debit is a measured cost.
+Amounts are kept as integers of micro-ATP (1 unit = 1 microsecond of compute) so the books
+balance exactly, not to within float rounding:
+
+    level == start + recharged - spilled - debited + debt      (all integers, see audit())
+
+A plugin may overrun its grant (a step cannot be cut short). The overrun is taken from the
+level; what the level cannot cover becomes debt, paid first from later recharges, so the level
+stays in [0, capacity] and nothing can be granted until the debt is cleared.
+
+Tick-loop use:
+
+    ledger.recharge(dt_s, derate(atp_params, throttled, temperature_c))
+    budget = ledger.budget(machine.policy.spend_rate, period_s, derate_factor, wall_ms)
+    for name, ask in machine.plan(budget, ...).online.items():
+        granted = ledger.grant(ask)          # never more than available
+        ... run the plugin with `granted` ATP ...
+        ledger.settle(granted, result.atp_spent)   # measured ms
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+UNITS_PER_ATP = 1000
+
+
+@dataclass(frozen=True)
+class AtpParams:
+    """capacity_atp: reservoir size (ms of compute). duty_cycle: sustainable share of wall time
+    spent in plugins; recharge = duty_cycle * 1000 ATP per second. start_fraction: level at start.
+    Derating: 1.0 up to temp_soft_c, falling linearly to min_derate at temp_hard_c, and times
+    throttle_factor while telemetry reports throttling."""
+
+    capacity_atp: float = 5000.0
+    duty_cycle: float = 0.5
+    start_fraction: float = 1.0
+    throttle_factor: float = 0.5
+    temp_soft_c: float = 70.0
+    temp_hard_c: float = 90.0
+    min_derate: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.capacity_atp <= 1e9:
+            raise ValueError("capacity_atp must be in (0, 1e9]")
+        if not 0 < self.duty_cycle <= 1:
+            raise ValueError("duty_cycle must be in (0, 1]")
+        if not 0 <= self.start_fraction <= 1:
+            raise ValueError("start_fraction must be in [0, 1]")
+        if not 0 <= self.throttle_factor <= 1:
+            raise ValueError("throttle_factor must be in [0, 1]")
+        if not 0 <= self.min_derate <= 1:
+            raise ValueError("min_derate must be in [0, 1]")
+        if not self.temp_soft_c < self.temp_hard_c:
+            raise ValueError("temp_soft_c must be below temp_hard_c")
+
+    @property
+    def recharge_per_s(self) -> float:
+        return self.duty_cycle * 1000.0
+
+
+def derate(params: AtpParams, throttled: bool, temperature_c: float | None) -> float:
+    """Recharge factor in [0, 1] from telemetry; 1.0 when telemetry is unavailable and cool."""
+    factor = 1.0
+    if temperature_c is not None and math.isfinite(temperature_c) and temperature_c > params.temp_soft_c:
+        span = params.temp_hard_c - params.temp_soft_c
+        heat = min((temperature_c - params.temp_soft_c) / span, 1.0)
+        factor = 1.0 - heat * (1.0 - params.min_derate)
+    if throttled:
+        factor *= params.throttle_factor
+    return factor
+
+
+def _units(atp: float, what: str) -> int:
+    if not math.isfinite(atp) or atp < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {atp!r}")
+    return round(atp * UNITS_PER_ATP)
+
+
+class AtpLedger:
+    """The reservoir. Public amounts are ATP floats; audit() gives the exact integer books."""
+
+    def __init__(self, params: AtpParams | None = None) -> None:
+        self.params = params or AtpParams()
+        self._capacity = _units(self.params.capacity_atp, "capacity_atp")
+        self._level = round(self._capacity * self.params.start_fraction)
+        self._start = self._level
+        self._reserved = 0
+        self._debt = 0
+        self._recharged = 0
+        self._spilled = 0
+        self._debited = 0
+        self._granted = 0
+        self._overrun = 0
+
+    @property
+    def capacity(self) -> float:
+        return self._capacity / UNITS_PER_ATP
+
+    @property
+    def level(self) -> float:
+        """ATP in the reservoir, reservations included; in [0, capacity]."""
+        return self._level / UNITS_PER_ATP
+
+    @property
+    def available(self) -> float:
+        """What grant() can hand out now: level minus outstanding reservations."""
+        return max(self._level - self._reserved, 0) / UNITS_PER_ATP
+
+    @property
+    def fraction(self) -> float:
+        """level / capacity, the machine's atp_fraction input (0 while in debt)."""
+        return self._level / self._capacity
+
+    @property
+    def debt(self) -> float:
+        return self._debt / UNITS_PER_ATP
+
+    def recharge(self, dt_s: float, derate_factor: float = 1.0) -> float:
+        """Credit dt_s of wall time at the derated duty cycle; pays debt first, spills above
+        capacity. Returns the ATP credited (before debt and spill)."""
+        if not 0 <= derate_factor <= 1:
+            raise ValueError(f"derate must be in [0, 1], got {derate_factor!r}")
+        amount = _units(self.params.recharge_per_s * derate_factor * dt_s, "recharge (dt_s)")
+        pay = min(self._debt, amount)
+        self._debt -= pay
+        self._level += amount - pay
+        spill = max(self._level - self._capacity, 0)
+        self._level -= spill
+        self._recharged += amount
+        self._spilled += spill
+        return amount / UNITS_PER_ATP
+
+    def budget(self, spend_rate: float, period_s: float, derate_factor: float = 1.0,
+               wall_ms: float = math.inf) -> float:
+        """What one tick may plan to spend: spend_rate times the derated recharge over the tick
+        period, capped by what is available and by the wall time the tick gives plugins."""
+        pace = spend_rate * self.params.recharge_per_s * derate_factor * period_s
+        return max(min(pace, self.available, wall_ms), 0.0)
+
+    def grant(self, requested: float) -> float:
+        """Reserve up to `requested` ATP; returns the grant, never more than available."""
+        _units(requested, "requested ATP")
+        want = math.floor(requested * UNITS_PER_ATP)
+        granted = min(want, max(self._level - self._reserved, 0))
+        self._reserved += granted
+        self._granted += granted
+        return granted / UNITS_PER_ATP
+
+    def settle(self, granted: float, measured_ms: float) -> None:
+        """Release a grant and debit the measured compute time (0 if the plugin did not run).
+        An overrun beyond the level becomes debt."""
+        g = _units(granted, "granted ATP")
+        if g > self._reserved:
+            raise ValueError(f"settle of {granted} ATP exceeds the {self._reserved / UNITS_PER_ATP} reserved")
+        cost = _units(measured_ms, "measured_ms")
+        self._reserved -= g
+        self._debited += cost
+        self._overrun += max(cost - g, 0)
+        if cost <= self._level:
+            self._level -= cost
+        else:
+            self._debt += cost - self._level
+            self._level = 0
+
+    def audit(self) -> dict[str, int]:
+        """The exact books, in micro-ATP: level == start + recharged - spilled - debited + debt."""
+        return {"start": self._start, "level": self._level, "capacity": self._capacity,
+                "reserved": self._reserved, "debt": self._debt, "recharged": self._recharged,
+                "spilled": self._spilled, "debited": self._debited, "granted": self._granted,
+                "overrun": self._overrun}
+
+    def status(self) -> dict[str, Any]:
+        """For `sagectl status`."""
+        u = UNITS_PER_ATP
+        return {"level": self._level / u, "capacity": self._capacity / u, "fraction": round(self.fraction, 4),
+                "available": self.available, "debt": self._debt / u, "reserved": self._reserved / u,
+                "recharge_per_s": self.params.recharge_per_s, "recharged_total": self._recharged / u,
+                "debited_total": self._debited / u, "spilled_total": self._spilled / u,
+                "overrun_total": self._overrun / u}

@@ -1,0 +1,415 @@
+"""Metabolic state machine: which mode the daemon is in, and what that mode lets it spend.
+
+Pure logic: no I/O, no clock, no torch. Every time-dependent method takes `now` (seconds on any
+monotonic clock), so the tick loop and the tests both drive time. The transition table is data
+(`MetabolicParams.edges`), so it lives in config; docs/metabolic.md writes the default table out.
+
+An edge fires when every condition in its `when` map holds (AND). Edges are tried in table order
+and the first that fires wins, so order is priority (put CRISIS edges first). Conditions are a
+fixed vocabulary of named predicates over `MetabolicInputs` (see CONDITIONS); nothing is
+evaluated from strings.
+
+Tick-loop use (one call each per tick, all pure):
+
+    machine = MetabolicMachine(cfg.metabolic, now=time.monotonic())
+    t = machine.update(MetabolicInputs(max_salience=..., atp_fraction=ledger.fraction, ...), now)
+    if t: publish("state", t.to_dict())
+    rate_hz = base_rate_hz * machine.policy.tick_scale
+    plan = machine.plan(budget_atp, plugin_weights, pending_by_plugin)   # online + offline ATP
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, Callable, Mapping
+
+
+class MetabolicState(str, Enum):
+    WAKE = "WAKE"
+    FOCUS = "FOCUS"
+    DREAM = "DREAM"
+    CRISIS = "CRISIS"
+    REST = "REST"
+
+
+@dataclass(frozen=True)
+class MetabolicInputs:
+    """What the machine sees each tick. The tick loop fills it from salience, the ATP ledger,
+    client events, its own counters and telemetry.
+
+    max_salience / mean_salience: SNARC totals over the sensors scored this tick (0 with none).
+    atp_fraction: AtpLedger.fraction (level / capacity).
+    critical_event: a client `event` with priority `critical` arrived since the last tick.
+    deadline_miss_rate, plugin_error_rate: over a recent window, in [0, 1]. Use a window (not a
+        lifetime ratio), or CRISIS entered on errors can never clear.
+    throttled, temperature_c: telemetry; temperature_c None when unavailable.
+    idle_s: seconds since the last salient input (a frame whose salience exceeded a small floor,
+        or any frame, as the tick loop decides).
+    memory_pending: items waiting for consolidation (sum of plugins' pending_consolidation()).
+    """
+
+    max_salience: float = 0.0
+    mean_salience: float = 0.0
+    atp_fraction: float = 1.0
+    critical_event: bool = False
+    deadline_miss_rate: float = 0.0
+    plugin_error_rate: float = 0.0
+    throttled: bool = False
+    temperature_c: float | None = None
+    idle_s: float = 0.0
+    memory_pending: int = 0
+
+
+def _above(field_name: str) -> Callable[[MetabolicInputs, float], bool]:
+    def test(x: MetabolicInputs, v: float) -> bool:
+        value = getattr(x, field_name)
+        return value is not None and value >= v
+    return test
+
+
+def _below(field_name: str) -> Callable[[MetabolicInputs, float], bool]:
+    def test(x: MetabolicInputs, v: float) -> bool:
+        value = getattr(x, field_name)
+        return value is None or value < v
+    return test
+
+
+def _hot(x: MetabolicInputs, v: float) -> bool:
+    return x.throttled or (x.temperature_c is not None and x.temperature_c >= v)
+
+
+def _cool(x: MetabolicInputs, v: float) -> bool:
+    return not _hot(x, v)
+
+
+def _critical(x: MetabolicInputs, v: float) -> bool:
+    return x.critical_event == (v != 0)
+
+
+_NUMERIC = {
+    "salience": "max_salience", "mean_salience": "mean_salience", "atp": "atp_fraction",
+    "error_rate": "plugin_error_rate", "miss_rate": "deadline_miss_rate", "idle": "idle_s",
+    "memory": "memory_pending",
+}
+
+#: name -> (predicate(inputs, threshold), inputs field it reads). `X_above: v` holds when X >= v,
+#: `X_below: v` when X < v. `thermal_above: t` holds when throttled or temperature_c >= t;
+#: `thermal_below: t` is its negation. `critical_event: 1` holds on a critical event, `: 0` without.
+CONDITIONS: dict[str, tuple[Callable[[MetabolicInputs, float], bool], str]] = {
+    **{f"{k}_above": (_above(f), f) for k, f in _NUMERIC.items()},
+    **{f"{k}_below": (_below(f), f) for k, f in _NUMERIC.items()},
+    "thermal_above": (_hot, "temperature_c"),
+    "thermal_below": (_cool, "temperature_c"),
+    "critical_event": (_critical, "critical_event"),
+}
+
+ALLOCATIONS = ("spread", "focus", "winner")
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One row of the transition table: source -> target when every condition in `when` holds."""
+
+    source: MetabolicState
+    target: MetabolicState
+    when: dict[str, float]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", MetabolicState(self.source))
+        object.__setattr__(self, "target", MetabolicState(self.target))
+        if self.source is self.target:
+            raise ValueError(f"edge {self.source.value}->{self.target.value}: source equals target")
+        if not self.when:
+            raise ValueError(f"edge {self.source.value}->{self.target.value}: 'when' is empty")
+        for name, value in self.when.items():
+            if name not in CONDITIONS:
+                raise ValueError(f"edge {self.source.value}->{self.target.value}: unknown condition "
+                                 f"{name!r}; known: {', '.join(sorted(CONDITIONS))}")
+            if not math.isfinite(value):
+                raise ValueError(f"edge {self.source.value}->{self.target.value}: when.{name} "
+                                 "must be finite")
+
+    def fires(self, x: MetabolicInputs) -> bool:
+        return all(CONDITIONS[name][0](x, v) for name, v in self.when.items())
+
+    def explain(self, x: MetabolicInputs) -> str:
+        """The reason string: each condition, its threshold and the value that met it."""
+        parts = []
+        for name, v in self.when.items():
+            value = getattr(x, CONDITIONS[name][1])
+            if name.startswith("thermal"):
+                value = f"{value}, throttled={x.throttled}"
+            elif isinstance(value, float):
+                value = f"{value:.3g}"
+            parts.append(f"{name} {v:g} ({CONDITIONS[name][1]}={value})")
+        return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class StatePolicy:
+    """What a state lets the daemon do.
+
+    tick_scale: multiplies the configured tick.rate_hz.
+    max_active_plugins: online plugins run per tick (0: none).
+    allocation: how the online budget is split: "spread" (half proportional to weight, half
+        equal), "focus" (MetabolicParams.focus_shares by rank, 80/15/5), "winner" (all to the top).
+    spend_rate: per-tick budget as a multiple of the (derated) recharge rate; > 1 bursts from
+        the reservoir (FOCUS, CRISIS), < 1 pays it back (REST).
+    consolidate_share: share of the tick budget handed to consolidate() of plugins with
+        pending memory (DREAM's work).
+    min_dwell_s: time in this state before a non-CRISIS edge may leave it (hysteresis).
+    """
+
+    tick_scale: float = 1.0
+    max_active_plugins: int = 3
+    allocation: str = "spread"
+    spend_rate: float = 1.0
+    consolidate_share: float = 0.0
+    min_dwell_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tick_scale <= 10:
+            raise ValueError("tick_scale must be in (0, 10]")
+        if self.max_active_plugins < 0:
+            raise ValueError("max_active_plugins must be >= 0")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}")
+        if not 0 <= self.spend_rate <= 100:
+            raise ValueError("spend_rate must be in [0, 100]")
+        if not 0 <= self.consolidate_share <= 1:
+            raise ValueError("consolidate_share must be in [0, 1]")
+        if not 0 <= self.min_dwell_s <= 3600:
+            raise ValueError("min_dwell_s must be in [0, 3600]")
+
+
+S = MetabolicState
+
+DEFAULT_POLICIES: dict[str, StatePolicy] = {
+    "WAKE": StatePolicy(1.0, 3, "spread", 1.0, 0.0, 2.0),
+    "FOCUS": StatePolicy(1.0, 3, "focus", 2.0, 0.0, 2.0),
+    "CRISIS": StatePolicy(1.0, 1, "winner", 4.0, 0.0, 3.0),
+    "REST": StatePolicy(0.2, 1, "winner", 0.25, 0.0, 5.0),
+    "DREAM": StatePolicy(0.1, 0, "spread", 0.5, 1.0, 5.0),
+}
+
+DEFAULT_EDGES: tuple[Edge, ...] = (
+    Edge(S.WAKE, S.CRISIS, {"critical_event": 1}),
+    Edge(S.WAKE, S.CRISIS, {"error_rate_above": 0.5}),
+    Edge(S.WAKE, S.REST, {"atp_below": 0.1}),
+    Edge(S.WAKE, S.REST, {"thermal_above": 85.0}),
+    Edge(S.WAKE, S.REST, {"miss_rate_above": 0.5}),
+    Edge(S.WAKE, S.FOCUS, {"salience_above": 0.5, "atp_above": 0.25}),
+    Edge(S.WAKE, S.DREAM, {"idle_above": 30.0, "memory_above": 1, "atp_above": 0.25}),
+    Edge(S.FOCUS, S.CRISIS, {"critical_event": 1}),
+    Edge(S.FOCUS, S.CRISIS, {"error_rate_above": 0.5}),
+    Edge(S.FOCUS, S.REST, {"atp_below": 0.05}),
+    Edge(S.FOCUS, S.REST, {"thermal_above": 85.0}),
+    Edge(S.FOCUS, S.REST, {"miss_rate_above": 0.5}),
+    Edge(S.FOCUS, S.WAKE, {"salience_below": 0.3}),
+    Edge(S.CRISIS, S.REST, {"critical_event": 0, "error_rate_below": 0.2, "atp_below": 0.25}),
+    Edge(S.CRISIS, S.WAKE, {"critical_event": 0, "error_rate_below": 0.2}),
+    Edge(S.REST, S.CRISIS, {"critical_event": 1}),
+    Edge(S.REST, S.CRISIS, {"error_rate_above": 0.5}),
+    Edge(S.REST, S.DREAM, {"idle_above": 30.0, "memory_above": 1, "atp_above": 0.25}),
+    Edge(S.REST, S.WAKE, {"atp_above": 0.6, "thermal_below": 80.0, "miss_rate_below": 0.2}),
+    Edge(S.DREAM, S.CRISIS, {"critical_event": 1}),
+    Edge(S.DREAM, S.CRISIS, {"error_rate_above": 0.5}),
+    Edge(S.DREAM, S.REST, {"atp_below": 0.1}),
+    Edge(S.DREAM, S.REST, {"thermal_above": 85.0}),
+    Edge(S.DREAM, S.WAKE, {"idle_below": 2.0}),
+    Edge(S.DREAM, S.WAKE, {"memory_below": 1}),
+)
+
+
+@dataclass(frozen=True)
+class MetabolicParams:
+    """The machine's config: initial state, one policy per state, the transition table.
+
+    policies may name only some states; the rest keep DEFAULT_POLICIES.
+    crisis_preempts_override: a CRISIS edge still fires while a manual override holds.
+    """
+
+    initial: MetabolicState = MetabolicState.WAKE
+    policies: dict[str, StatePolicy] = field(default_factory=lambda: dict(DEFAULT_POLICIES))
+    edges: tuple[Edge, ...] = DEFAULT_EDGES
+    focus_shares: tuple[float, ...] = (0.8, 0.15, 0.05)
+    spread_mix: float = 0.5
+    crisis_preempts_override: bool = True
+    max_override_s: float = 86400.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "initial", MetabolicState(self.initial))
+        unknown = set(self.policies) - {s.value for s in MetabolicState}
+        if unknown:
+            raise ValueError(f"policies: unknown state(s) {', '.join(sorted(unknown))}")
+        object.__setattr__(self, "policies", {**DEFAULT_POLICIES, **self.policies})
+        object.__setattr__(self, "edges", tuple(self.edges))
+        sources = {e.source for e in self.edges}
+        for state in MetabolicState:
+            if state not in sources:
+                raise ValueError(f"edges: state {state.value} has no outgoing edge (it would be a trap)")
+        if not self.focus_shares or any(s < 0 for s in self.focus_shares) \
+                or abs(sum(self.focus_shares) - 1) > 1e-6:
+            raise ValueError("focus_shares must be non-negative and sum to 1")
+        if not 0 <= self.spread_mix <= 1:
+            raise ValueError("spread_mix must be in [0, 1]")
+        if not self.max_override_s > 0:
+            raise ValueError("max_override_s must be > 0")
+        by_source = {s: tuple((i, e) for i, e in enumerate(self.edges) if e.source is s) for s in MetabolicState}
+        object.__setattr__(self, "_by_source", by_source)
+
+    def first_edge(self, state: MetabolicState, inputs: MetabolicInputs, crisis_only: bool = False) -> int | None:
+        """Index of the first edge out of `state` that fires on `inputs` (table order is priority);
+        with crisis_only, only edges into CRISIS are considered."""
+        for index, edge in self._by_source[state]:  # type: ignore[attr-defined]
+            if crisis_only and edge.target is not MetabolicState.CRISIS:
+                continue
+            if edge.fires(inputs):
+                return index
+        return None
+
+    def policy(self, state: MetabolicState) -> StatePolicy:
+        return self.policies[MetabolicState(state).value]
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A state change, as published on the `state` topic. edge: index in params.edges (None for a
+    manual override)."""
+
+    from_state: MetabolicState
+    to_state: MetabolicState
+    reason: str
+    at: float
+    edge: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"from": self.from_state.value, "to": self.to_state.value, "reason": self.reason,
+                "at": self.at, "edge": self.edge}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One tick's ATP split: online (plugin -> ATP for a run) and offline (plugin -> ATP for
+    consolidate()). Together they never exceed the budget passed to MetabolicMachine.plan."""
+
+    online: dict[str, float]
+    offline: dict[str, float]
+
+
+def _ranked(weights: Mapping[str, float], n: int) -> list[tuple[str, float]]:
+    """Top n by weight, ties broken by name so a plan is deterministic."""
+    items = sorted(((k, max(float(w), 0.0)) for k, w in weights.items()), key=lambda kv: (-kv[1], kv[0]))
+    return items[:max(n, 0)]
+
+
+def allocate(pattern: str, budget: float, weights: Mapping[str, float], max_active: int,
+             focus_shares: tuple[float, ...] = (0.8, 0.15, 0.05), spread_mix: float = 0.5) -> dict[str, float]:
+    """Split `budget` ATP over the top `max_active` targets by weight; the shares sum to 1, so the
+    result sums to `budget` (or is empty with no target, no budget or max_active 0)."""
+    top = _ranked(weights, max_active)
+    if not top or budget <= 0:
+        return {}
+    if pattern == "winner":
+        return {top[0][0]: budget}
+    n = len(top)
+    if pattern == "focus":
+        head = list(focus_shares[:-1][:n])
+        tail = [focus_shares[-1] / (n - len(head))] * (n - len(head)) if n > len(head) else []
+        shares = head + tail
+    elif pattern == "spread":
+        total = sum(w for _, w in top)
+        prop = [w / total for _, w in top] if total > 0 else [1 / n] * n
+        shares = [(1 - spread_mix) * p + spread_mix / n for p in prop]
+    else:
+        raise ValueError(f"unknown allocation pattern {pattern!r}")
+    norm = sum(shares)
+    if norm <= 0:
+        shares, norm = [1.0] * n, float(n)
+    return {name: budget * s / norm for (name, _), s in zip(top, shares)}
+
+
+class MetabolicMachine:
+    """The one state machine. `state`, `since` (entry time), `reason` (why it is in this state)."""
+
+    def __init__(self, params: MetabolicParams | None = None, now: float = 0.0) -> None:
+        self.params = params or MetabolicParams()
+        self.state: MetabolicState = self.params.initial
+        self.since = now
+        self.reason = "start"
+        self.override_until: float | None = None
+        self._dwell_from = now
+
+    @property
+    def policy(self) -> StatePolicy:
+        return self.params.policy(self.state)
+
+    def _move(self, target: MetabolicState, reason: str, now: float, edge: int | None) -> Transition:
+        t = Transition(self.state, target, reason, now, edge)
+        self.state, self.since, self._dwell_from, self.reason = target, now, now, reason
+        return t
+
+    def update(self, inputs: MetabolicInputs, now: float) -> Transition | None:
+        """Apply this tick's inputs; return the transition taken, if any.
+
+        A non-CRISIS edge waits until the state has lasted its policy's min_dwell_s; an edge into
+        CRISIS ignores dwell. A critical event while in CRISIS restarts CRISIS's dwell, so CRISIS
+        lasts at least its dwell after the last one. While a manual override holds only CRISIS
+        edges fire (if crisis_preempts_override); when it expires the table applies again.
+        """
+        if self.override_until is not None and now >= self.override_until:
+            self.override_until = None
+            self.reason = f"override expired; {self.reason}"
+        if self.state is MetabolicState.CRISIS and inputs.critical_event:
+            self._dwell_from = now
+        if self.override_until is not None and not self.params.crisis_preempts_override:
+            return None
+        held = self.override_until is not None or now - self._dwell_from < self.policy.min_dwell_s
+        index = self.params.first_edge(self.state, inputs, crisis_only=held)
+        if index is None:
+            return None
+        edge = self.params.edges[index]
+        self.override_until = None
+        return self._move(edge.target, edge.explain(inputs), now, index)
+
+    def override(self, state: MetabolicState | str, duration_s: float, now: float) -> Transition | None:
+        """`sagectl state set STATE --for DURATION`: hold `state` for duration_s, then let the table
+        decide again. Returns the transition when the state changes."""
+        target = MetabolicState(state)
+        if not 0 < duration_s <= self.params.max_override_s:
+            raise ValueError(f"override duration must be in (0, {self.params.max_override_s:g}] s")
+        self.override_until = now + duration_s
+        reason = f"override {target.value} for {duration_s:g}s (sagectl)"
+        if target is self.state:
+            self.reason, self._dwell_from = reason, now
+            return None
+        return self._move(target, reason, now, None)
+
+    def clear_override(self) -> None:
+        """End a manual override now; the table applies from the next update()."""
+        if self.override_until is not None:
+            self.override_until = None
+            self.reason = f"override cleared; {self.reason}"
+
+    def plan(self, budget: float, weights: Mapping[str, float], pending: Mapping[str, int]) -> Plan:
+        """Split one tick's ATP budget (from AtpLedger.budget) by the current state's policy.
+
+        weights: online candidates (plugins wanting to run) -> salience or attention score.
+        pending: plugin -> items waiting for consolidation; those with > 0 share the offline part
+        in proportion. Grant each entry from the ledger before running it.
+        """
+        p, params = self.policy, self.params
+        offline_budget = budget * p.consolidate_share if any(v > 0 for v in pending.values()) else 0.0
+        waiting = {k: float(v) for k, v in pending.items() if v > 0}
+        offline = allocate("spread", offline_budget, waiting, len(waiting), spread_mix=0.0)
+        online = allocate(p.allocation, budget - offline_budget, weights, p.max_active_plugins,
+                          params.focus_shares, params.spread_mix)
+        return Plan(online, offline)
+
+    def status(self, now: float) -> dict[str, Any]:
+        """For `sagectl status` / `sagectl state`."""
+        left = None if self.override_until is None else max(self.override_until - now, 0.0)
+        return {"name": self.state.value, "since_s": round(now - self.since, 3), "reason": self.reason,
+                "override_left_s": left, "policy": asdict(self.policy)}

@@ -1,0 +1,233 @@
+"""The metabolic state machine: every edge driven, none unreachable, dwell, override, plans."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import fields, replace
+
+import pytest
+from pydantic import TypeAdapter
+
+from sage_runtime.metabolic import (
+    CONDITIONS, DEFAULT_EDGES, Edge, MetabolicInputs, MetabolicMachine, MetabolicParams, MetabolicState,
+    StatePolicy, allocate,
+)
+
+S = MetabolicState
+
+
+def candidate_inputs(params: MetabolicParams) -> list[MetabolicInputs]:
+    """One input per region of input space the table distinguishes.
+
+    Every condition compares one field against a threshold (>= v or < v), so along each field the
+    outcome can only change at the thresholds the table uses: a value below the smallest one and
+    each threshold itself represent every region. The grid is the product of those per field."""
+    thresholds: dict[str, set[float]] = {f.name: set() for f in fields(MetabolicInputs)}
+    for edge in params.edges:
+        for name, v in edge.when.items():
+            thresholds[CONDITIONS[name][1]].add(v)
+    values: dict[str, list] = {}
+    for name, ts in thresholds.items():
+        default = next(f.default for f in fields(MetabolicInputs) if f.name == name)
+        below = min(ts) - (1 if name == "memory_pending" else 1e-6) if ts else default
+        values[name] = [below, *sorted(ts)] if ts else [default]
+    values["critical_event"] = [False, True]
+    if thresholds["temperature_c"]:
+        values["throttled"] = [False, True]
+    names = list(values)
+    return [MetabolicInputs(**dict(zip(names, combo))) for combo in itertools.product(*values.values())]
+
+
+def explore(params: MetabolicParams) -> tuple[dict[int, MetabolicInputs], dict[S, list[int]]]:
+    """Breadth-first search from the initial state over the input grid: a witness input for every
+    edge taken, and the shortest edge path from the initial state to every state reached."""
+    grid = candidate_inputs(params)
+    witness: dict[int, MetabolicInputs] = {}
+    path: dict[S, list[int]] = {params.initial: []}
+    queue = deque([params.initial])
+    while queue:
+        state = queue.popleft()
+        for x in grid:
+            i = params.first_edge(state, x)
+            if i is None or i in witness:
+                continue
+            witness[i] = x
+            target = params.edges[i].target
+            if target not in path:
+                path[target] = path[state] + [i]
+                queue.append(target)
+    return witness, path
+
+
+@pytest.fixture(scope="module")
+def explored() -> tuple[dict[int, MetabolicInputs], dict[S, list[int]]]:
+    return explore(MetabolicParams())
+
+
+def test_no_edge_is_unreachable(explored):
+    witness, path = explored
+    params = MetabolicParams()
+    missing = [f"{i}: {e.source.value}->{e.target.value} {e.when}" for i, e in enumerate(params.edges)
+               if i not in witness]
+    assert not missing, f"unreachable edges: {missing}"
+    assert set(path) == set(MetabolicState)
+
+
+def test_search_detects_a_shadowed_edge():
+    """The reachability search is a real check: an edge hidden behind an earlier, broader one
+    (the research code's FOCUS->REST at ATP < 15 behind FOCUS->WAKE at < 20) is reported."""
+    shadowed = DEFAULT_EDGES + (Edge(S.FOCUS, S.REST, {"atp_below": 0.01, "salience_below": 0.2}),)
+    params = MetabolicParams(edges=shadowed)
+    witness, _ = explore(params)
+    assert len(params.edges) - 1 not in witness
+    assert all(i in witness for i in range(len(DEFAULT_EDGES)))
+
+
+def test_drive_the_machine_through_every_edge(explored):
+    """For each row of the table: walk from WAKE to its source state on real transitions, then
+    take the edge itself; the reason names its conditions and the values that met them."""
+    witness, path = explored
+    params = MetabolicParams()
+    for i, edge in enumerate(params.edges):
+        m = MetabolicMachine(params, now=0.0)
+        now = 0.0
+        for j in path[edge.source] + [i]:
+            now += 100.0
+            t = m.update(witness[j], now)
+            assert t is not None and t.edge == j, (i, j, t)
+            assert t.from_state is params.edges[j].source and t.to_state is params.edges[j].target
+            assert m.state is params.edges[j].target and m.since == now
+        for name in edge.when:
+            assert name in t.reason
+            assert CONDITIONS[name][1] in t.reason
+        assert t.to_dict() == {"from": edge.source.value, "to": edge.target.value, "reason": t.reason,
+                               "at": now, "edge": i}
+
+
+def test_dwell_holds_non_crisis_edges_but_not_crisis_entry():
+    m = MetabolicMachine(MetabolicParams(), now=0.0)
+    salient = MetabolicInputs(max_salience=0.9, atp_fraction=1.0)
+    dwell = m.policy.min_dwell_s
+    assert m.update(salient, dwell / 2) is None
+    assert m.state is S.WAKE
+    t = m.update(salient, dwell)
+    assert t is not None and t.to_state is S.FOCUS
+    calm = MetabolicInputs(max_salience=0.0)
+    assert m.update(calm, dwell + 0.1) is None  # FOCUS just entered: dwell holds it
+    t = m.update(MetabolicInputs(critical_event=True), dwell + 0.2)
+    assert t is not None and t.to_state is S.CRISIS  # CRISIS ignores dwell
+    assert "critical_event" in t.reason
+
+
+def test_crisis_lasts_its_dwell_after_the_last_critical_event():
+    m = MetabolicMachine(MetabolicParams(), now=0.0)
+    m.update(MetabolicInputs(critical_event=True), 0.0)
+    dwell = m.policy.min_dwell_s
+    assert m.state is S.CRISIS
+    assert m.update(MetabolicInputs(critical_event=True), 1.0) is None
+    assert m.update(MetabolicInputs(), 1.0 + dwell - 0.01) is None
+    t = m.update(MetabolicInputs(), 1.0 + dwell)
+    assert t is not None and t.to_state is S.WAKE
+
+
+def test_override_holds_then_expires():
+    m = MetabolicMachine(MetabolicParams(), now=0.0)
+    t = m.override("REST", 10.0, now=1.0)
+    assert t is not None and t.to_state is S.REST and t.edge is None and "override" in t.reason
+    rested = MetabolicInputs(atp_fraction=1.0)  # REST -> WAKE would fire on this
+    assert m.update(rested, 8.0) is None
+    assert m.status(8.0)["override_left_s"] == pytest.approx(3.0)
+    assert m.state is S.REST
+    t = m.update(rested, 11.0)
+    assert t is not None and t.from_state is S.REST and t.to_state is S.WAKE
+    assert m.override_until is None
+
+
+def test_critical_event_preempts_an_override_unless_configured_not_to():
+    m = MetabolicMachine(MetabolicParams(), now=0.0)
+    m.override(S.DREAM, 60.0, now=0.0)
+    t = m.update(MetabolicInputs(critical_event=True), 1.0)
+    assert t is not None and t.to_state is S.CRISIS and m.override_until is None
+    m = MetabolicMachine(MetabolicParams(crisis_preempts_override=False), now=0.0)
+    m.override(S.DREAM, 60.0, now=0.0)
+    assert m.update(MetabolicInputs(critical_event=True), 1.0) is None
+
+
+def test_clear_override_and_bad_durations():
+    m = MetabolicMachine(MetabolicParams(), now=0.0)
+    m.override(S.FOCUS, 100.0, now=0.0)
+    m.clear_override()
+    t = m.update(MetabolicInputs(max_salience=0.0), 50.0)
+    assert t is not None and t.to_state is S.WAKE
+    for bad in (0.0, -1.0, 1e9):
+        with pytest.raises(ValueError, match="duration"):
+            m.override(S.REST, bad, now=60.0)
+    with pytest.raises(ValueError):
+        m.override("SLEEP", 10.0, now=60.0)
+
+
+def test_params_validate_and_name_the_field():
+    with pytest.raises(ValueError, match="unknown condition 'salience_over'"):
+        Edge(S.WAKE, S.FOCUS, {"salience_over": 0.5})
+    with pytest.raises(ValueError, match="source equals target"):
+        Edge(S.WAKE, S.WAKE, {"salience_above": 0.5})
+    with pytest.raises(ValueError, match="DREAM has no outgoing edge"):
+        MetabolicParams(edges=tuple(e for e in DEFAULT_EDGES if e.source is not S.DREAM))
+    with pytest.raises(ValueError, match="allocation"):
+        StatePolicy(allocation="random")
+    with pytest.raises(ValueError, match="focus_shares"):
+        MetabolicParams(focus_shares=(0.5, 0.2))
+
+
+def test_params_load_from_config_shaped_data():
+    """The table lives in config: pydantic validates the dataclasses from YAML-shaped data."""
+    data = {"initial": "WAKE", "policies": {"FOCUS": {"spend_rate": 3.0, "allocation": "focus"}},
+            "edges": [{"source": e.source.value, "target": e.target.value, "when": dict(e.when)}
+                      for e in DEFAULT_EDGES]}
+    params = TypeAdapter(MetabolicParams).validate_python(data)
+    assert params.edges == DEFAULT_EDGES
+    assert params.policy(S.FOCUS).spend_rate == 3.0
+    assert params.policy(S.REST) == MetabolicParams().policy(S.REST)
+    data["edges"][0]["when"] = {"nope": 1}
+    with pytest.raises(ValueError, match="nope"):
+        TypeAdapter(MetabolicParams).validate_python(data)
+
+
+def test_allocation_patterns():
+    w = {"a": 0.9, "b": 0.5, "c": 0.2, "d": 0.1}
+    focus = allocate("focus", 100.0, w, 4)
+    assert focus["a"] == pytest.approx(80.0) and focus["b"] == pytest.approx(15.0)
+    assert focus["c"] == pytest.approx(2.5) and focus["d"] == pytest.approx(2.5)
+    assert allocate("winner", 10.0, w, 3) == {"a": 10.0}
+    spread = allocate("spread", 90.0, w, 3)
+    assert set(spread) == {"a", "b", "c"} and sum(spread.values()) == pytest.approx(90.0)
+    assert spread["a"] > spread["b"] > spread["c"] > 0
+    assert allocate("spread", 10.0, w, 0) == {}
+    two = allocate("focus", 95.0, w, 2)
+    assert two == pytest.approx({"a": 80.0, "b": 15.0})
+
+
+def test_plan_follows_the_state_and_sends_dream_budget_to_consolidation():
+    m = MetabolicMachine(MetabolicParams(), now=0.0)
+    weights = {"vision": 0.8, "language": 0.3, "memory": 0.1, "reasoning": 0.05}
+    plan = m.plan(10.0, weights, {"memory": 4})
+    assert len(plan.online) == m.policy.max_active_plugins and plan.offline == {}
+    assert sum(plan.online.values()) == pytest.approx(10.0)
+    m.override(S.DREAM, 60.0, now=1.0)
+    plan = m.plan(10.0, weights, {"memory": 3, "language": 1, "vision": 0})
+    assert plan.online == {}
+    assert plan.offline == pytest.approx({"memory": 7.5, "language": 2.5})
+    assert m.plan(10.0, weights, {}).offline == {}
+
+
+def test_each_state_sets_rate_plugins_and_pattern():
+    params = MetabolicParams()
+    for state in MetabolicState:
+        m = MetabolicMachine(replace(params, initial=state), now=0.0)
+        p = m.policy
+        assert p is params.policy(state)
+        assert m.status(1.0)["policy"]["tick_scale"] == p.tick_scale
+    assert params.policy(S.FOCUS).spend_rate > 1 and params.policy(S.CRISIS).spend_rate > 1
+    assert params.policy(S.REST).spend_rate < 1
+    assert params.policy(S.DREAM).consolidate_share > 0
