@@ -75,7 +75,7 @@ class _Slot:
     """One preallocated frame buffer and the state the channel lock guards."""
 
     __slots__ = ("index", "data", "data_u8", "host_u8", "host_np", "ready", "release_events",
-                 "shape", "numel", "seq", "meta", "ts_ns", "leases", "writing", "live")
+                 "shape", "numel", "view", "seq", "meta", "ts_ns", "leases", "writing", "live")
 
     def __init__(self, index: int, numel: int, dtype: torch.dtype, device: torch.device) -> None:
         self.index = index
@@ -90,8 +90,9 @@ class _Slot:
             self.ready = None
         self.host_np: np.ndarray = self.host_u8.numpy()
         self.release_events: list[Any] = []  # CUDA: recorded on each reader's stream at release
-        self.shape: tuple[int, ...] = ()
+        self.shape: tuple[int, ...] = (0,)
         self.numel = 0
+        self.view = self.data[:0]  # the frame-shaped view leases hand out; rebuilt when the shape changes
         self.seq = -1
         self.meta: Mapping[str, Any] = {}
         self.ts_ns = 0
@@ -126,7 +127,7 @@ class Lease:
         self.meta: Mapping[str, Any] = slot.meta
         self.ts_ns: int = slot.ts_ns
         self.shape: tuple[int, ...] = slot.shape
-        self._tensor = slot.data[: slot.numel].view(slot.shape)
+        self._tensor = slot.view
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -180,13 +181,16 @@ class Channel:
         self.device = device
         self.itemsize = torch.empty((), dtype=spec.dtype).element_size()
         self._np_dtype = _numpy_dtype(spec.dtype)
+        self._max_numel = spec.max_numel
         n_slots = spec.depth + (spec.lease_slots if spec.policy == "fifo" else 0)
         self._slots = [_Slot(i, spec.max_numel, spec.dtype, device) for i in range(n_slots)]
         self._lock = threading.Lock()
+        self._fifo = spec.policy == "fifo"
         self._queue: collections.deque[_Slot] = collections.deque()  # fifo: published, unread, oldest first
         self._latest: _Slot | None = None
         self._orphans: collections.deque[tuple[_Slot, Any]] = collections.deque()
-        self._cursor = 0  # where the next free-slot search starts
+        self._cond = threading.Condition(self._lock)  # for readers that block in wait()
+        self._waiting = 0
         self._side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         if self._side_stream is not None:
             for slot in self._slots:
@@ -202,23 +206,24 @@ class Channel:
     def write_bytes(self, buf: Any, shape: tuple[int, ...] | list[int], meta: Mapping[str, Any] | None = None,
                     ts_ns: int = 0, *, dtype: torch.dtype | None = None) -> WriteResult:
         """Copy a raw C-order buffer (bytes, memoryview, zmq frame buffer) in as a frame of `shape`."""
-        shape = tuple(int(d) for d in shape)
+        shape = tuple(map(int, shape))
         if dtype is not None and dtype != self.spec.dtype:
             return self._reject("dtype", f"channel holds {self.spec.dtype}, got {dtype}")
         src = np.frombuffer(buf, dtype=np.uint8)
         numel = math.prod(shape)
         if src.nbytes != numel * self.itemsize:
             return self._reject("size", f"{src.nbytes} bytes do not make shape {shape} of {self.spec.dtype}")
-        slot, result = self._reserve(numel, shape)
-        if slot is None:
-            return result
+        reserved = self._reserve(numel, shape)
+        if isinstance(reserved, WriteResult):
+            return reserved
+        slot, status = reserved
         try:
             np.copyto(slot.host_np[: src.nbytes], src)
             self._upload(slot, src.nbytes)
         except BaseException:
             self._abort(slot)
             raise
-        return self._publish(slot, shape, numel, meta, ts_ns, result)
+        return self._publish(slot, shape, numel, meta, ts_ns, status)
 
     def write(self, value: torch.Tensor | np.ndarray, meta: Mapping[str, Any] | None = None,
               ts_ns: int = 0) -> WriteResult:
@@ -234,9 +239,10 @@ class Channel:
             value = value.detach()  # the slot must never join an autograd graph
         shape = tuple(value.shape)
         numel = math.prod(shape)
-        slot, result = self._reserve(numel, shape)
-        if slot is None:
-            return result
+        reserved = self._reserve(numel, shape)
+        if isinstance(reserved, WriteResult):
+            return reserved
+        slot, status = reserved
         try:
             if isinstance(value, torch.Tensor) and value.device.type == "cuda":
                 self._copy_on_device(slot, value, numel)
@@ -250,21 +256,22 @@ class Channel:
         except BaseException:
             self._abort(slot)
             raise
-        return self._publish(slot, shape, numel, meta, ts_ns, result)
+        return self._publish(slot, shape, numel, meta, ts_ns, status)
 
-    def _reserve(self, numel: int, shape: tuple[int, ...]) -> tuple[_Slot | None, WriteResult]:
+    def _reserve(self, numel: int, shape: tuple[int, ...]) -> tuple[_Slot, WriteStatus] | WriteResult:
         """Under the lock: count the write and take a slot only this writer may touch."""
-        if numel > self.spec.max_numel:
-            return None, self._reject("too_large", f"shape {shape} has {numel} elements, "
-                                                   f"channel max is {self.spec.max_numel}")
+        if numel > self._max_numel:
+            return self._reject("too_large", f"shape {shape} has {numel} elements, "
+                                             f"channel max is {self._max_numel}")
         with self._lock:
-            self._reclaim_orphans()
+            if self._orphans:
+                self._reclaim_orphans()
             self.writes += 1
             if self._closed:
                 self.rejected += 1
                 self.last_reason["rejected"] = "channel closed"
-                return None, WriteResult(WriteStatus.REJECTED, reason="closed")
-            fifo = self.spec.policy == "fifo"
+                return WriteResult(WriteStatus.REJECTED, reason="closed")
+            fifo = self._fifo
             queue_full = fifo and len(self._queue) >= self.spec.depth
             slot = None if queue_full else self._find_free()
             status = WriteStatus.OK
@@ -279,27 +286,29 @@ class Channel:
                     "no free slot: every slot is leased, being written or uploading"
                 self.dropped += 1
                 self.last_reason["dropped"] = reason
-                return None, WriteResult(WriteStatus.DROPPED, reason=reason)
+                return WriteResult(WriteStatus.DROPPED, reason=reason)
             slot.writing = True
-            events, slot.release_events = slot.release_events, []
-        if self._side_stream is not None:
+            events = slot.release_events
+            if events:
+                slot.release_events = []
+        if events:
             for event in events:  # the copy must not start before readers' queued work on this slot
-                self._side_stream.wait_event(event)
-        return slot, WriteResult(status)
+                self._side_stream.wait_event(event)  # type: ignore[union-attr]
+        return slot, status
 
     def _find_free(self) -> _Slot | None:
-        n = len(self._slots)
-        for k in range(n):
-            slot = self._slots[(self._cursor + k) % n]
+        """The lowest free slot: reusing the same few slots keeps them warm in cache."""
+        for slot in self._slots:
             # CUDA: a slot whose last upload is still queued keeps its pinned staging buffer busy
             # (a reader may be waiting on that upload): skip it rather than wait on the host.
-            if slot.free and (slot.ready is None or slot.ready.query()):
-                self._cursor = (slot.index + 1) % n
+            if not (slot.writing or slot.live or slot.leases) and (slot.ready is None or slot.ready.query()):
                 return slot
         return None
 
     def _publish(self, slot: _Slot, shape: tuple[int, ...], numel: int, meta: Mapping[str, Any] | None,
-                 ts_ns: int, reserved: WriteResult) -> WriteResult:
+                 ts_ns: int, status: WriteStatus) -> WriteResult:
+        if slot.shape != shape:  # the slot is still this writer's alone
+            slot.view = slot.data[:numel].view(shape)
         with self._lock:
             seq = self._next_seq
             self._next_seq += 1
@@ -308,18 +317,20 @@ class Channel:
             slot.ts_ns = ts_ns
             slot.writing = False
             slot.live = True
-            if self.spec.policy == "latest":
+            if self._fifo:
+                self._queue.append(slot)
+            else:
                 if self._latest is not None:
                     self._latest.live = False
                 self._latest = slot
-            else:
-                self._queue.append(slot)
-            if reserved.status is WriteStatus.OK:
+            if status is WriteStatus.OK:
                 self.accepted += 1
             else:
                 self.overwritten += 1
                 self.last_reason["overwritten"] = f"fifo full ({self.spec.depth} queued): oldest evicted"
-        return WriteResult(reserved.status, seq)
+            if self._waiting:
+                self._cond.notify_all()
+        return WriteResult(status, seq)
 
     def _abort(self, slot: _Slot) -> None:
         with self._lock:
@@ -359,18 +370,35 @@ class Channel:
         if self.spec.policy != "latest":
             raise TypeError(f"channel {self.name!r} is fifo: use pop() or pop_all()")
         with self._lock:
-            self._reclaim_orphans()
+            if self._orphans:
+                self._reclaim_orphans()
             slot = self._latest
             if slot is None or slot.seq <= after_seq or self._closed:
                 return None
             self._lease(slot)
         return self._make_lease(slot)
 
+    def wait(self, after_seq: int = -1, timeout: float | None = None) -> bool:
+        """Block until there is something to read (latest: a frame newer than `after_seq`; fifo: a
+        queued frame) or the channel closes; False on timeout. Writers never block."""
+        with self._cond:
+            self._waiting += 1
+            try:
+                return self._cond.wait_for(lambda: self._ready_for(after_seq), timeout)
+            finally:
+                self._waiting -= 1
+
+    def _ready_for(self, after_seq: int) -> bool:
+        if self._closed:
+            return True
+        return bool(self._queue) if self._fifo else self._next_seq - 1 > after_seq
+
     def pop(self) -> Lease | None:
         """fifo: lease the oldest queued frame, removing it from the queue."""
         self._require_fifo()
         with self._lock:
-            self._reclaim_orphans()
+            if self._orphans:
+                self._reclaim_orphans()
             if not self._queue or self._closed:
                 return None
             slot = self._queue.popleft()
@@ -382,7 +410,8 @@ class Channel:
         """fifo: lease up to `max_n` queued frames (all when None), oldest first."""
         self._require_fifo()
         with self._lock:
-            self._reclaim_orphans()
+            if self._orphans:
+                self._reclaim_orphans()
             if self._closed:
                 return []
             n = len(self._queue) if max_n is None else min(max_n, len(self._queue))
@@ -438,7 +467,8 @@ class Channel:
     def stats(self) -> dict[str, Any]:
         """Counters for `sagectl status`. writes == accepted + overwritten + dropped + rejected."""
         with self._lock:
-            self._reclaim_orphans()
+            if self._orphans:
+                self._reclaim_orphans()
             spec = self.spec
             return {
                 "kind": spec.kind, "policy": spec.policy, "dtype": str(spec.dtype).removeprefix("torch."),
@@ -459,6 +489,7 @@ class Channel:
             self._closed = True
             self._queue.clear()
             self._latest = None
+            self._cond.notify_all()
 
     def __repr__(self) -> str:
         s = self.spec

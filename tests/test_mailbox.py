@@ -239,6 +239,28 @@ def test_broadcast_many_readers_each_with_a_cursor(mailbox):
     assert ch.stats()["reads"] == 30 and ch.stats()["leases_outstanding"] == 0
 
 
+def test_wait_blocks_until_something_to_read_or_close(mailbox):
+    latest = mailbox.register("a", dtype=torch.int64, max_shape=(1,))
+    fifo = mailbox.register("b", dtype=torch.int64, max_shape=(1,), policy="fifo")
+    assert latest.wait(timeout=0.01) is False and fifo.wait(timeout=0.01) is False
+    woke: list[bool] = []
+    waiters = [threading.Thread(target=lambda: woke.append(latest.wait(after_seq=-1, timeout=10))),
+               threading.Thread(target=lambda: woke.append(fifo.wait(timeout=10)))]
+    for t in waiters:
+        t.start()
+    time.sleep(0.05)
+    latest.write(torch.tensor([1]))
+    fifo.write(torch.tensor([1]))
+    for t in waiters:
+        t.join(5)
+    assert woke == [True, True]
+    assert latest.wait(after_seq=0, timeout=0.01) is False  # nothing newer than seq 0
+    closer = threading.Timer(0.05, mailbox.close)
+    closer.start()
+    assert latest.wait(after_seq=0, timeout=10) is True and latest.read_latest(0) is None
+    closer.join()
+
+
 # ------------------------------------------------------------------ fifo policy
 
 
@@ -391,8 +413,10 @@ def test_fifo_many_writers_many_poppers_deliver_each_frame_once_in_order(mailbox
     pops: list[list] = [[] for _ in range(2)]
     errors: list[str] = []
 
+    drained = threading.Event()  # set once the writers are done: then poppers empty the queue and stop
+
     def popper(out: list) -> None:
-        while not stop.is_set() or ch.stats()["queued"]:
+        while not drained.is_set() or ch.stats()["queued"]:
             batch = ch.pop_all(max_n=2)
             if not batch:
                 time.sleep(0)
@@ -401,13 +425,16 @@ def test_fifo_many_writers_many_poppers_deliver_each_frame_once_in_order(mailbox
                     _check(lease, errors)
                     out.append((lease.seq, lease.meta["token"]))
 
-    writers = [lambda w=w: _writer(ch, (w + 1) * 1_000_000, stop, records[w]) for w in range(2)]
-    threads = [threading.Thread(target=fn) for fn in writers + [lambda p=p: popper(pops[p]) for p in range(2)]]
-    for t in threads:
+    writers = [threading.Thread(target=_writer, args=(ch, (w + 1) * 1_000_000, stop, records[w])) for w in range(2)]
+    poppers = [threading.Thread(target=popper, args=(pops[p],)) for p in range(2)]
+    for t in writers + poppers:
         t.start()
     time.sleep(1.5)
     stop.set()
-    for t in threads:
+    for t in writers:
+        t.join(10)
+    drained.set()
+    for t in poppers:
         t.join(10)
     assert not errors, errors[:5]
     published = _seq_map(records)
