@@ -1,0 +1,207 @@
+"""ATP allocator: the metabolic state is the query, the candidate targets are the keys.
+
+Each state has a fixed, learning-free query (a non-negative weight per key column, pre-multiplied
+by the state's inverse temperature). SDPA with identity values returns the softmax over targets;
+a documented per-state anchor distribution is then mixed in (spread, top target, crisis target,
+consolidation target). See docs/attention.md for the table and why a target's share can never
+fall when its salience or trust rises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+#: Named columns of the target feature tensor ``[N, len(FEATURES)]`` (float32).
+FEATURES: tuple[str, ...] = (
+    "surprise",  # SNARC S, in [0, 1]
+    "novelty",  # SNARC N, in [0, 1]
+    "arousal",  # SNARC A, in [0, 1]
+    "reward",  # SNARC R, in [0, 1]
+    "conflict",  # SNARC C, in [0, 1]
+    "trust",  # trust ledger value, in [0, 1]
+    "goal_relevance",  # in [0, 1]
+    "cost_ms",  # measured cost per step in ms (ATP), >= 0
+    "staleness_s",  # seconds since the target's input last changed, >= 0
+    "is_consolidation",  # 1 for a memory-consolidation target, else 0
+    "is_crisis",  # 1 for the target a crisis event names, else 0
+)
+COL: dict[str, int] = {name: i for i, name in enumerate(FEATURES)}
+SALIENCE: tuple[str, ...] = FEATURES[:5]
+#: Columns turned into penalties ``-log1p(x)`` in the key; all others are clamped to [0, 1].
+_LOG_COLUMNS = ("cost_ms", "staleness_s")
+_DEFAULTS = {"trust": 0.5}
+
+STATES: tuple[str, ...] = ("WAKE", "FOCUS", "DREAM", "CRISIS", "REST")
+ANCHORS = ("uniform", "top", "crisis", "consolidation")
+
+
+@dataclass(frozen=True)
+class StatePattern:
+    """How one metabolic state allocates.
+
+    ``weights``: the state's query, one non-negative weight per key column (``FEATURES`` order);
+    ``scale``: inverse temperature of the softmax; ``anchor`` / ``mix``: the share ``mix`` of the
+    ATP goes to the anchor distribution; ``noise``: std of seeded Gaussian noise on the logits.
+    """
+
+    weights: tuple[float, ...]
+    scale: float
+    anchor: str
+    mix: float
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.weights) != len(FEATURES):
+            raise ValueError(f"weights needs {len(FEATURES)} entries, got {len(self.weights)}")
+        if min(self.weights) < 0:
+            raise ValueError("query weights must be >= 0 (monotonicity in salience and trust)")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}")
+        if not (0.0 <= self.mix <= 1.0) or self.scale <= 0 or self.noise < 0:
+            raise ValueError("need 0 <= mix <= 1, scale > 0, noise >= 0")
+
+
+#                     S    N    A    R    C   trust goal cost stale consol crisis
+DEFAULT_PATTERNS: dict[str, StatePattern] = {
+    "WAKE": StatePattern((1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.5, 0.5, 0.5, 0.0, 0.0), 1.0, "uniform", 0.25),
+    "FOCUS": StatePattern((1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 0.25, 0.5, 0.0, 0.0), 3.0, "top", 0.6),
+    "CRISIS": StatePattern((1.0, 0.5, 2.0, 1.0, 2.0, 1.0, 0.5, 0.0, 0.5, 0.0, 8.0), 3.0, "crisis", 0.9),
+    "DREAM": StatePattern((0.5, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0, 1.0, 0.0), 0.5, "uniform", 0.35, 0.5),
+    "REST": StatePattern((0.5, 0.5, 0.5, 0.5, 0.5, 1.0, 0.5, 1.0, 0.0, 4.0, 0.0), 1.0, "consolidation", 0.5),
+}
+
+
+def state_name(state: object) -> str:
+    """Accept 'WAKE', 'wake' or an enum member whose name is a state."""
+    name = str(getattr(state, "name", state)).upper()
+    if name not in STATES:
+        raise ValueError(f"unknown metabolic state {state!r}; expected one of {STATES}")
+    return name
+
+
+def build_features(
+    targets: Sequence[Mapping[str, float]], device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Feature tensor ``[N, F]`` from one dict per target; missing keys default to 0 (trust 0.5)."""
+    rows = []
+    for t in targets:
+        unknown = set(t) - set(COL)
+        if unknown:
+            raise ValueError(f"unknown target feature(s) {sorted(unknown)}; known: {FEATURES}")
+        rows.append([float(t.get(name, _DEFAULTS.get(name, 0.0))) for name in FEATURES])
+    return torch.tensor(rows, dtype=torch.float32, device=device).reshape(len(rows), len(FEATURES))
+
+
+class AtpAllocator(torch.nn.Module):
+    """Split a tick's ATP over N targets (any N, no rebuild) according to the metabolic state.
+
+    Has no trainable weights: the per-state queries are documented constants. ``seed`` seeds the
+    DREAM noise used when ``allocate`` gets no seed of its own.
+    """
+
+    def __init__(
+        self,
+        patterns: Mapping[str, StatePattern] | None = None,
+        rest_consolidation_share: float | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__()
+        pats = dict(DEFAULT_PATTERNS if patterns is None else patterns)
+        if set(pats) != set(STATES):
+            raise ValueError(f"patterns must cover exactly {STATES}")
+        if rest_consolidation_share is not None:
+            p = pats["REST"]
+            pats["REST"] = StatePattern(p.weights, p.scale, p.anchor, float(rest_consolidation_share), p.noise)
+        self.patterns: dict[str, StatePattern] = pats
+        self.device = torch.device(device)
+        q = torch.tensor([[w * pats[s].scale for w in pats[s].weights] for s in STATES], dtype=torch.float32)
+        self.register_buffer("queries", q.to(self.device), persistent=False)
+        log_cols = torch.tensor([n in _LOG_COLUMNS for n in FEATURES], device=self.device)
+        self.register_buffer("log_cols", log_cols, persistent=False)
+        self._eye = torch.eye(64, device=self.device)
+        self._gen = torch.Generator(device=self.device).manual_seed(seed)
+        self._seeded = torch.Generator(device=self.device)
+        self.eval()
+
+    def keys(self, features: torch.Tensor) -> torch.Tensor:
+        """Key per target: salience, trust, goal, flags clamped to [0, 1]; cost and staleness as -log1p."""
+        x = torch.nan_to_num(features, nan=0.0).clamp(min=0.0)
+        return torch.where(self.log_cols, -torch.log1p(x), x.clamp(max=1.0))
+
+    def allocate(
+        self, state: object, features: torch.Tensor, total_atp: float, seed: int | None = None
+    ) -> torch.Tensor:
+        """ATP per target ``[N]`` (float64, >= 0, sums to ``total_atp``) for ``features [N, F]``."""
+        return self.allocate_batch(state, features.unsqueeze(0), total_atp, seed)[0]
+
+    def allocate_batch(
+        self,
+        state: object,
+        features: torch.Tensor,
+        total_atp: float | torch.Tensor,
+        seed: int | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Batched ``allocate``: ``features [B, N, F]``, optional ``mask [B, N]`` (False = padding).
+
+        Padding gets exactly 0; each row sums to its ``total_atp`` (a float or a ``[B]`` tensor).
+        """
+        name = state_name(state)
+        pat = self.patterns[name]
+        if isinstance(total_atp, (int, float)) and total_atp < 0:
+            raise ValueError("total_atp must be >= 0")
+        b, n, _ = features.shape
+        if n == 0:
+            return torch.zeros(b, 0, dtype=torch.float64, device=features.device)
+        with torch.inference_mode():
+            k = self.keys(features)
+            valid = None
+            if mask is not None:
+                valid = mask.to(k.dtype)
+                k = k * valid.unsqueeze(-1)
+            logit_bias = self._logit_bias(pat, b, n, mask, seed)
+            if n > self._eye.shape[0]:
+                self._eye = torch.eye(max(n, 2 * self._eye.shape[0]), device=self.device)
+            v = self._eye[:n, :n].expand(b, 1, n, n)
+            q = self.queries[STATES.index(name)].expand(b, 1, 1, -1)
+            w = F.scaled_dot_product_attention(q, k.unsqueeze(1), v, attn_mask=logit_bias, scale=1.0).view(b, n)
+            alloc = self._mix(pat, w, k, valid)
+            total = torch.as_tensor(total_atp, dtype=torch.float64, device=alloc.device).reshape(-1, 1)
+            return alloc * (total / alloc.sum(-1, keepdim=True))
+
+    def _logit_bias(
+        self, pat: StatePattern, b: int, n: int, mask: torch.Tensor | None, seed: int | None
+    ) -> torch.Tensor | None:
+        """Additive logit term: seeded noise (DREAM) and -inf on padding, shaped for SDPA."""
+        bias = None
+        if pat.noise > 0:
+            gen = self._gen if seed is None else self._seeded.manual_seed(seed)
+            bias = torch.randn(b, 1, 1, n, generator=gen, device=self.device).mul_(pat.noise)
+        if mask is not None:
+            pad = torch.zeros(b, 1, 1, n, device=self.device).masked_fill_(~mask.view(b, 1, 1, n), float("-inf"))
+            bias = pad if bias is None else bias + pad
+        return bias
+
+    @staticmethod
+    def _mix(pat: StatePattern, w: torch.Tensor, k: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """``(1 - mix) * softmax + mix * anchor``, in float64 so the final sum is exact to 1e-12."""
+        w = w.double()
+        if pat.anchor == "uniform":
+            ones = torch.ones_like(w) if valid is None else valid.double()
+            anchor = ones / ones.sum(-1, keepdim=True)
+            mix = pat.mix
+        elif pat.anchor in ("top", "crisis"):
+            rank = w if pat.anchor == "top" else w + 2.0 * k[..., COL["is_crisis"]].double()
+            anchor = torch.zeros_like(w).scatter_(-1, rank.argmax(-1, keepdim=True), 1.0)
+            mix = pat.mix
+        else:  # consolidation: the share is reserved only when a consolidation target exists
+            c = k[..., COL["is_consolidation"]].double()
+            n_c = c.sum(-1, keepdim=True)
+            anchor = c / n_c.clamp(min=1e-12)
+            mix = pat.mix * (n_c > 0).double()
+        return (1.0 - mix) * w + mix * anchor
