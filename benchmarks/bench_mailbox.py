@@ -4,6 +4,8 @@ Both sides copy every frame's bytes once (wire payload -> slot, or payload -> fr
 reader checks the first and last byte of what it got, so neither side can pass references along.
 
   round trip (one thread): write a frame, read it, release it; p50/p99/max per frame.
+  cross-thread:            a writer thread sends one frame, a reader thread blocked in wait() (queue:
+                           get()) takes it; latency from before the copy to the reader holding it.
   handoff (two threads):   a writer thread sends N frames to a reader thread with backpressure
                            (mailbox fifo: retry on DROPPED, reader blocks in wait(); queue: blocking
                            put and get); frames/s and GB/s.
@@ -30,6 +32,7 @@ from sage_runtime.mailbox import Mailbox, WriteStatus
 
 SIZES = {"64B": 64, "64KiB": 64 << 10, "1MiB": 1 << 20, "6MiB": 6 << 20}
 DEPTH = 4
+BLOCKS = 5
 
 
 def payloads(nbytes: int) -> list[bytes]:
@@ -90,6 +93,60 @@ def round_trip_queue(device: torch.device, nbytes: int, iters: int) -> list[int]
     return samples
 
 
+def cross_thread_mailbox(mb: Mailbox, nbytes: int, n: int) -> list[int]:
+    """Writer thread -> reader thread blocked in wait(); the writer sends the next frame once acked."""
+    ch = mb.register(f"ct{nbytes}", dtype=torch.uint8, max_shape=(nbytes,), depth=DEPTH)
+    frames = payloads(nbytes)
+    ack = threading.Event()
+    samples: list[int] = []
+
+    def reader() -> None:
+        cursor = -1
+        for _ in range(n):
+            ch.wait(cursor)
+            with ch.read_latest(cursor) as lease:
+                sync(mb.device)
+                samples.append(time.perf_counter_ns() - lease.ts_ns)
+                check(lease.tensor, (17, 42)[lease.seq & 1])
+                cursor = lease.seq
+            ack.set()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for i in range(n):
+        ch.write_bytes(frames[i & 1], (nbytes,), ts_ns=time.perf_counter_ns())
+        ack.wait()
+        ack.clear()
+    thread.join()
+    return samples
+
+
+def cross_thread_queue(device: torch.device, nbytes: int, n: int) -> list[int]:
+    q: queue.Queue[tuple[int, torch.Tensor]] = queue.Queue(maxsize=DEPTH)
+    frames = payloads(nbytes)
+    ack = threading.Event()
+    samples: list[int] = []
+
+    def reader() -> None:
+        for i in range(n):
+            t0, tensor = q.get()
+            sync(device)
+            samples.append(time.perf_counter_ns() - t0)
+            check(tensor, (17, 42)[i & 1])
+            ack.set()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for i in range(n):
+        t0 = time.perf_counter_ns()
+        tensor = torch.from_numpy(np.frombuffer(frames[i & 1], dtype=np.uint8).copy())
+        q.put((t0, tensor.to(device) if device.type == "cuda" else tensor))
+        ack.wait()
+        ack.clear()
+    thread.join()
+    return samples
+
+
 def handoff_mailbox(mb: Mailbox, nbytes: int, n: int) -> tuple[float, int]:
     ch = mb.register(f"ho{nbytes}", dtype=torch.uint8, max_shape=(nbytes,), policy="fifo", depth=DEPTH,
                      on_full="drop_newest")
@@ -139,12 +196,18 @@ def handoff_queue(device: torch.device, nbytes: int, n: int) -> float:
     return elapsed
 
 
+def rate(frames: int, nbytes: int, seconds: float) -> dict[str, float]:
+    return {"frames_per_s": round(frames / seconds), "gb_per_s": round(frames * nbytes / seconds / 1e9, 3)}
+
+
 def machine(device: torch.device) -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    info = {"platform": platform.platform(), "cpu": model, "cpus": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
-            "device": str(device)}
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                 platform.processor())
+    info = {"platform": platform.platform(), "cpu": model, "cpus": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -161,31 +224,41 @@ def main() -> None:
     scale = 0.1 if args.quick else 1.0
     results = {}
     mb = Mailbox(device)
-    print(f"{'frame':>6} | {'round trip p50/p99 us: mailbox':>31} {'queue':>17} {'p50 ratio':>9} | "
-          f"{'handoff GB/s: mailbox':>22} {'queue':>7}")
+    print(f"{'':>6} | {'round trip p50/p99 us':^35} | {'cross-thread p50/p99 us':^35} | {'handoff frames/s':^15}")
+    print(f"{'frame':>6} | {'mailbox':^17} {'queue':^17} | {'mailbox':^17} {'queue':^17} | "
+          f"{'mailbox':>7} {'queue':>7}")
     for label, nbytes in SIZES.items():
         iters = max(30, int(min(20000, 4e9 / max(nbytes, 1 << 16)) * scale))
+        n_cross = max(20, int(min(3000, 4e8 / max(nbytes, 1 << 16)) * scale))
         n_handoff = max(20, int(min(20000, 2e9 / max(nbytes, 1 << 16)) * scale))
         round_trip_mailbox(mb, nbytes, 10), round_trip_queue(device, nbytes, 10)  # warm up
-        mail = percentiles(round_trip_mailbox(mb, nbytes, iters))
-        base = percentiles(round_trip_queue(device, nbytes, iters))
+        mail_ns: list[int] = []
+        base_ns: list[int] = []
+        for _ in range(BLOCKS):  # alternate blocks so both sides share the machine's noise
+            mail_ns += round_trip_mailbox(mb, nbytes, iters // BLOCKS)
+            base_ns += round_trip_queue(device, nbytes, iters // BLOCKS)
+        mail, base = percentiles(mail_ns), percentiles(base_ns)
+        cross_mail = percentiles(cross_thread_mailbox(mb, nbytes, n_cross))
+        cross_base = percentiles(cross_thread_queue(device, nbytes, n_cross))
         mail_s, retries = handoff_mailbox(mb, nbytes, n_handoff)
         base_s = handoff_queue(device, nbytes, n_handoff)
         results[label] = {
             "bytes": nbytes,
             "round_trip": {"mailbox": mail, "queue": base, "p50_ratio": round(mail["p50_us"] / base["p50_us"], 3),
                            "p99_ratio": round(mail["p99_us"] / base["p99_us"], 3)},
-            "handoff": {"frames": n_handoff,
-                        "mailbox": {"frames_per_s": round(n_handoff / mail_s), "gb_per_s": round(n_handoff * nbytes / mail_s / 1e9, 3),
-                                    "writer_retries_when_full": retries},
-                        "queue": {"frames_per_s": round(n_handoff / base_s), "gb_per_s": round(n_handoff * nbytes / base_s / 1e9, 3)}},
+            "cross_thread": {"mailbox": cross_mail, "queue": cross_base,
+                             "p50_ratio": round(cross_mail["p50_us"] / cross_base["p50_us"], 3)},
+            "handoff": {"frames": n_handoff, "mailbox": rate(n_handoff, nbytes, mail_s) | {"writer_retries": retries},
+                        "queue": rate(n_handoff, nbytes, base_s)},
         }
-        r = results[label]
-        print(f"{label:>6} | {mail['p50_us']:>14.1f} / {mail['p99_us']:<14.1f} {base['p50_us']:>7.1f} / {base['p99_us']:<7.1f}"
-              f" {r['round_trip']['p50_ratio']:>9.2f} | {r['handoff']['mailbox']['gb_per_s']:>22.3f}"
-              f" {r['handoff']['queue']['gb_per_s']:>7.3f}")
+        hand = results[label]["handoff"]
+        print(f"{label:>6} | {mail['p50_us']:>7.1f} / {mail['p99_us']:<7.1f} {base['p50_us']:>7.1f} / "
+              f"{base['p99_us']:<7.1f} | {cross_mail['p50_us']:>7.1f} / {cross_mail['p99_us']:<7.1f} "
+              f"{cross_base['p50_us']:>7.1f} / {cross_base['p99_us']:<7.1f} | "
+              f"{hand['mailbox']['frames_per_s']:>7} {hand['queue']['frames_per_s']:>7}")
     mb.close()
-    out = args.out or Path(__file__).parent / "results" / ("mailbox.json" if device.type == "cpu" else f"mailbox_{device.type}.json")
+    name = "mailbox.json" if device.type == "cpu" else f"mailbox_{device.type}.json"
+    out = args.out or Path(__file__).parent / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "mailbox", "machine": machine(device), "depth": DEPTH,
                                "quick": args.quick, "results": results}, indent=2) + "\n")

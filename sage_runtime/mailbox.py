@@ -18,7 +18,7 @@ import threading
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -41,9 +41,10 @@ class WriteStatus(enum.Enum):
     REJECTED = "rejected"                  # it does not fit the channel (dtype, size, device, closed)
 
 
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """Outcome of a write: `seq` is the frame's sequence number, -1 when it was not published."""
+class WriteResult(NamedTuple):
+    """Outcome of a write: `seq` is the frame's sequence number, -1 when it was not published.
+
+    A NamedTuple because one is made per frame and it is cheaper to build than a dataclass."""
 
     status: WriteStatus
     seq: int = -1
@@ -182,6 +183,7 @@ class Channel:
         self.itemsize = torch.empty((), dtype=spec.dtype).element_size()
         self._np_dtype = _numpy_dtype(spec.dtype)
         self._max_numel = spec.max_numel
+        self._fixed_shape = spec.max_shape if spec.kind == "broadcast" else None
         n_slots = spec.depth + (spec.lease_slots if spec.policy == "fifo" else 0)
         self._slots = [_Slot(i, spec.max_numel, spec.dtype, device) for i in range(n_slots)]
         self._lock = threading.Lock()
@@ -260,6 +262,8 @@ class Channel:
 
     def _reserve(self, numel: int, shape: tuple[int, ...]) -> tuple[_Slot, WriteStatus] | WriteResult:
         """Under the lock: count the write and take a slot only this writer may touch."""
+        if self._fixed_shape is not None and shape != self._fixed_shape:
+            return self._reject("shape", f"broadcast records have shape {self._fixed_shape}, got {shape}")
         if numel > self._max_numel:
             return self._reject("too_large", f"shape {shape} has {numel} elements, "
                                              f"channel max is {self._max_numel}")
@@ -535,6 +539,8 @@ class Mailbox:
             raise ValueError(f"channel {name!r}: lease_slots must be >= 0")
         spec = ChannelSpec(kind, dtype, max_shape, policy, depth, on_full, lease_slots)
         itemsize = torch.empty((), dtype=dtype).element_size()
+        if kind == "broadcast" and policy != "latest":
+            raise ValueError(f"channel {name!r}: broadcast channels use policy 'latest' (each reader keeps a cursor)")
         if kind == "broadcast" and spec.max_numel * itemsize > BROADCAST_MAX_BYTES:
             raise ValueError(f"channel {name!r}: broadcast records are at most {BROADCAST_MAX_BYTES} bytes; "
                              f"use kind='focus' for {spec.max_numel * itemsize}")

@@ -60,11 +60,15 @@ def test_register_rejects_bad_specs(mailbox, kwargs):
     assert mailbox.names() == []
 
 
-def test_broadcast_records_are_small(mailbox):
+def test_broadcast_records_are_small_fixed_size_and_latest(mailbox):
     n = BROADCAST_MAX_BYTES // 4
-    mailbox.register("salience", kind="broadcast", dtype=torch.float32, max_shape=(n,))
+    ch = mailbox.register("salience", kind="broadcast", dtype=torch.float32, max_shape=(n,))
     with pytest.raises(ValueError, match="broadcast"):
         mailbox.register("big", kind="broadcast", dtype=torch.float32, max_shape=(n + 1,))
+    with pytest.raises(ValueError, match="broadcast"):
+        mailbox.register("queue", kind="broadcast", dtype=torch.float32, max_shape=(4,), policy="fifo")
+    assert ch.write(torch.zeros(n - 1)).reason == "shape"
+    assert ch.write(torch.zeros(n)).status is OK
 
 
 def test_close_releases_channels_and_rejects_writes(mailbox):
