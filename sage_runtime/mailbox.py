@@ -316,6 +316,7 @@ class Channel:
         with self._lock:
             seq = self._next_seq
             self._next_seq += 1
+            evicted = slot.seq  # OVERWROTE_OLDEST: the queued frame this one replaced
             slot.seq, slot.shape, slot.numel = seq, shape, numel
             slot.meta = _EMPTY_META if meta is None else meta
             slot.ts_ns = ts_ns
@@ -329,12 +330,14 @@ class Channel:
                 self._latest = slot
             if status is WriteStatus.OK:
                 self.accepted += 1
+                reason = ""
             else:
                 self.overwritten += 1
-                self.last_reason["overwritten"] = f"fifo full ({self.spec.depth} queued): oldest evicted"
+                reason = f"fifo full ({self.spec.depth} queued): evicted seq {evicted}"
+                self.last_reason["overwritten"] = reason
             if self._waiting:
                 self._cond.notify_all()
-        return WriteResult(status, seq)
+        return WriteResult(status, seq, reason)
 
     def _abort(self, slot: _Slot) -> None:
         with self._lock:

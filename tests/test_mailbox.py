@@ -522,7 +522,7 @@ def test_property_fifo(depth, lease_slots, on_full, ops):
                 expected = OK
             elif on_full == "overwrite_oldest" and queue:
                 expected = OVER
-                queue.pop(0)
+                assert result.reason.endswith(f"evicted seq {queue.pop(0)}")
             else:
                 expected = DROP
             assert result.status is expected
