@@ -342,7 +342,7 @@ def test_steady_state_python_allocations_do_not_grow(mailbox):
 # ------------------------------------------------------------------ threads: no torn reads
 
 
-FRAME = 32 * 1024  # elements: big enough that a copy takes a while, so an unsafe handoff tears
+FRAME = 32 * 1024  # elements (256 KiB): big enough that a copy takes a while, so an unsafe handoff tears
 
 
 def _writer(ch, token_base: int, stop: threading.Event, record: list) -> None:
@@ -408,6 +408,45 @@ def test_latest_many_writers_many_readers_no_torn_reads(mailbox):
     assert stats["writes"] == sum(len(r) for r in records) and counts_add_up(stats)
     assert stats["dropped"] == sum(1 for r in records for s, _, _ in r if s is DROP)
     assert stats["leases_outstanding"] == 0
+
+
+def test_one_writer_frames_equal_their_seq_and_readers_check_every_element(mailbox):
+    """With one writer the next seq is known before the copy: every element of frame k is k."""
+    ch = mailbox.register("exact", dtype=torch.int64, max_shape=(FRAME,), depth=4)
+    stop = threading.Event()
+    errors: list[str] = []
+    counts = [0, 0, 0]
+
+    def writer() -> None:
+        while not stop.is_set():
+            expected = ch.last_seq + 1
+            result = ch.write(torch.full((FRAME,), expected, dtype=torch.int64))
+            if result.published and result.seq != expected:
+                errors.append(f"expected seq {expected}, got {result.seq}")
+
+    def reader(r: int) -> None:
+        cursor = -1
+        while not stop.is_set():
+            if not ch.wait(cursor, timeout=0.1):
+                continue
+            lease = ch.read_latest(cursor)
+            if lease is None:
+                continue
+            with lease:
+                if lease.seq <= cursor or not bool((lease.tensor == lease.seq).all()):
+                    errors.append(f"reader {r}: seq {lease.seq} after {cursor}, torn or foreign data")
+                cursor = lease.seq
+                counts[r] += 1
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader, args=(r,)) for r in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.8)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert not errors, errors[:5]
+    assert all(counts) and counts_add_up(ch.stats())
 
 
 def test_fifo_many_writers_many_poppers_deliver_each_frame_once_in_order(mailbox):
