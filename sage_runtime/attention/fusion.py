@@ -74,24 +74,28 @@ class SensorFusion(torch.nn.Module):
         # Adapters are linear in the (bounded) raw features, so raw -> K/V folds into one matrix.
         for name, w in (("w_in", w_in), ("w_q", w_q), ("w_raw_kv", w_in @ w_kv)):
             self.register_buffer(name, w.to(self.device))
-        self._grow(16)
+        self._raw = np.zeros((16, self._onehot + len(MODALITIES)), dtype=np.float32)
+        self._bias = np.zeros(16, dtype=np.float32)
+        self._scratch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._goal_q: dict[tuple[str, int], torch.Tensor] = {}
         self.eval()
 
-    def _grow(self, cap: int) -> None:
-        """(Re)allocate per-call scratch for up to ``cap`` sensors.
+    def _kv_scratch(self, n: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """K and V scratch for ``n`` sensors, sized by a power-of-two bucket ``cap >= max(n, 16)``.
 
         K, V and q are zero-padded to width ``head_dim + cap``; V's extra columns hold an
         identity, so one SDPA call returns each head's output and its attention weights (equal
         K/V/q widths keep SDPA on its fused CPU kernel; the zero padding leaves q.k unchanged).
+        The width depends on ``n`` only, so results do not depend on what the module saw before.
         """
-        hd, width = self.head_dim, self.head_dim + cap
-        self._cap = cap
-        self._raw = np.zeros((cap, self._onehot + len(MODALITIES)), dtype=np.float32)
-        self._bias = np.zeros(cap, dtype=np.float32)
-        self._k = torch.zeros(1, self.kv_heads, cap, width, device=self.device)
-        self._v = torch.zeros(1, self.kv_heads, cap, width, device=self.device)
-        self._v[0, :, :, hd:] = torch.eye(cap, device=self.device)
-        self._goal_q: dict[str, torch.Tensor] = {}
+        cap = max(16, 1 << (n - 1).bit_length())
+        if cap not in self._scratch:
+            hd = self.head_dim
+            k = torch.zeros(1, self.kv_heads, cap, hd + cap, device=self.device)
+            v = torch.zeros(1, self.kv_heads, cap, hd + cap, device=self.device)
+            v[0, :, :, hd:] = torch.eye(cap, device=self.device)
+            self._scratch[cap] = (k, v)
+        return (cap, *self._scratch[cap])
 
     def _featurise(self, row: np.ndarray, modality: str, data: object) -> None:
         """Write one sensor's raw features (its modality block + one-hot) into ``row``."""
@@ -134,14 +138,15 @@ class SensorFusion(torch.nn.Module):
                 vec = goal.to(self.device, torch.float32).reshape(self.d)
             return F.rms_norm(vec, (self.d,), eps=1e-12)
 
-    def _query(self, goal: str | torch.Tensor) -> torch.Tensor:
+    def _query(self, goal: str | torch.Tensor, cap: int) -> torch.Tensor:
         """Padded query ``[1, q_heads, 1, head_dim + cap]``; cached for goal names (they repeat every tick)."""
-        q = self._goal_q.get(goal) if isinstance(goal, str) else None
+        key = (goal, cap) if isinstance(goal, str) else None
+        q = self._goal_q.get(key) if key else None
         if q is None:
             q = (self.goal_vector(goal) @ self.w_q).view(1, self.q_heads, 1, self.head_dim)
-            q = F.pad(q, (0, self._cap))
-            if isinstance(goal, str) and len(self._goal_q) < 256:
-                self._goal_q[goal] = q
+            q = F.pad(q, (0, cap))
+            if key and len(self._goal_q) < 256:
+                self._goal_q[key] = q
         return q
 
     def forward(self, goal: str | torch.Tensor, sensors: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,8 +157,9 @@ class SensorFusion(torch.nn.Module):
         weights, never NaN.
         """
         n = len(sensors)
-        if n > self._cap:
-            self._grow(2 * n)
+        if n > self._raw.shape[0]:
+            self._raw = np.zeros((2 * n, self._raw.shape[1]), dtype=np.float32)
+            self._bias = np.zeros(2 * n, dtype=np.float32)
         raw, bias = self._raw[:n], self._bias[:n]
         usable = 0
         for i, (modality, data, trust, salience, stale) in enumerate(sensors):
@@ -169,12 +175,13 @@ class SensorFusion(torch.nn.Module):
             if usable == 0:
                 return torch.zeros(self.d, device=self.device), torch.zeros(n, device=self.device)
             hd = self.head_dim
+            cap, k, v = self._kv_scratch(n)
             kv = (torch.from_numpy(raw).to(self.device) @ self.w_raw_kv).view(n, 2, self.kv_heads, hd).transpose(0, 2)
-            self._k[0, :, :n, :hd] = kv[:, 0]
-            self._v[0, :, :n, :hd] = kv[:, 1]
+            k[0, :, :n, :hd] = kv[:, 0]
+            v[0, :, :n, :hd] = kv[:, 1]
             mask = torch.from_numpy(bias).to(self.device).view(1, 1, 1, n)
             out = gqa_attention(
-                self._query(goal), self._k[:, :, :n], self._v[:, :, :n],
+                self._query(goal, cap), k[:, :, :n], v[:, :, :n],
                 attn_mask=mask, scale=hd**-0.5, repeat_fallback=self.repeat_kv,
             )[0, :, 0]
             return out[:, :hd].reshape(self.d), out[:, hd : hd + n].mean(0)
