@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from plugins.memory.index import PatternIndex, matmul
+from plugins.memory.index import PatternIndex
 from plugins.memory.store import SqliteStore
 
 
@@ -58,7 +58,7 @@ class Consolidator:
             t0 = time.perf_counter()
             rows = np.array([idx.row_of[i] for i in chunk])
             ids_then = idx.ids[: idx.n].copy()
-            sims = matmul(idx.live, idx.matrix[torch.from_numpy(rows)].T).T.cpu().numpy()
+            sims = (idx.matrix[:, torch.from_numpy(rows)].T @ idx.live).cpu().numpy()
             sims[np.arange(len(rows)), rows] = -np.inf
             if self.same_source:
                 codes = idx.source_code[: idx.n]
@@ -89,18 +89,17 @@ class Consolidator:
         return len(drop)
 
     def _cosine(self, a: int, b: int) -> float:
-        m = self.index.matrix
-        return float(torch.dot(m[self.index.row_of[a]], m[self.index.row_of[b]]))
+        return float(torch.dot(self.index.vector(self.index.row_of[a]), self.index.vector(self.index.row_of[b])))
 
     def _merge_pair(self, keep: int, drop: int) -> None:
         """The older item absorbs the newer: count-weighted mean direction, the larger salience."""
         idx = self.index
         rk, rd = idx.row_of[keep], idx.row_of[drop]
         ck, cd = int(idx.count[rk]), int(idx.count[rd])
-        vec = ck * idx.matrix[rk] + cd * idx.matrix[rd]
+        vec = ck * idx.vector(rk) + cd * idx.vector(rd)
         vec = vec / vec.norm().clamp_min(1e-12)
         salience = float(max(idx.salience[rk], idx.salience[rd]))
-        idx.matrix[rk].copy_(vec)
+        idx.vector(rk).copy_(vec)
         idx.salience[rk] = salience
         idx.count[rk] = ck + cd
         idx.remove(drop)

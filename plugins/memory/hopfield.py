@@ -1,7 +1,8 @@
 """Retrieval as refinement: the modern Hopfield update (Ramsauer et al. 2020, "Hopfield Networks
 is All You Need").
 
-With unit patterns X (n x d), inverse temperature beta and state q:
+With unit patterns X (n x d, passed here as its transpose `patterns` = X^T, d x n), inverse
+temperature beta and state q:
 
     update:  q <- X^T softmax(beta * X q)
     energy:  E(q) = -lse(beta, X q) + 0.5 q.q + log(n) / beta + 0.5,
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from plugins.memory.index import matmul
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Recall:
 
 
 def _logits(patterns: torch.Tensor, q: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
-    s = matmul(patterns, q)
+    s = q @ patterns
     return s.masked_fill_(exclude, -math.inf) if exclude is not None else s
 
 
@@ -54,7 +54,7 @@ def _energy(logits: torch.Tensor, q: torch.Tensor, beta: float, visible: int) ->
 def start(patterns: torch.Tensor, q: torch.Tensor, beta: float, exclude: np.ndarray | None = None) -> Recall:
     """The initial state for query q over `patterns`; rows where `exclude` is True take no part."""
     mask = None
-    visible = patterns.shape[0]
+    visible = patterns.shape[1]
     if exclude is not None and exclude.any():
         mask = torch.from_numpy(exclude).to(patterns.device)
         visible -= int(exclude.sum())
@@ -68,7 +68,7 @@ def step(patterns: torch.Tensor, state: Recall, beta: float) -> Recall:
     if state.visible == 0:
         return state
     weights = torch.softmax(beta * state.logits, 0)
-    q = matmul(weights, patterns)
+    q = patterns @ weights
     logits = _logits(patterns, q, state.exclude)
     return Recall(q, logits, _energy(logits, q, beta, state.visible), state.visible, state.exclude)
 

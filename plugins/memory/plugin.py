@@ -256,15 +256,18 @@ class MemoryPlugin(IRPPlugin):
         return len(self._pending) + self.upkeep.pending()
 
     def consolidate(self, budget_ms: float) -> dict[str, Any]:
-        """Decay, merge near-duplicates, prune to capacity, checkpoint the WAL once caught up.
-        Bounded by budget_ms (merging stops between chunks); writes go to the writer thread."""
+        """Decay, merge near-duplicates, then (once every new item is checked) prune to capacity
+        and checkpoint the WAL. Bounded by budget_ms: merging stops between chunks, decay and
+        pruning are O(n) vector work, and the writes go to the writer thread. The index never
+        exceeds capacity meanwhile: storing into a full index evicts the least salient item."""
         t0 = time.perf_counter()
         deadline = t0 + budget_ms / 1e3
         self._apply_pending()
         factor = self.upkeep.decay(time.monotonic())
         checked, merged = self.upkeep.merge(deadline)
-        pruned = self.upkeep.prune()
-        checkpoint = not self.upkeep.fresh and bool(checked or pruned or factor < 1.0)
+        caught_up = not self.upkeep.fresh
+        pruned = self.upkeep.prune() if caught_up else 0  # merging first may make pruning unneeded
+        checkpoint = caught_up and bool(checked or pruned or factor < 1.0)
         if checkpoint:
             self.store.checkpoint()
         return {"checked": checked, "merged": merged, "pruned": pruned, "decay": factor,
