@@ -147,6 +147,8 @@ class AtpLedger:
         """Reserve up to `requested` ATP; returns the grant, never more than available."""
         _units(requested, "requested ATP")
         want = math.floor(requested * UNITS_PER_ATP)
+        if want / UNITS_PER_ATP > requested:  # float rounding of requested * 1000 went up
+            want -= 1
         granted = min(want, max(self._level - self._reserved, 0))
         self._reserved += granted
         self._granted += granted
