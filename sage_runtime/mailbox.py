@@ -30,6 +30,9 @@ OnFull = Literal["overwrite_oldest", "drop_newest"]
 #: Broadcast channels carry small records (salience vectors, state); larger frames belong in focus.
 BROADCAST_MAX_BYTES = 64 * 1024
 DEFAULT_DEPTH = {"latest": 3, "fifo": 8}
+#: Byte copies up to this size go through memoryview (cheapest call); larger ones through numpy,
+#: which releases the GIL while it copies so the compute thread is not held up.
+SMALL_COPY_BYTES = 64 * 1024
 
 
 class WriteStatus(enum.Enum):
@@ -75,7 +78,7 @@ class ChannelSpec:
 class _Slot:
     """One preallocated frame buffer and the state the channel lock guards."""
 
-    __slots__ = ("index", "data", "data_u8", "host_u8", "host_np", "ready", "release_events",
+    __slots__ = ("index", "data", "data_u8", "host_u8", "host_np", "host_mv", "ready", "release_events",
                  "shape", "numel", "view", "seq", "meta", "ts_ns", "leases", "writing", "live")
 
     def __init__(self, index: int, numel: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -90,6 +93,7 @@ class _Slot:
             self.host_u8 = self.data_u8
             self.ready = None
         self.host_np: np.ndarray = self.host_u8.numpy()
+        self.host_mv = memoryview(self.host_np)
         self.release_events: list[Any] = []  # CUDA: recorded on each reader's stream at release
         self.shape: tuple[int, ...] = (0,)
         self.numel = 0
@@ -211,17 +215,23 @@ class Channel:
         shape = tuple(map(int, shape))
         if dtype is not None and dtype != self.spec.dtype:
             return self._reject("dtype", f"channel holds {self.spec.dtype}, got {dtype}")
-        src = np.frombuffer(buf, dtype=np.uint8)
+        src = memoryview(buf)
+        if src.format != "B" or src.ndim != 1:
+            src = src.cast("B")  # raw bytes of any C-contiguous buffer
+        nbytes = src.nbytes
         numel = math.prod(shape)
-        if src.nbytes != numel * self.itemsize:
-            return self._reject("size", f"{src.nbytes} bytes do not make shape {shape} of {self.spec.dtype}")
+        if nbytes != numel * self.itemsize:
+            return self._reject("size", f"{nbytes} bytes do not make shape {shape} of {self.spec.dtype}")
         reserved = self._reserve(numel, shape)
         if isinstance(reserved, WriteResult):
             return reserved
         slot, status = reserved
         try:
-            np.copyto(slot.host_np[: src.nbytes], src)
-            self._upload(slot, src.nbytes)
+            if nbytes <= SMALL_COPY_BYTES:
+                slot.host_mv[:nbytes] = src
+            else:
+                np.copyto(slot.host_np[:nbytes], np.frombuffer(src, dtype=np.uint8))
+            self._upload(slot, nbytes)
         except BaseException:
             self._abort(slot)
             raise

@@ -17,7 +17,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sage_runtime.mailbox import BROADCAST_MAX_BYTES, Lease, Mailbox, WriteStatus
+from sage_runtime.mailbox import BROADCAST_MAX_BYTES, SMALL_COPY_BYTES, Lease, Mailbox, WriteStatus
 
 OK, OVER, DROP, REJ = WriteStatus.OK, WriteStatus.OVERWROTE_OLDEST, WriteStatus.DROPPED, WriteStatus.REJECTED
 
@@ -112,6 +112,11 @@ def test_write_bytes_from_bytes_memoryview_and_zmq_frame(mailbox):
         assert result.status is OK
         with ch.read_latest() as lease:
             np.testing.assert_array_equal(lease.tensor.numpy(), values)
+    big = mailbox.register("big", dtype=torch.int32, max_shape=(SMALL_COPY_BYTES,))  # 4x the small-copy size
+    frame = np.arange(SMALL_COPY_BYTES, dtype=np.int32)
+    assert big.write_bytes(zmq.Frame(frame.tobytes()).buffer, frame.shape).status is OK
+    with big.read_latest() as lease:
+        np.testing.assert_array_equal(lease.tensor.numpy(), frame)
     assert ch.write_bytes(values.tobytes(), (3, 3)).reason == "size"
     assert ch.write_bytes(values.tobytes(), (2, 3), dtype=torch.float64).reason == "dtype"
     assert ch.stats()["rejected"] == 2
