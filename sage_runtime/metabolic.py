@@ -21,7 +21,7 @@ Tick-loop use (one call each per tick, all pure):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any, Callable, Mapping
 
@@ -229,6 +229,9 @@ class MetabolicParams:
 
     policies may name only some states; the rest keep DEFAULT_POLICIES.
     crisis_preempts_override: a CRISIS edge still fires while a manual override holds.
+    salience_half_life_s: the salience conditions see a peak-hold of max_salience that decays
+        with this half-life (0: the raw value), so a stream of salient frames separated by calm
+        ones holds FOCUS instead of flickering.
     """
 
     initial: MetabolicState = MetabolicState.WAKE
@@ -238,6 +241,7 @@ class MetabolicParams:
     spread_mix: float = 0.5
     crisis_preempts_override: bool = True
     max_override_s: float = 86400.0
+    salience_half_life_s: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "initial", MetabolicState(self.initial))
@@ -257,6 +261,8 @@ class MetabolicParams:
             raise ValueError("spread_mix must be in [0, 1]")
         if not self.max_override_s > 0:
             raise ValueError("max_override_s must be > 0")
+        if not 0 <= self.salience_half_life_s <= 3600:
+            raise ValueError("salience_half_life_s must be in [0, 3600]")
         by_source = {s: tuple((i, e) for i, e in enumerate(self.edges) if e.source is s) for s in MetabolicState}
         object.__setattr__(self, "_by_source", by_source)
 
@@ -341,6 +347,8 @@ class MetabolicMachine:
         self.reason = "start"
         self.override_until: float | None = None
         self._dwell_from = now
+        self._held = 0.0
+        self._held_at = now
 
     @property
     def policy(self) -> StatePolicy:
@@ -359,6 +367,7 @@ class MetabolicMachine:
         lasts at least its dwell after the last one. While a manual override holds only CRISIS
         edges fire (if crisis_preempts_override); when it expires the table applies again.
         """
+        inputs = self._hold_salience(inputs, now)
         if self.override_until is not None and now >= self.override_until:
             self.override_until = None
             self.reason = f"override expired; {self.reason}"
@@ -373,6 +382,14 @@ class MetabolicMachine:
         edge = self.params.edges[index]
         self.override_until = None
         return self._move(edge.target, edge.explain(inputs), now, index)
+
+    def _hold_salience(self, inputs: MetabolicInputs, now: float) -> MetabolicInputs:
+        half = self.params.salience_half_life_s
+        if half <= 0:
+            return inputs
+        decayed = self._held * 0.5 ** (max(now - self._held_at, 0.0) / half)
+        self._held, self._held_at = max(inputs.max_salience, decayed), now
+        return replace(inputs, max_salience=self._held) if self._held != inputs.max_salience else inputs
 
     def override(self, state: MetabolicState | str, duration_s: float, now: float) -> Transition | None:
         """`sagectl state set STATE --for DURATION`: hold `state` for duration_s, then let the table

@@ -231,3 +231,22 @@ def test_each_state_sets_rate_plugins_and_pattern():
     assert params.policy(S.FOCUS).spend_rate > 1 and params.policy(S.CRISIS).spend_rate > 1
     assert params.policy(S.REST).spend_rate < 1
     assert params.policy(S.DREAM).consolidate_share > 0
+
+
+def test_salience_peak_hold_keeps_focus_through_calm_frames_between_salient_ones():
+    m = MetabolicMachine(MetabolicParams(salience_half_life_s=1.0), now=0.0)
+    states = []
+    for tick in range(1000):  # 10 s at 100 Hz: a salient frame every 0.5 s for 6 s, then calm
+        now = tick * 0.01
+        salient = now < 6.0 and tick % 50 == 0
+        m.update(MetabolicInputs(max_salience=0.8 if salient else 0.05), now)
+        states.append(m.state)
+    assert S.FOCUS in states[:300]
+    first = states.index(S.FOCUS)
+    assert all(s is S.FOCUS for s in states[first:600])
+    assert states[-1] is S.WAKE
+    raw = MetabolicMachine(MetabolicParams(salience_half_life_s=0.0), now=0.0)
+    raw.update(MetabolicInputs(max_salience=0.8), 2.0)
+    assert raw.state is S.FOCUS
+    raw.update(MetabolicInputs(max_salience=0.05), 4.01)
+    assert raw.state is S.WAKE
