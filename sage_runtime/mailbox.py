@@ -189,7 +189,8 @@ class Channel:
         self._max_numel = spec.max_numel
         self._fixed_shape = spec.max_shape if spec.kind == "broadcast" else None
         n_slots = spec.depth + (spec.lease_slots if spec.policy == "fifo" else 0)
-        self._slots = [_Slot(i, spec.max_numel, spec.dtype, device) for i in range(n_slots)]
+        with torch.inference_mode(False):  # inference tensors could not be written outside inference mode
+            self._slots = [_Slot(i, spec.max_numel, spec.dtype, device) for i in range(n_slots)]
         self._lock = threading.Lock()
         self._fifo = spec.policy == "fifo"
         self._queue: collections.deque[_Slot] = collections.deque()  # fifo: published, unread, oldest first
@@ -226,6 +227,7 @@ class Channel:
         if isinstance(reserved, WriteResult):
             return reserved
         slot, status = reserved
+        self._shape(slot, shape, numel)
         try:
             if nbytes <= SMALL_COPY_BYTES:
                 slot.host_mv[:nbytes] = src
@@ -235,7 +237,7 @@ class Channel:
         except BaseException:
             self._abort(slot)
             raise
-        return self._publish(slot, shape, numel, meta, ts_ns, status)
+        return self._publish(slot, meta, ts_ns, status)
 
     def write(self, value: torch.Tensor | np.ndarray, meta: Mapping[str, Any] | None = None,
               ts_ns: int = 0) -> WriteResult:
@@ -255,20 +257,23 @@ class Channel:
         if isinstance(reserved, WriteResult):
             return reserved
         slot, status = reserved
+        self._shape(slot, shape, numel)
         try:
             if isinstance(value, torch.Tensor) and value.device.type == "cuda":
-                self._copy_on_device(slot, value, numel)
+                self._copy_on_device(slot, value)
             else:
                 nbytes = numel * self.itemsize
                 if isinstance(value, np.ndarray):
                     np.copyto(slot.host_np[:nbytes].view(value.dtype).reshape(shape), value, casting="no")
                 else:
-                    slot.host_u8[:nbytes].view(self.spec.dtype).view(shape).copy_(value)
+                    target = slot.view if self._side_stream is None else slot.host_u8[:nbytes].view(
+                        self.spec.dtype).view(shape)
+                    target.copy_(value)
                 self._upload(slot, nbytes)
         except BaseException:
             self._abort(slot)
             raise
-        return self._publish(slot, shape, numel, meta, ts_ns, status)
+        return self._publish(slot, meta, ts_ns, status)
 
     def _reserve(self, numel: int, shape: tuple[int, ...]) -> tuple[_Slot, WriteStatus] | WriteResult:
         """Under the lock: count the write and take a slot only this writer may touch."""
@@ -310,6 +315,13 @@ class Channel:
                 self._side_stream.wait_event(event)  # type: ignore[union-attr]
         return slot, status
 
+    @staticmethod
+    def _shape(slot: _Slot, shape: tuple[int, ...], numel: int) -> None:
+        """Give a reserved slot (this writer's alone) the frame's shape and a view of that shape."""
+        if slot.shape != shape:
+            slot.view = slot.data[:numel].view(shape)
+            slot.shape, slot.numel = shape, numel
+
     def _find_free(self) -> _Slot | None:
         """The lowest free slot: reusing the same few slots keeps them warm in cache."""
         for slot in self._slots:
@@ -319,15 +331,12 @@ class Channel:
                 return slot
         return None
 
-    def _publish(self, slot: _Slot, shape: tuple[int, ...], numel: int, meta: Mapping[str, Any] | None,
-                 ts_ns: int, status: WriteStatus) -> WriteResult:
-        if slot.shape != shape:  # the slot is still this writer's alone
-            slot.view = slot.data[:numel].view(shape)
+    def _publish(self, slot: _Slot, meta: Mapping[str, Any] | None, ts_ns: int, status: WriteStatus) -> WriteResult:
         with self._lock:
             seq = self._next_seq
             self._next_seq += 1
             evicted = slot.seq  # OVERWROTE_OLDEST: the queued frame this one replaced
-            slot.seq, slot.shape, slot.numel = seq, shape, numel
+            slot.seq = seq
             slot.meta = _EMPTY_META if meta is None else meta
             slot.ts_ns = ts_ns
             slot.writing = False
@@ -371,12 +380,12 @@ class Channel:
             slot.data_u8[:nbytes].copy_(slot.host_u8[:nbytes], non_blocking=True)
             slot.ready.record(self._side_stream)
 
-    def _copy_on_device(self, slot: _Slot, value: torch.Tensor, numel: int) -> None:
+    def _copy_on_device(self, slot: _Slot, value: torch.Tensor) -> None:
         side = self._side_stream
         assert side is not None, "a CUDA tensor is only accepted by a CUDA channel"
         side.wait_stream(torch.cuda.current_stream(self.device))  # the producer's kernels made `value`
         with torch.cuda.stream(side):
-            slot.data[:numel].view(value.shape).copy_(value, non_blocking=True)
+            slot.view.copy_(value, non_blocking=True)
             slot.ready.record(side)
         value.record_stream(side)  # keep the source's memory until the side stream has read it
 

@@ -148,6 +148,20 @@ def test_write_rejects_wrong_dtype_and_copies_noncontiguous_input(mailbox):
         np.testing.assert_array_equal(lease.tensor.numpy(), array)
 
 
+def test_inference_mode_on_either_side(mailbox):
+    with torch.inference_mode():
+        made_in_inference = mailbox.register("a", dtype=torch.float32, max_shape=(4,))
+        assert made_in_inference.write(torch.ones(4)).status is OK
+    normal = mailbox.register("b", dtype=torch.float32, max_shape=(4,))
+    for ch in (made_in_inference, normal):
+        assert ch.write(torch.full((3,), 2.0)).status is OK
+        with torch.inference_mode():
+            assert ch.write(torch.full((2,), 3.0)).status is OK
+            with ch.read_latest() as lease:
+                assert lease.tensor.tolist() == [3.0, 3.0]
+        assert ch.write(torch.full((2,), 4.0)).status is OK
+
+
 def test_write_copies_so_later_changes_to_the_source_do_not_show(mailbox):
     ch = mailbox.register("c", dtype=torch.float32, max_shape=(3,))
     source = torch.ones(3)
