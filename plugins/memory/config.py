@@ -16,6 +16,7 @@ class MemoryConfig:
     top_k: int = 5                     # ids / scores returned per retrieval
     max_steps: int = 10                # hard ceiling on Hopfield steps per run
     halt_eps: float = 1e-5             # converged when one step lowers the energy by less
+    move_tol: float = 1e-4             # ... or when the next step would move the state less than this
     recall_scope: str = "source"       # "source": query only items of the query's source; "all"
     merge_threshold: float = 0.95      # consolidation merges items with cosine above this
     decay_half_life_s: float = 7 * 86400.0  # salience halves over this much wall time

@@ -13,8 +13,10 @@ next (up to float rounding), and for well-separated patterns it reaches a fixed 
 stored pattern in one or two steps. E >= 0 for unit patterns. (The research memory's energy was
 a hard-coded constant within a level, so it halted before doing anything.)
 
-Each step is one product with X and one with X^T; the logits of the new state are computed
-inside the step so `energy` is free and the next step reuses them.
+Each step is one product with X^T and one with X; the logits and attention of the new state
+are computed inside the step, so `energy` is free, the next step reuses them, and the step can
+tell how far the next one would move (`Recall.move`), which lets the plugin halt after one step
+when the state is already at a fixed point.
 """
 
 from __future__ import annotations
@@ -26,55 +28,54 @@ import numpy as np
 import torch
 
 
-
 @dataclass(frozen=True)
 class Recall:
-    """One point of a retrieval: state q, its logits X q (excluded rows at -inf), energy."""
+    """One point of a retrieval: state q, its logits X q (excluded items at -inf), the attention
+    p = softmax(beta * logits), the energy, and `move`: an upper bound on how far the *next*
+    step would move q, |X^T p_new - X^T p_old| <= |p_new - p_old|_1 for unit patterns (inf at
+    the start). A move below tolerance certifies a fixed point without paying for another step."""
 
     q: torch.Tensor
     logits: torch.Tensor
+    weights: torch.Tensor
     energy: float
+    move: float
     visible: int
     exclude: torch.Tensor | None
 
 
-def _logits(patterns: torch.Tensor, q: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
-    s = q @ patterns
-    return s.masked_fill_(exclude, -math.inf) if exclude is not None else s
-
-
-def _energy(logits: torch.Tensor, q: torch.Tensor, beta: float, visible: int) -> float:
+def _point(patterns: torch.Tensor, q: torch.Tensor, beta: float, visible: int,
+           exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Logits, attention and energy of state q: one product with the patterns."""
+    logits = q @ patterns
+    if exclude is not None:
+        logits.masked_fill_(exclude, -math.inf)
     quad = 0.5 * float(torch.dot(q, q))
     if visible == 0:
-        return quad
-    lse = float(torch.logsumexp(beta * logits, 0)) / beta
-    return -lse + quad + math.log(visible) / beta + 0.5
+        return logits, torch.zeros_like(logits), quad
+    lse = torch.logsumexp(beta * logits, 0)
+    weights = torch.exp(beta * logits - lse)
+    return logits, weights, -float(lse) / beta + quad + math.log(visible) / beta + 0.5
 
 
 def start(patterns: torch.Tensor, q: torch.Tensor, beta: float, exclude: np.ndarray | None = None) -> Recall:
-    """The initial state for query q over `patterns`; rows where `exclude` is True take no part."""
+    """The initial state for query q over `patterns`; items where `exclude` is True take no part."""
     mask = None
     visible = patterns.shape[1]
     if exclude is not None and exclude.any():
         mask = torch.from_numpy(exclude).to(patterns.device)
         visible -= int(exclude.sum())
     q = q.to(patterns.device, torch.float32)
-    logits = _logits(patterns, q, mask)
-    return Recall(q, logits, _energy(logits, q, beta, visible), visible, mask)
+    logits, weights, energy = _point(patterns, q, beta, visible, mask)
+    return Recall(q, logits, weights, energy, math.inf if visible else 0.0, visible, mask)
 
 
 def step(patterns: torch.Tensor, state: Recall, beta: float) -> Recall:
-    """One update. With nothing visible the state is already a fixed point."""
+    """One update: q <- X^T p, then the new state's logits. With nothing visible the state is
+    already a fixed point."""
     if state.visible == 0:
         return state
-    weights = torch.softmax(beta * state.logits, 0)
-    q = patterns @ weights
-    logits = _logits(patterns, q, state.exclude)
-    return Recall(q, logits, _energy(logits, q, beta, state.visible), state.visible, state.exclude)
-
-
-def weights(state: Recall, beta: float) -> torch.Tensor:
-    """Attention of the state over the stored patterns (zeros when nothing is visible)."""
-    if state.visible == 0:
-        return torch.zeros_like(state.logits)
-    return torch.softmax(beta * state.logits, 0)
+    q = patterns @ state.weights
+    logits, weights, energy = _point(patterns, q, beta, state.visible, state.exclude)
+    move = float((weights - state.weights).abs().sum())
+    return Recall(q, logits, weights, energy, move, state.visible, state.exclude)

@@ -8,6 +8,7 @@ stored before this tick. See README.md in this folder for the exact rules.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,6 +99,7 @@ class MemoryPlugin(IRPPlugin):
         self._pending: list[tuple[int, torch.Tensor, float, str]] = []
         self.dropped = 0
         self.evicted = 0
+        self._last_move = math.inf
         self._closed = False
 
     def warmup(self) -> None:
@@ -218,17 +220,23 @@ class MemoryPlugin(IRPPlugin):
         unit = query.vec / query.vec.norm()
         exclude = self.index.source_mask(query.source) if self.cfg.recall_scope == "source" else None
         recall = hopfield.start(self.index.live, unit, self.cfg.beta, exclude)
-        return MemoryState(recall, recall.logits.clone(), query.source, queued)
+        self._last_move = recall.move
+        return MemoryState(recall, recall.logits, query.source, queued)
 
     def step(self, state: MemoryState) -> MemoryState:
-        return dataclasses.replace(state, recall=hopfield.step(self.index.live, state.recall, self.cfg.beta))
+        recall = hopfield.step(self.index.live, state.recall, self.cfg.beta)
+        self._last_move = recall.move  # read by halt(), which only receives energies
+        return dataclasses.replace(state, recall=recall)
 
     def energy(self, state: MemoryState) -> float:
         return state.recall.energy
 
     def halt(self, history: Sequence[float]) -> str | None:
-        """Converged after one flat interval: the energy never rises (CCCP), so a flat step is a
-        fixed point, not a turning point of an oscillation."""
+        """Converged when the next step would move the state by less than `move_tol` (a bound
+        the last step computed), or after one flat energy interval: the energy never rises
+        (CCCP), so a flat step is a fixed point, not the turning point of an oscillation."""
+        if self._last_move < self.cfg.move_tol:
+            return "converged"
         if len(history) >= 2 and abs(history[-1] - history[-2]) < self.halt_eps:
             return "converged"
         return None
@@ -236,7 +244,7 @@ class MemoryPlugin(IRPPlugin):
     def outputs(self, state: MemoryState) -> dict[str, Any]:
         r = state.recall
         rows = torch.topk(r.logits, min(self.cfg.top_k, r.visible)).indices  # same order as the weights
-        w = hopfield.weights(r, self.cfg.beta)[rows]
+        w = r.weights[rows]
         rows_np = rows.cpu().numpy()
         return {
             "recalled": r.q.detach().to("cpu", copy=True),
