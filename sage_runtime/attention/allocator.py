@@ -171,8 +171,10 @@ class AtpAllocator(torch.nn.Module):
             q = self.queries[STATES.index(name)].expand(b, 1, 1, -1)
             w = F.scaled_dot_product_attention(q, k.unsqueeze(1), v, attn_mask=logit_bias, scale=1.0).view(b, n)
             alloc = self._mix(pat, w, k, valid)
+            if isinstance(total_atp, (int, float)):
+                return alloc.mul_(float(total_atp) / alloc.sum(-1, keepdim=True))
             total = torch.as_tensor(total_atp, dtype=torch.float64, device=alloc.device).reshape(-1, 1)
-            return alloc * (total / alloc.sum(-1, keepdim=True))
+            return alloc.mul_(total / alloc.sum(-1, keepdim=True))
 
     def _logit_bias(
         self, pat: StatePattern, b: int, n: int, mask: torch.Tensor | None, seed: int | None
@@ -192,16 +194,16 @@ class AtpAllocator(torch.nn.Module):
         """``(1 - mix) * softmax + mix * anchor``, in float64 so the final sum is exact to 1e-12."""
         w = w.double()
         if pat.anchor == "uniform":
-            ones = torch.ones_like(w) if valid is None else valid.double()
-            anchor = ones / ones.sum(-1, keepdim=True)
-            mix = pat.mix
-        elif pat.anchor in ("top", "crisis"):
+            if valid is None:
+                return w.mul_(1.0 - pat.mix).add_(pat.mix / w.shape[-1])
+            v = valid.double()
+            return w.mul_(1.0 - pat.mix).add_(v * (pat.mix / v.sum(-1, keepdim=True)))
+        if pat.anchor in ("top", "crisis"):
             rank = w if pat.anchor == "top" else w + 2.0 * k[..., COL["is_crisis"]].double()
-            anchor = torch.zeros_like(w).scatter_(-1, rank.argmax(-1, keepdim=True), 1.0)
-            mix = pat.mix
-        else:  # consolidation: the share is reserved only when a consolidation target exists
-            c = k[..., COL["is_consolidation"]].double()
-            n_c = c.sum(-1, keepdim=True)
-            anchor = c / n_c.clamp(min=1e-12)
-            mix = pat.mix * (n_c > 0).double()
-        return (1.0 - mix) * w + mix * anchor
+            idx = rank.argmax(-1, keepdim=True)
+            return w.mul_(1.0 - pat.mix).scatter_add_(-1, idx, torch.full_like(idx, pat.mix, dtype=w.dtype))
+        # consolidation: the share is reserved only when a consolidation target exists
+        c = k[..., COL["is_consolidation"]].double()
+        n_c = c.sum(-1, keepdim=True)
+        mix = pat.mix * (n_c > 0).double()
+        return w.mul_(1.0 - mix).add_(mix * c / n_c.clamp(min=1e-12))

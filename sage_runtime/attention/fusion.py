@@ -76,12 +76,12 @@ class SensorFusion(torch.nn.Module):
             self.register_buffer(name, w.to(self.device))
         self._raw = np.zeros((16, self._onehot + len(MODALITIES)), dtype=np.float32)
         self._bias = np.zeros(16, dtype=np.float32)
-        self._scratch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._scratch: dict[int, torch.Tensor] = {}
         self._goal_q: dict[tuple[str, int], torch.Tensor] = {}
         self.eval()
 
-    def _kv_scratch(self, n: int) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """K and V scratch for ``n`` sensors, sized by a power-of-two bucket ``cap >= max(n, 16)``.
+    def _kv_scratch(self, n: int) -> tuple[int, torch.Tensor]:
+        """K and V scratch ``[2, kv_heads, cap, head_dim + cap]`` for ``n`` sensors, ``cap`` a power of two >= 16.
 
         K, V and q are zero-padded to width ``head_dim + cap``; V's extra columns hold an
         identity, so one SDPA call returns each head's output and its attention weights (equal
@@ -91,11 +91,10 @@ class SensorFusion(torch.nn.Module):
         cap = max(16, 1 << (n - 1).bit_length())
         if cap not in self._scratch:
             hd = self.head_dim
-            k = torch.zeros(1, self.kv_heads, cap, hd + cap, device=self.device)
-            v = torch.zeros(1, self.kv_heads, cap, hd + cap, device=self.device)
-            v[0, :, :, hd:] = torch.eye(cap, device=self.device)
-            self._scratch[cap] = (k, v)
-        return (cap, *self._scratch[cap])
+            kv = torch.zeros(2, self.kv_heads, cap, hd + cap, device=self.device)
+            kv[1, :, :, hd:] = torch.eye(cap, device=self.device)
+            self._scratch[cap] = kv
+        return cap, self._scratch[cap]
 
     def _featurise(self, row: np.ndarray, modality: str, data: object) -> None:
         """Write one sensor's raw features (its modality block + one-hot) into ``row``."""
@@ -175,13 +174,12 @@ class SensorFusion(torch.nn.Module):
             if usable == 0:
                 return torch.zeros(self.d, device=self.device), torch.zeros(n, device=self.device)
             hd = self.head_dim
-            cap, k, v = self._kv_scratch(n)
-            kv = (torch.from_numpy(raw).to(self.device) @ self.w_raw_kv).view(n, 2, self.kv_heads, hd).transpose(0, 2)
-            k[0, :, :n, :hd] = kv[:, 0]
-            v[0, :, :n, :hd] = kv[:, 1]
+            cap, scratch = self._kv_scratch(n)
+            kv = (torch.from_numpy(raw).to(self.device) @ self.w_raw_kv).view(n, 2, self.kv_heads, hd)
+            scratch[:, :, :n, :hd] = kv.permute(1, 2, 0, 3)
             mask = torch.from_numpy(bias).to(self.device).view(1, 1, 1, n)
             out = gqa_attention(
-                self._query(goal, cap), k[:, :, :n], v[:, :, :n],
+                self._query(goal, cap), scratch[:1, :, :n], scratch[1:, :, :n],
                 attn_mask=mask, scale=hd**-0.5, repeat_fallback=self.repeat_kv,
             )[0, :, 0]
             return out[:, :hd].reshape(self.d), out[:, hd : hd + n].mean(0)

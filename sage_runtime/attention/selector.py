@@ -112,13 +112,15 @@ class TrustWeightedExpertSelector(torch.nn.Module):
     def scores(self, x: torch.Tensor, trust: torch.Tensor, alpha: float | None = None) -> torch.Tensor:
         """Mixed score per expert ``[B, n_experts]`` (float64): (1 - alpha) * minmax(router) + alpha * trust."""
         a = self.alpha if alpha is None else self._check_alpha(alpha)
-        logits = self.router_logits(x).double()
-        lo = logits.amin(-1, keepdim=True)
-        span = (logits.amax(-1, keepdim=True) - lo).clamp(min=1e-300)
-        trust = torch.as_tensor(trust, dtype=torch.float64, device=logits.device).clamp(0.0, 1.0)
+        trust = torch.as_tensor(trust, dtype=torch.float64, device=self.device)
         if trust.shape[-1] != self.n_experts:
             raise ValueError(f"trust needs {self.n_experts} entries per row, got {tuple(trust.shape)}")
-        return (1.0 - a) * ((logits - lo) / span) + a * trust
+        with torch.inference_mode():
+            logits = self.router_logits(x).double()
+            lo, hi = torch.aminmax(logits, dim=-1, keepdim=True)
+            norm = logits.sub_(lo).div_((hi - lo).clamp_(min=1e-300))
+            # (1 - a) * norm + a * trust, written so a = 0 and a = 1 give each term exactly
+            return torch.add(norm.mul_(1.0 - a), trust.clamp(0.0, 1.0), alpha=a)
 
     def select(
         self, x: torch.Tensor, trust: torch.Tensor, alpha: float | None = None
