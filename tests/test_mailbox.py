@@ -607,3 +607,29 @@ def test_property_fifo(depth, lease_slots, on_full, ops):
     # no loss within the bound: every published frame was delivered, is still queued, or was evicted
     assert len(delivered) + len(queue) + stats["overwritten"] == next_seq
     mb.close()
+
+
+WIRE_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+               torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@settings(max_examples=100, deadline=None)
+@given(dtype=st.sampled_from(WIRE_DTYPES), max_shape=st.lists(st.integers(0, 6), max_size=3),
+       shapes=st.lists(st.lists(st.integers(0, 7), max_size=3), min_size=1, max_size=6), seed=st.integers(0, 2**16))
+def test_property_any_frame_that_fits_round_trips_exactly(dtype, max_shape, shapes, seed):
+    mb = Mailbox()
+    ch = mb.register("rt", dtype=dtype, max_shape=tuple(max_shape), depth=2)
+    gen = torch.Generator().manual_seed(seed)
+    for shape in map(tuple, shapes):
+        value = (torch.rand(shape, generator=gen) * 100).to(dtype)
+        raw = value.reshape(-1).view(torch.uint8).numpy().tobytes()
+        result = ch.write_bytes(raw, shape, meta={"shape": shape})
+        if value.numel() > int(np.prod(max_shape)):
+            assert result.status is REJ and result.reason == "too_large"
+            continue
+        assert result.status is OK
+        with ch.read_latest() as lease:
+            assert lease.shape == shape and lease.tensor.dtype == dtype and lease.meta["shape"] == shape
+            assert torch.equal(lease.tensor, value)
+    assert counts_add_up(ch.stats())
+    mb.close()
