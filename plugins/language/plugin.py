@@ -1,0 +1,108 @@
+"""LanguagePlugin: denoise recognised speech commands by mask-predict, parse them into intents."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from plugins.language.grammar import Grammar, normalize
+from plugins.language.model import Denoiser, load_checkpoint
+from plugins.language.noise import corrupt
+from plugins.language.refine import (RefineState, encode_batch, energies, first_pass, remask_step, steps_taken,
+                                     texts)
+from sage_runtime.irp import Frame, IRPPlugin, PluginContext, PluginInputs
+
+WEIGHTS = Path(__file__).with_name("weights.pt")
+
+
+@dataclass(frozen=True)
+class LanguageState:
+    frames: tuple[Frame, ...]   # the commands being refined, oldest first
+    inputs: tuple[str, ...]     # their normalized noisy text
+    refine: RefineState
+
+
+class LanguagePlugin(IRPPlugin):
+    """Text frames in; corrected text, intent, 256-d meaning embedding and confidence out.
+
+    Config: `weights` (path, default the packaged weights.pt), `refine_steps` (T of mask-predict,
+    default 10), `max_batch` (newest commands refined together per run, default 16), `sample_cer`
+    (noise of sample_inputs, default 0.1).
+    """
+
+    name: ClassVar[str] = "language"
+    accepts_kinds: ClassVar[frozenset[str]] = frozenset({"text"})
+
+    def setup(self, ctx: PluginContext) -> None:
+        super().setup(ctx)
+        cfg = ctx.config
+        self.model: Denoiser = load_checkpoint(Path(cfg.get("weights", WEIGHTS)), ctx.device)
+        self.total = int(cfg.get("refine_steps", 10))
+        self.max_steps = self.total
+        self.max_batch = int(cfg.get("max_batch", 16))
+        self.sample_cer = float(cfg.get("sample_cer", 0.1))
+        self.grammar = Grammar.load()
+        self._latest: LanguageState | None = None
+
+    def accepts(self, frame: Frame) -> bool:
+        return frame.kind == "text" and isinstance(frame.data, str)
+
+    def sample_inputs(self, seed: int) -> PluginInputs:
+        """One grammar command, ASR-corrupted, as a text frame; different per seed."""
+        rng = random.Random(seed)
+        noisy = corrupt(self.grammar.sample(rng).text, self.sample_cer, rng)
+        frame = Frame("speech", seed, seed, "text", noisy, {"seed": seed})
+        return PluginInputs(tick=seed, frames={"speech": frame}, salience={"speech": 0.5})
+
+    def init_state(self, inputs: PluginInputs) -> LanguageState | None:
+        frames = [f for sensor in sorted(inputs.frames)
+                  for f in (inputs.backlog.get(sensor) or [inputs.frames[sensor]])
+                  if self.accepts(f) and normalize(f.data)]
+        if not frames:
+            return None
+        frames = sorted(frames, key=lambda f: (f.ts_ns, f.sensor, f.seq))[-self.max_batch:]
+        noisy = tuple(normalize(f.data) for f in frames)
+        src, valid = encode_batch(list(noisy), self.model.cfg.max_len, self.ctx.device)
+        state = LanguageState(tuple(frames), noisy, first_pass(self.model, src, valid, self.total))
+        self._latest = state
+        return state
+
+    def step(self, state: LanguageState) -> LanguageState:
+        state = replace(state, refine=remask_step(self.model, state.refine))
+        self._latest = state
+        return state
+
+    def energy(self, state: LanguageState) -> float:
+        return float(energies(state.refine).mean())
+
+    def halt(self, history: Sequence[float]) -> str | None:
+        """Converged when every text stopped changing (or has nothing left to re-mask); else the
+        default energy-slope rule."""
+        if self._latest is not None and bool(self._latest.refine.done.all()):
+            return "converged"
+        return super().halt(history)
+
+    def outputs(self, state: LanguageState) -> dict[str, Any]:
+        corrected = [normalize(t) for t in texts(state.refine)]
+        energy = energies(state.refine).tolist()
+        steps = steps_taken(state.refine)
+        commands = [{"sensor": f.sensor, "seq": f.seq, "input": x, "text": t, "intent": self.grammar.parse(t),
+                     "confidence": math.exp(-e), "steps": s}
+                    for f, x, t, e, s in zip(state.frames, state.inputs, corrected, energy, steps)]
+        newest = commands[-1]
+        return {
+            "text": newest["text"],
+            "intent": newest["intent"],
+            "confidence": newest["confidence"],
+            "embedding": torch.nn.functional.normalize(state.refine.embedding[-1], dim=0).cpu(),
+            "input": newest["input"],
+            "commands": commands,
+        }
+
+    def close(self) -> None:
+        self._latest = None
