@@ -123,7 +123,7 @@ class AtpAllocator(torch.nn.Module):
         self.register_buffer("queries", q.to(self.device), persistent=False)
         log_cols = torch.tensor([n in _LOG_COLUMNS for n in FEATURES], device=self.device)
         self.register_buffer("log_cols", log_cols, persistent=False)
-        self._eye = torch.eye(64, device=self.device)
+        self._padded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
         self._seeded = torch.Generator(device=self.device)
         self.eval()
@@ -165,16 +165,28 @@ class AtpAllocator(torch.nn.Module):
                 valid = mask.to(k.dtype)
                 k = k * valid.unsqueeze(-1)
             logit_bias = self._logit_bias(pat, b, n, mask, seed)
-            if n > self._eye.shape[0]:
-                self._eye = torch.eye(max(n, 2 * self._eye.shape[0]), device=self.device)
-            v = self._eye[:n, :n].expand(b, 1, n, n)
-            q = self.queries[STATES.index(name)].expand(b, 1, 1, -1)
-            w = F.scaled_dot_product_attention(q, k.unsqueeze(1), v, attn_mask=logit_bias, scale=1.0).view(b, n)
+            width, queries, eye = self._padding(n)
+            q = queries[STATES.index(name)].expand(b, 1, 1, width)
+            k_pad = F.pad(k, (0, width - k.shape[-1])).unsqueeze(1)
+            v = eye[:n].expand(b, 1, n, width)
+            w = F.scaled_dot_product_attention(q, k_pad, v, attn_mask=logit_bias, scale=1.0)[..., :n].reshape(b, n)
             alloc = self._mix(pat, w, k, valid)
             if isinstance(total_atp, (int, float)):
                 return alloc.mul_(float(total_atp) / alloc.sum(-1, keepdim=True))
             total = torch.as_tensor(total_atp, dtype=torch.float64, device=alloc.device).reshape(-1, 1)
             return alloc.mul_(total / alloc.sum(-1, keepdim=True))
+
+    def _padding(self, n: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Queries and identity values zero-padded to a common width (a power of two >= 16, >= n).
+
+        SDPA's fused CPU kernel needs equal q/k/v widths; zero columns leave q.k unchanged, and
+        the identity values make SDPA return the softmax row. The width depends on n only.
+        """
+        width = max(16, len(FEATURES), 1 << (n - 1).bit_length())
+        if width not in self._padded:
+            queries = F.pad(self.queries, (0, width - self.queries.shape[1]))
+            self._padded[width] = (queries, torch.eye(width, device=self.device))
+        return (width, *self._padded[width])
 
     def _logit_bias(
         self, pat: StatePattern, b: int, n: int, mask: torch.Tensor | None, seed: int | None
