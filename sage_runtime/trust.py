@@ -225,11 +225,12 @@ class TrustLedger:
         """Move an expert's trust in `context` toward the observed quality in [0, 1]."""
         _unit("quality", quality)
         p = self.params
-        table = self._experts.get(context)
+        table = self._experts.pop(context, None)  # re-inserted last: eviction is least recently updated
         if table is None:
             if len(self._experts) >= p.max_contexts:
                 del self._experts[next(iter(self._experts))]
-            table = self._experts[context] = {}
+            table = {}
+        self._experts[context] = table
         current = table.pop(expert_id, p.prior)
         if len(table) >= p.max_experts_per_context:
             del table[next(iter(table))]
