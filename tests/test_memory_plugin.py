@@ -162,6 +162,7 @@ def test_memory_survives_restart(tmp_path: Path) -> None:
     ids = [mem.remember(x, source="probe", salience=0.6, meta={"j": j}) for j, x in enumerate(items)]
     before = [run(mem, vector_inputs(q)).outputs for q in queries]
     mem.close()
+    assert mem.remember(items[0], source="probe", salience=0.6) is None  # closed: nothing would write it
 
     mem = open_memory(tmp_path)
     try:

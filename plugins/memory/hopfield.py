@@ -53,9 +53,12 @@ def _point(patterns: torch.Tensor, q: torch.Tensor, beta: float, visible: int,
     quad = 0.5 * float(torch.dot(q, q))
     if visible == 0:
         return logits, torch.zeros_like(logits), quad
-    lse = torch.logsumexp(beta * logits, 0)
-    weights = torch.exp(beta * logits - lse)
-    return logits, weights, -float(lse) / beta + quad + math.log(visible) / beta + 0.5
+    top = logits.max()
+    weights = (logits - top).mul_(beta).exp_()  # one allocation, in-place passes: softmax and lse
+    total = weights.sum()
+    weights.div_(total)
+    lse = float(top) + float(torch.log(total)) / beta  # lse(beta, logits), already divided by beta
+    return logits, weights, -lse + quad + math.log(visible) / beta + 0.5
 
 
 def start(patterns: torch.Tensor, q: torch.Tensor, beta: float, exclude: np.ndarray | None = None) -> Recall:
@@ -77,5 +80,5 @@ def step(patterns: torch.Tensor, state: Recall, beta: float) -> Recall:
         return state
     q = patterns @ state.weights
     logits, weights, energy = _point(patterns, q, beta, state.visible, state.exclude)
-    move = float((weights - state.weights).abs().sum())
+    move = float(torch.dist(weights, state.weights, p=1))
     return Recall(q, logits, weights, energy, move, state.visible, state.exclude)

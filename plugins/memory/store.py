@@ -102,22 +102,28 @@ class SqliteStore:
         loaded: concurrent.futures.Future[list[Record]] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, args=(loaded,), name="memory-writer", daemon=True)
         self._thread.start()
-        return loaded.result(timeout=timeout_s)
+        try:
+            return loaded.result(timeout=timeout_s)
+        except BaseException:
+            self._thread = None
+            raise
 
     def close(self, timeout_s: float = 30.0) -> bool:
         """Write everything queued, checkpoint the WAL, close the connection; True when clean."""
         if self._thread is None:
             return True
+        with self._cond:
+            thread, self._thread = self._thread, None
         self._queue.put(_STOP)
-        self._thread.join(timeout_s)
-        clean = not self._thread.is_alive()
-        self._thread = None
-        return clean
+        thread.join(timeout_s)
+        return not thread.is_alive()
 
     # ------------------------------------------------------------------ writes (non-blocking)
 
     def _put(self, op: tuple[Any, ...]) -> bool:
         with self._cond:
+            if self._thread is None:
+                return False  # not open, or closed: nothing would ever write it
             try:
                 self._queue.put_nowait((self._enqueued + 1, *op))
             except queue.Full:
