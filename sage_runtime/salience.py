@@ -36,11 +36,11 @@ EVENT_PRIORITY_LEVEL = {"info": 0.0, "warning": 1.0, "critical": 2.0}
 
 @dataclass(frozen=True)
 class SnarcWeights:
-    surprise: float = 0.25
-    novelty: float = 0.25
+    surprise: float = 0.3
+    novelty: float = 0.3
     arousal: float = 0.2
-    reward: float = 0.15
-    conflict: float = 0.15
+    reward: float = 0.1
+    conflict: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("surprise", "novelty", "arousal", "reward", "conflict"):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections import deque
 from dataclasses import fields, replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import TypeAdapter
 
@@ -13,6 +16,7 @@ from sage_runtime.metabolic import (
     CONDITIONS, DEFAULT_EDGES, Edge, MetabolicInputs, MetabolicMachine, MetabolicParams, MetabolicState,
     StatePolicy, allocate,
 )
+from sage_runtime.salience import SnarcScorer, featurize
 
 S = MetabolicState
 
@@ -250,3 +254,36 @@ def test_salience_peak_hold_keeps_focus_through_calm_frames_between_salient_ones
     assert raw.state is S.FOCUS
     raw.update(MetabolicInputs(max_salience=0.05), 4.01)
     assert raw.state is S.WAKE
+
+
+def test_docs_table_matches_the_code():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "metabolic.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d+) \| (\w+) \| (\w+) \| ([^|]+) \|$", text, flags=re.M)
+    documented = [(int(i), src, dst, when.strip()) for i, src, dst, when in rows]
+    expected = [(i, e.source.value, e.target.value, ", ".join(f"{k} {v:g}" for k, v in e.when.items()))
+                for i, e in enumerate(DEFAULT_EDGES)]
+    assert documented == expected
+    for name, p in MetabolicParams().policies.items():
+        row = f"| {name} | {p.tick_scale:g} | {p.max_active_plugins} | {p.allocation} | {p.spend_rate:g} | " \
+              f"{p.consolidate_share:g} | {p.min_dwell_s:g} |"
+        assert row in text
+
+
+def test_salient_stream_holds_focus_and_a_calm_one_returns_to_wake():
+    """SNARC and the machine together: a camera that steps to a new scene every 0.5 s from 3 s to
+    10 s, steady (with sensor noise) before and after."""
+    rng = np.random.default_rng(0)
+    scorer, m = SnarcScorer(), MetabolicMachine(MetabolicParams(), now=0.0)
+    scene = rng.normal(size=(16, 16))
+    states = []
+    for tick in range(1500):
+        now = tick * 0.01
+        if 3.0 <= now < 10.0 and tick % 50 == 0:
+            scene = rng.normal(size=(16, 16)) * rng.uniform(0.5, 3.0) + rng.normal() * 2.0
+        frame = scene + rng.normal(0, 0.01, scene.shape)
+        total = scorer.score({"cam": featurize("tensor", frame)}, now)["cam"].total
+        m.update(MetabolicInputs(max_salience=total), now)
+        states.append(m.state)
+    assert all(s is S.WAKE for s in states[:300])
+    assert all(s is S.FOCUS for s in states[350:1000])
+    assert states[-1] is S.WAKE
