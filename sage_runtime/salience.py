@@ -80,7 +80,7 @@ class SalienceParams:
     conflict_slow: float = 0.02
     conflict_fast: float = 0.25
     conflict_gain: float = 2.0
-    max_elements: int = 65536
+    max_elements: int = 16384
     weights: SnarcWeights = field(default_factory=SnarcWeights)
 
     def __post_init__(self) -> None:
@@ -196,7 +196,7 @@ def _event_features(body: Mapping[str, Any], dim: int) -> np.ndarray:
     return out
 
 
-def featurize(kind: str, data: Any, dim: int = 64, max_elements: int = 65536) -> np.ndarray:
+def featurize(kind: str, data: Any, dim: int = 64, max_elements: int = 16384) -> np.ndarray:
     """A fixed-length float32 feature vector for one input.
 
     tensor: any shape/dtype (numpy, torch or nested lists): the flattened values resampled to
@@ -304,7 +304,9 @@ class SnarcScorer:
         x = np.stack([np.asarray(features[n], dtype=np.float64).reshape(-1) for n in names])
         if x.shape[1] != self.params.dim:
             raise ValueError(f"features must have length {self.params.dim}, got {x.shape[1]}")
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            x[bad] = 0.0
         first = ~self._seen[idx]
         surprise = self._surprise(idx, x, first)
         novelty = self._novelty(idx, x)
@@ -312,9 +314,9 @@ class SnarcScorer:
         conflict = self._conflict(idx, x, first)
         reward = np.array([min(abs(self._reward_value(n, now)), 1.0) for n in names])
         self._seen[idx] = True
-        dims = np.clip(np.stack([surprise, novelty, arousal, reward, conflict], axis=1), 0.0, 1.0)
-        total = np.clip(dims @ self._weights, 0.0, 1.0)
-        return {n: Snarc(*map(float, dims[i]), float(total[i])) for i, n in enumerate(names)}
+        dims = np.minimum(np.maximum(np.stack([surprise, novelty, arousal, reward, conflict], axis=1), 0.0), 1.0)
+        total = np.minimum(dims @ self._weights, 1.0).tolist()
+        return {n: Snarc(*row, total[i]) for i, (n, row) in enumerate(zip(names, dims.tolist()))}
 
     def _surprise(self, idx: np.ndarray, x: np.ndarray, first: np.ndarray) -> np.ndarray:
         """Scored separately for the pattern and the statistics part, each against its own error
@@ -323,12 +325,12 @@ class SnarcScorer:
         p = self.params
         pred = np.where(first[:, None], x, self._pred[idx])
         split = p.dim - N_STATS
-        parts = ((x[:, :split], pred[:, :split]), (x[:, split:], pred[:, split:]))
-        err = np.empty((len(idx), 2))
-        floor = np.empty((len(idx), 2))
-        for k, (xs, ps) in enumerate(parts):
-            floor[:, k] = p.rel_floor * 0.5 * (np.linalg.norm(xs, axis=1) + np.linalg.norm(ps, axis=1)) + 1e-12
-            err[:, k] = np.maximum(np.linalg.norm(xs - ps, axis=1) - floor[:, k], 0.0)
+        cols = np.array([0, split])
+        x_norm = np.sqrt(np.add.reduceat(x * x, cols, axis=1))  # (n, 2): pattern, statistics
+        p_norm = np.sqrt(np.add.reduceat(pred * pred, cols, axis=1))
+        diff = x - pred
+        floor = p.rel_floor * 0.5 * (x_norm + p_norm) + 1e-12
+        err = np.maximum(np.sqrt(np.add.reduceat(diff * diff, cols, axis=1)) - floor, 0.0)
         ratio = (err / (self._err[idx] + floor)).max(axis=1)
         surprise = np.where(first, 0.0, 1.0 - np.exp(-np.maximum(ratio - 1.0, 0.0) / p.surprise_scale))
         self._err[idx] = np.where(first[:, None], 0.0, (1 - p.error_rate) * self._err[idx] + p.error_rate * err)
@@ -337,13 +339,14 @@ class SnarcScorer:
 
     def _novelty(self, idx: np.ndarray, x: np.ndarray) -> np.ndarray:
         p = self.params
-        unit = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        norm = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+        unit = (x / np.maximum(norm, 1e-12)).astype(np.float32)
         sims = np.matmul(self._memory[idx], unit[:, :, None])[:, :, 0]  # (n, memory_size): one matmul
         valid = np.arange(p.memory_size)[None, :] < self._mem_count[idx][:, None]
         best = np.where(valid, sims, -1.0).max(axis=1)
-        raw = np.clip(1.0 - best, 0.0, 1.0)
+        raw = np.minimum(np.maximum(1.0 - best, 0.0), 1.0)
         base = self._novelty_base[idx]
-        novelty = np.clip((raw - base) / np.maximum(1.0 - base, 1e-6), 0.0, 1.0)
+        novelty = np.maximum(raw - base, 0.0) / np.maximum(1.0 - base, 1e-6)
         self._novelty_base[idx] = (1 - p.novelty_rate) * base + p.novelty_rate * raw
         store = raw > p.store_above
         rows, cols = idx[store], self._mem_next[idx[store]]
@@ -376,7 +379,7 @@ class SnarcScorer:
         known = self._d_count[idx] > 1
         sd = np.sqrt(self._d_var[idx])
         z = np.where(known & (sd > 1e-9), (d - self._d_mean[idx]) / np.maximum(sd, 1e-9), 0.0)
-        z = np.clip(z, -6.0, 6.0)
+        z = np.minimum(np.maximum(z, -6.0), 6.0)
         live = ~first
         delta = d - self._d_mean[idx]
         rate = np.maximum(p.conflict_slow, 1.0 / (self._d_count[idx] + 1))

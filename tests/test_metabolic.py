@@ -287,3 +287,29 @@ def test_salient_stream_holds_focus_and_a_calm_one_returns_to_wake():
     assert all(s is S.WAKE for s in states[:300])
     assert all(s is S.FOCUS for s in states[350:1000])
     assert states[-1] is S.WAKE
+
+
+def test_all_params_work_as_pydantic_config_fields():
+    """The daemon's config model uses these dataclasses as field types: typos are refused,
+    range errors name the field, and a dump round-trips."""
+    from pydantic import BaseModel, ConfigDict, ValidationError
+
+    from sage_runtime.atp import AtpParams
+    from sage_runtime.salience import SalienceParams
+    from sage_runtime.trust import TrustParams
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+        metabolic: MetabolicParams = MetabolicParams()
+        atp: AtpParams = AtpParams()
+        salience: SalienceParams = SalienceParams()
+        trust: TrustParams = TrustParams()
+
+    cfg = Config()
+    assert Config.model_validate(cfg.model_dump(mode="json")) == cfg
+    for bad, where in (({"atp": {"capacity_atpp": 3}}, "capacity_atpp"),
+                       ({"metabolic": {"policies": {"FOCUS": {"spend_rat": 2}}}}, "spend_rat"),
+                       ({"salience": {"weights": {"surprise": -1}}}, "weights.surprise"),
+                       ({"trust": {"prior": 2}}, "prior")):
+        with pytest.raises(ValidationError, match=where):
+            Config.model_validate(bad)
