@@ -248,8 +248,9 @@ class MetabolicParams:
         unknown = set(self.policies) - {s.value for s in MetabolicState}
         if unknown:
             raise ValueError(f"policies: unknown state(s) {', '.join(sorted(unknown))}")
-        object.__setattr__(self, "policies", {**DEFAULT_POLICIES, **self.policies})
-        object.__setattr__(self, "edges", tuple(self.edges))
+        given = {k: StatePolicy(**v) if isinstance(v, Mapping) else v for k, v in self.policies.items()}
+        object.__setattr__(self, "policies", {**DEFAULT_POLICIES, **given})
+        object.__setattr__(self, "edges", tuple(Edge(**e) if isinstance(e, Mapping) else e for e in self.edges))
         sources = {e.source for e in self.edges}
         for state in MetabolicState:
             if state not in sources:

@@ -283,6 +283,9 @@ class SnarcScorer:
             raise ValueError("reward value must be in [-1, 1]")
         current = self._reward_value(target, now)
         rate = self.params.reward_rate
+        self._rewards.pop(target, None)
+        if len(self._rewards) >= self.params.max_sensors:  # bounded: forget the least recently rewarded
+            del self._rewards[next(iter(self._rewards))]
         self._rewards[target] = (current + rate * (value - current), now)
 
     def _reward_value(self, target: str, now: float) -> float:
@@ -300,6 +303,8 @@ class SnarcScorer:
         if not features:
             return {}
         names = list(features)
+        if len(names) > self.params.max_sensors:
+            raise ValueError(f"{len(names)} sensors in one tick, more than max_sensors={self.params.max_sensors}")
         idx = np.array([self._slot(n, now) for n in names])
         x = np.stack([np.asarray(features[n], dtype=np.float64).reshape(-1) for n in names])
         if x.shape[1] != self.params.dim:

@@ -313,3 +313,10 @@ def test_all_params_work_as_pydantic_config_fields():
                        ({"trust": {"prior": 2}}, "prior")):
         with pytest.raises(ValidationError, match=where):
             Config.model_validate(bad)
+
+
+def test_params_accept_plain_mappings_when_built_directly():
+    params = MetabolicParams(policies={"FOCUS": {"spend_rate": 3.0}},
+                             edges=[{"source": e.source.value, "target": e.target.value, "when": e.when}
+                                    for e in DEFAULT_EDGES])
+    assert params.policy(S.FOCUS).spend_rate == 3.0 and params.edges == DEFAULT_EDGES

@@ -217,3 +217,12 @@ def test_params_validate_and_name_the_field():
             SalienceParams(**kwargs)
     with pytest.raises(ValueError, match="weights.novelty"):
         SnarcWeights(novelty=-1)
+
+
+def test_rewards_and_sensors_are_bounded():
+    scorer = SnarcScorer(SalienceParams(max_sensors=4))
+    for i in range(20):
+        scorer.reward(f"target{i}", 0.5, now=float(i))
+    assert len(scorer.status()["rewards"]) == 4 and "target19" in scorer.status()["rewards"]
+    with pytest.raises(ValueError, match="max_sensors"):
+        scorer.score({f"s{i}": featurize("tensor", np.ones(3)) for i in range(5)}, now=30.0)
