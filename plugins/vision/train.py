@@ -1,0 +1,89 @@
+"""Train the vision autoencoder: `python -m plugins.vision.train` (CPU, one thread, fixed seeds).
+
+Clean images only (generated scenes + training photos with random crops, scales and mirroring):
+the encoder never sees dropped pixels or noise, so on corrupted input its code is a rough start
+and the refinement (refine.py) has real work to do. Writes weights.pt, then runs evaluate.py,
+which writes quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from plugins.vision.data import TRAIN_PHOTOS, load_photos, random_crops, scenes
+from plugins.vision.images import psnr
+from plugins.vision.model import WEIGHTS, ConvAutoencoder, param_count, save_weights
+
+
+def batch(photos: list[torch.Tensor], n: int, size: int, photo_share: float, rng: np.random.Generator) -> torch.Tensor:
+    k = int(rng.binomial(n, photo_share))
+    parts = [random_crops(photos, k, size, rng)] if k else []
+    if n - k:
+        parts.append(scenes(n - k, size, rng))
+    x = torch.cat(parts)
+    gain = torch.from_numpy(rng.uniform(0.8, 1.2, (n, 1, 1, 1)).astype(np.float32))
+    return (x * gain).clamp(0.0, 1.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=24)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--beta", type=float, default=1e-4, help="weight of mean(z^2) during training")
+    ap.add_argument("--photo-share", type=float, default=0.75)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=WEIGHTS)
+    ap.add_argument("--no-eval", action="store_true")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    photos = load_photos(TRAIN_PHOTOS, short_side=512)
+    model = ConvAutoencoder(size=args.size)
+    print(f"params {param_count(model):,}  training photos {len(photos)}", flush=True)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * i / args.steps))))
+    t0 = time.time()
+    running = None
+    for i in range(args.steps):
+        x = batch(photos, args.batch, args.size, args.photo_share, rng)
+        z = model.encode(x)
+        recon = model.decode(z)
+        rec = (recon - x).square().mean()
+        loss = rec + args.beta * z.square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        p = float(psnr(recon.detach(), x).mean())
+        running = p if running is None else 0.95 * running + 0.05 * p
+        if i % 50 == 0 or i == args.steps - 1:
+            print(f"step {i:5d}  loss {float(loss.detach()):.5f}  train PSNR {running:.2f} dB  |z|rms "
+                  f"{float(z.detach().square().mean().sqrt()):.3f}  {time.time() - t0:.0f}s", flush=True)
+    wall = time.time() - t0
+    meta = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "beta": args.beta, "seed": args.seed,
+            "photo_share": args.photo_share, "train_photos": list(TRAIN_PHOTOS), "wall_s": round(wall, 1),
+            "threads": args.threads, "params": param_count(model), "final_train_psnr_db": round(running or 0.0, 2)}
+    save_weights(model, args.out, meta)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) after {wall:.0f}s: {json.dumps(meta)}", flush=True)
+    if not args.no_eval:
+        from plugins.vision import evaluate
+
+        evaluate.main(["--weights", str(args.out)])
+
+
+if __name__ == "__main__":
+    main()
