@@ -184,7 +184,7 @@ class StatePolicy:
             raise ValueError("min_dwell_s must be in [0, 3600]")
 
 
-S = MetabolicState
+_S = MetabolicState
 
 DEFAULT_POLICIES: dict[str, StatePolicy] = {
     "WAKE": StatePolicy(1.0, 3, "spread", 1.0, 0.0, 2.0),
@@ -195,31 +195,31 @@ DEFAULT_POLICIES: dict[str, StatePolicy] = {
 }
 
 DEFAULT_EDGES: tuple[Edge, ...] = (
-    Edge(S.WAKE, S.CRISIS, {"critical_event": 1}),
-    Edge(S.WAKE, S.CRISIS, {"error_rate_above": 0.5}),
-    Edge(S.WAKE, S.REST, {"atp_below": 0.1}),
-    Edge(S.WAKE, S.REST, {"thermal_above": 85.0}),
-    Edge(S.WAKE, S.REST, {"miss_rate_above": 0.5}),
-    Edge(S.WAKE, S.FOCUS, {"salience_above": 0.4, "atp_above": 0.25}),
-    Edge(S.WAKE, S.DREAM, {"idle_above": 30.0, "memory_above": 1, "atp_above": 0.25}),
-    Edge(S.FOCUS, S.CRISIS, {"critical_event": 1}),
-    Edge(S.FOCUS, S.CRISIS, {"error_rate_above": 0.5}),
-    Edge(S.FOCUS, S.REST, {"atp_below": 0.05}),
-    Edge(S.FOCUS, S.REST, {"thermal_above": 85.0}),
-    Edge(S.FOCUS, S.REST, {"miss_rate_above": 0.5}),
-    Edge(S.FOCUS, S.WAKE, {"salience_below": 0.2}),
-    Edge(S.CRISIS, S.REST, {"critical_event": 0, "error_rate_below": 0.2, "atp_below": 0.25}),
-    Edge(S.CRISIS, S.WAKE, {"critical_event": 0, "error_rate_below": 0.2}),
-    Edge(S.REST, S.CRISIS, {"critical_event": 1}),
-    Edge(S.REST, S.CRISIS, {"error_rate_above": 0.5}),
-    Edge(S.REST, S.DREAM, {"idle_above": 30.0, "memory_above": 1, "atp_above": 0.25}),
-    Edge(S.REST, S.WAKE, {"atp_above": 0.6, "thermal_below": 80.0, "miss_rate_below": 0.2}),
-    Edge(S.DREAM, S.CRISIS, {"critical_event": 1}),
-    Edge(S.DREAM, S.CRISIS, {"error_rate_above": 0.5}),
-    Edge(S.DREAM, S.REST, {"atp_below": 0.1}),
-    Edge(S.DREAM, S.REST, {"thermal_above": 85.0}),
-    Edge(S.DREAM, S.WAKE, {"idle_below": 2.0}),
-    Edge(S.DREAM, S.WAKE, {"memory_below": 1}),
+    Edge(_S.WAKE, _S.CRISIS, {"critical_event": 1}),
+    Edge(_S.WAKE, _S.CRISIS, {"error_rate_above": 0.5}),
+    Edge(_S.WAKE, _S.REST, {"atp_below": 0.1}),
+    Edge(_S.WAKE, _S.REST, {"thermal_above": 85.0}),
+    Edge(_S.WAKE, _S.REST, {"miss_rate_above": 0.5}),
+    Edge(_S.WAKE, _S.FOCUS, {"salience_above": 0.4, "atp_above": 0.25}),
+    Edge(_S.WAKE, _S.DREAM, {"idle_above": 30.0, "memory_above": 1, "atp_above": 0.25}),
+    Edge(_S.FOCUS, _S.CRISIS, {"critical_event": 1}),
+    Edge(_S.FOCUS, _S.CRISIS, {"error_rate_above": 0.5}),
+    Edge(_S.FOCUS, _S.REST, {"atp_below": 0.05}),
+    Edge(_S.FOCUS, _S.REST, {"thermal_above": 85.0}),
+    Edge(_S.FOCUS, _S.REST, {"miss_rate_above": 0.5}),
+    Edge(_S.FOCUS, _S.WAKE, {"salience_below": 0.2}),
+    Edge(_S.CRISIS, _S.REST, {"critical_event": 0, "error_rate_below": 0.2, "atp_below": 0.25}),
+    Edge(_S.CRISIS, _S.WAKE, {"critical_event": 0, "error_rate_below": 0.2}),
+    Edge(_S.REST, _S.CRISIS, {"critical_event": 1}),
+    Edge(_S.REST, _S.CRISIS, {"error_rate_above": 0.5}),
+    Edge(_S.REST, _S.DREAM, {"idle_above": 30.0, "memory_above": 1, "atp_above": 0.25}),
+    Edge(_S.REST, _S.WAKE, {"atp_above": 0.6, "thermal_below": 80.0, "miss_rate_below": 0.2}),
+    Edge(_S.DREAM, _S.CRISIS, {"critical_event": 1}),
+    Edge(_S.DREAM, _S.CRISIS, {"error_rate_above": 0.5}),
+    Edge(_S.DREAM, _S.REST, {"atp_below": 0.1}),
+    Edge(_S.DREAM, _S.REST, {"thermal_above": 85.0}),
+    Edge(_S.DREAM, _S.WAKE, {"idle_below": 2.0}),
+    Edge(_S.DREAM, _S.WAKE, {"memory_below": 1}),
 )
 
 
