@@ -13,10 +13,11 @@ next (up to float rounding), and for well-separated patterns it reaches a fixed 
 stored pattern in one or two steps. E >= 0 for unit patterns. (The research memory's energy was
 a hard-coded constant within a level, so it halted before doing anything.)
 
-Each step is one product with X^T and one with X; the logits and attention of the new state
-are computed inside the step, so `energy` is free, the next step reuses them, and the step can
-tell how far the next one would move (`Recall.move`), which lets the plugin halt after one step
-when the state is already at a fixed point.
+Each step is one product with X^T (often over a handful of columns, see `_readout`) and one with
+X; the logits and attention of the new state are computed inside the step, so `energy` is free,
+the next step reuses them, and the step can tell how far the next one would move
+(`Recall.move`), which lets the plugin halt after one step when the state is already at a fixed
+point.
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+SKIP_EACH = 1e-10  # attention below this may be skipped in the readout ...
+SKIP_MASS = 1e-7  # ... when all of it together stays below this
+SPARSE_MAX = 64  # beyond this many columns the full product is as cheap
+
 
 @dataclass(frozen=True)
 class Recall:
     """One point of a retrieval: state q, its logits X q (excluded items at -inf), the attention
     p = softmax(beta * logits), the energy, and `move`: an upper bound on how far the *next*
     step would move q, |X^T p_new - X^T p_old| <= |p_new - p_old|_1 for unit patterns (inf at
-    the start). A move below tolerance certifies a fixed point without paying for another step."""
+    the start; the readout may add at most SKIP_MASS). A move below tolerance certifies a fixed
+    point without paying for another step."""
 
     q: torch.Tensor
     logits: torch.Tensor
@@ -61,6 +67,19 @@ def _point(patterns: torch.Tensor, q: torch.Tensor, beta: float, visible: int,
     return logits, weights, -lse + quad + math.log(visible) / beta + 0.5
 
 
+def _readout(patterns: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """X^T p. When nearly all attention sits on a few patterns (the usual case once a query
+    is near a stored item) only those columns are summed: for unit patterns the result differs
+    from the full product by at most the skipped mass, and that is used only when it is below
+    SKIP_MASS, under float32 resolution of a unit-norm sum. Otherwise: the full product."""
+    keep = weights > SKIP_EACH
+    count = int(keep.sum())
+    if 0 < count <= SPARSE_MAX and float(weights.masked_fill(keep, 0.0).sum()) < SKIP_MASS:
+        cols = keep.nonzero().squeeze(1)
+        return patterns[:, cols] @ weights[cols]  # (index_select would copy the strided view)
+    return patterns @ weights
+
+
 def start(patterns: torch.Tensor, q: torch.Tensor, beta: float, exclude: np.ndarray | None = None) -> Recall:
     """The initial state for query q over `patterns`; items where `exclude` is True take no part."""
     mask = None
@@ -78,7 +97,7 @@ def step(patterns: torch.Tensor, state: Recall, beta: float) -> Recall:
     already a fixed point."""
     if state.visible == 0:
         return state
-    q = patterns @ state.weights
+    q = _readout(patterns, state.weights)
     logits, weights, energy = _point(patterns, q, beta, state.visible, state.exclude)
     move = float(torch.dist(weights, state.weights, p=1))
     return Recall(q, logits, weights, energy, move, state.visible, state.exclude)
