@@ -144,7 +144,9 @@ step "pin torch to the one already installed"
 CONSTRAINTS="$APP_DIR/constraints.txt"
 PROBE="$VENV/bin/python"
 [[ -x "$PROBE" ]] || PROBE="$PYTHON"  # dry run: the venv does not exist yet; it sees the same torch
-TORCH_BEFORE="$("$PROBE" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)"
+# The installed distribution's version is what pip compares against; reading it imports nothing.
+TORCH_VERSION_PY='import importlib.metadata as m; print(m.version("torch"))'
+TORCH_BEFORE="$("$PROBE" -c "$TORCH_VERSION_PY" 2>/dev/null || true)"
 if [[ -n "$TORCH_BEFORE" ]]; then
     echo "torch $TORCH_BEFORE found; pip may not replace it"
     run sh -c 'printf "torch==%s\n" "$1" > "$2"' sh "$TORCH_BEFORE" "$CONSTRAINTS"
@@ -177,14 +179,14 @@ run "$VENV/bin/python" -m pip install --upgrade --constraint "$CONSTRAINTS" $PIP
 
 step "check the install"
 if [[ $DRY_RUN -eq 0 && -n "$TORCH_BEFORE" ]]; then
-    TORCH_AFTER="$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
+    TORCH_AFTER="$("$VENV/bin/python" -c "$TORCH_VERSION_PY")"
     [[ "$TORCH_AFTER" == "$TORCH_BEFORE" ]] || die "torch changed from $TORCH_BEFORE to $TORCH_AFTER"
     echo "torch $TORCH_AFTER unchanged"
 fi
 run "$VENV/bin/sage-runtime" --version
 
 step "config"
-if [[ -e "$CONF" && $DRY_RUN -eq 0 ]]; then
+if [[ -e "$CONF" ]]; then
     echo "keeping the existing $CONF"
 else
     run install -D -m 0640 "$CONFIG" "$CONF"
