@@ -1,7 +1,8 @@
 """Latency of the three attention modules against plain numpy versions of the same math.
 
 Each case alternates torch-module calls and numpy-reference calls in one loop (same process,
-same inputs, same noise), at 1 and 2 torch intra-op threads. numpy's BLAS is held to one thread
+same inputs, same noise), at 1 and 2 torch intra-op threads, recording wall-clock and process
+CPU time per call. numpy's BLAS is held to one thread
 (set before numpy loads); at these sizes it would not use more. Writes
 benchmarks/results/attention.json and prints a table.
 
@@ -41,24 +42,33 @@ TARGET_MODULE_P99_MS = 0.5
 TARGET_PIPELINE_P99_MS = 1.0
 
 
-def timed_pair(a: Callable[[], object], b: Callable[[], object] | None, iters: int, warmup: int) -> tuple[list, list]:
-    """Alternate ``a`` and ``b`` calls; per-call wall times in ms for each."""
+def timed_pair(
+    a: Callable[[], object], b: Callable[[], object] | None, iters: int, warmup: int
+) -> tuple[list, list, list, list]:
+    """Alternate ``a`` and ``b`` calls; per-call wall and process-CPU times in ms for each.
+
+    CPU time leaves out time the scheduler gave to other processes, which dominates wall-clock
+    p99 on a shared machine; it includes every thread of this process (and OpenMP spin-waits).
+    """
     for _ in range(warmup):
         a()
         if b is not None:
             b()
-    ta, tb = [], []
-    clock = time.perf_counter_ns
+    wa, ca, wb, cb = [], [], [], []
+    wall, cpu = time.perf_counter_ns, time.process_time_ns
     for _ in range(iters):
-        t0 = clock()
+        c0, t0 = cpu(), wall()
         a()
-        t1 = clock()
-        ta.append((t1 - t0) / 1e6)
+        t1, c1 = wall(), cpu()
+        wa.append((t1 - t0) / 1e6)
+        ca.append((c1 - c0) / 1e6)
         if b is not None:
-            t0 = clock()
+            c0, t0 = cpu(), wall()
             b()
-            tb.append((clock() - t0) / 1e6)
-    return ta, tb
+            t1, c1 = wall(), cpu()
+            wb.append((t1 - t0) / 1e6)
+            cb.append((c1 - c0) / 1e6)
+    return wa, ca, wb, cb
 
 
 def sensors_for(n: int, rng: np.random.Generator) -> list[Sensor]:
@@ -140,8 +150,9 @@ def main() -> int:
         for threads in args.threads:
             torch.set_num_threads(threads)
             for module, case, fn, ref in cases(np.random.default_rng(0)):
-                t, r = timed_pair(fn, ref, args.iters, args.warmup)
-                row = {"module": module, "case": case, "threads": threads, "torch": pct(t), "numpy": pct(r)}
+                t, t_cpu, r, r_cpu = timed_pair(fn, ref, args.iters, args.warmup)
+                row = {"module": module, "case": case, "threads": threads, "torch": pct(t), "numpy": pct(r),
+                       "torch_cpu_time": pct(t_cpu), "numpy_cpu_time": pct(r_cpu)}
                 if r:
                     row["ratio_p50"] = round(row["torch"]["p50_ms"] / row["numpy"]["p50_ms"], 3)
                     row["ratio_p99"] = round(row["torch"]["p99_ms"] / row["numpy"]["p99_ms"], 3)
@@ -152,6 +163,7 @@ def main() -> int:
                 print(
                     f"{module:9s} {case:42s} thr={threads}  torch p50 {row['torch']['p50_ms']:.4f} "
                     f"p99 {row['torch']['p99_ms']:.4f} ms"
+                    + f" (cpu p99 {row['torch_cpu_time']['p99_ms']:.4f})"
                     + (f" | numpy p50 {num['p50_ms']:.4f} p99 {num['p99_ms']:.4f} ms" if r else "")
                     + ("" if row["meets_target"] else f"  (over {target} ms p99)"),
                     flush=True,

@@ -120,6 +120,9 @@ def test_other_shapes_and_bad_arguments() -> None:
     wide = TrustWeightedExpertSelector(d_model=2048, n_experts=32, top_k=4)  # 2048 % 12 != 0
     idx, _ = wide.select(torch.randn(2, 2048), torch.rand(32))
     assert idx.shape == (2, 4)
+    plugins = TrustWeightedExpertSelector(d_model=256, n_experts=3, top_k=1)  # route a fused vector
+    idx, score = plugins.select(torch.randn(256), torch.tensor([0.2, 0.9, 0.5]), alpha=1.0)
+    assert idx.tolist() == [1] and score.tolist() == pytest.approx([0.9])
     with pytest.raises(ValueError):
         SEL.select(contexts(1, 0), torch.rand(N), alpha=1.5)
     with pytest.raises(ValueError):

@@ -149,7 +149,8 @@ class AtpAllocator(torch.nn.Module):
     ) -> torch.Tensor:
         """Batched ``allocate``: ``features [B, N, F]``, optional ``mask [B, N]`` (False = padding).
 
-        Padding gets exactly 0; each row sums to its ``total_atp`` (a float or a ``[B]`` tensor).
+        Padding gets exactly 0; each row sums to its ``total_atp`` (a float or a ``[B]`` tensor) and
+        needs at least one real target.
         """
         name = state_name(state)
         pat = self.patterns[name]
@@ -157,11 +158,14 @@ class AtpAllocator(torch.nn.Module):
             raise ValueError("total_atp must be >= 0")
         b, n, _ = features.shape
         if n == 0:
-            return torch.zeros(b, 0, dtype=torch.float64, device=features.device)
+            return torch.zeros(b, 0, dtype=torch.float64, device=self.device)
+        if mask is not None and not bool(mask.any(-1).all()):
+            raise ValueError("every row of mask needs at least one real target")
         with torch.inference_mode():
-            k = self.keys(features)
+            k = self.keys(features.to(self.device, torch.float32))
             valid = None
             if mask is not None:
+                mask = mask.to(self.device)
                 valid = mask.to(k.dtype)
                 k = k * valid.unsqueeze(-1)
             logit_bias = self._logit_bias(pat, b, n, mask, seed)
