@@ -3,6 +3,7 @@ energy, restart, consolidation, capacity, schema checks, and writes staying off 
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.memory import MemoryPlugin
+from plugins.memory import MemoryPlugin, hopfield
 from plugins.memory.store import SchemaError
 from sage_runtime.conformance import FAR_FUTURE_NS, check_plugin, make_context
 from sage_runtime.irp import Frame, PluginInputs, RunResult, StepCost, run_plugin
@@ -102,6 +103,32 @@ def test_energy_decreases_every_step_at_low_beta(tmp_path: Path) -> None:
         assert long_runs > 0, "beta=6 should need more than two steps sometimes"
     finally:
         mem.close()
+
+
+@pytest.mark.parametrize("beta", [4.0, 32.0, 200.0])
+def test_hopfield_step_matches_the_textbook_formula(beta: float) -> None:
+    """Against an independent float64 evaluation of q' = X^T softmax(beta X q) and
+    E = -logsumexp(beta X q)/beta + |q|^2/2 + log(n)/beta + 1/2 (high beta takes the sparse readout)."""
+    x = unit_vectors(500, 64, seed=20)
+    q = noisy(x[3], 0.3, torch.Generator().manual_seed(21))
+    exclude = np.zeros(500, dtype=bool)
+    exclude[[10, 20]] = True
+    xd, keep = x.double(), torch.from_numpy(~exclude)
+
+    def energy(v: torch.Tensor) -> float:
+        s = xd[keep] @ v
+        return float(-torch.logsumexp(beta * s, 0) / beta + 0.5 * v @ v + math.log(498) / beta + 0.5)
+
+    state = hopfield.start(x.T.contiguous(), q, beta, exclude)
+    ref = q.double()
+    assert state.energy == pytest.approx(energy(ref), abs=1e-5)
+    for _ in range(3):
+        state = hopfield.step(x.T.contiguous(), state, beta)
+        p = torch.softmax(beta * (xd @ ref).masked_fill(~keep, -math.inf), 0)
+        ref = xd.T @ p
+        assert torch.allclose(state.q.double(), ref, atol=1e-5)
+        assert state.energy == pytest.approx(energy(ref), abs=1e-5)
+        assert float(state.weights[10] + state.weights[20]) == 0.0
 
 
 def test_store_gate_sources_and_acknowledgement(tmp_path: Path) -> None:
