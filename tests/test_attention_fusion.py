@@ -70,6 +70,8 @@ def test_all_stale_or_empty_gives_zero_vector_and_zero_weights() -> None:
     assert torch.equal(fused, torch.zeros(FUSION.d)) and torch.equal(w, torch.zeros(3))
     fused, w = FUSION("navigate", [])
     assert torch.equal(fused, torch.zeros(FUSION.d)) and w.shape == (0,)
+    fused, w = FUSION("navigate", [("vector", VEC, float("nan"), float("nan"), False), ("text", "hi", 1.0, 0.0, False)])
+    assert torch.isfinite(fused).all() and w[0] < 1e-6
 
 
 @settings(max_examples=80, deadline=None)

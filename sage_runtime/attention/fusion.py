@@ -25,6 +25,12 @@ from .adapters import MODALITIES, image_features, text_features, vector_features
 from .sdpa import HAS_ENABLE_GQA, gqa_attention
 
 
+def _unit(x: float) -> float:
+    """Clamp to [0, 1]; NaN counts as 0 (no trust, no salience)."""
+    x = float(x)
+    return min(max(x, 0.0), 1.0) if x == x else 0.0
+
+
 class Sensor(NamedTuple):
     """One fusion input; a plain ``(modality, data, trust, salience, stale)`` tuple works too."""
 
@@ -167,8 +173,7 @@ class SensorFusion(torch.nn.Module):
                 raw[i] = 0.0
                 continue
             self._featurise(raw[i], modality, data)
-            trust, salience = min(max(float(trust), 0.0), 1.0), min(max(float(salience), 0.0), 1.0)
-            bias[i] = math.log(trust + self.trust_eps) + self.salience_gain * salience
+            bias[i] = math.log(_unit(trust) + self.trust_eps) + self.salience_gain * _unit(salience)
             usable += 1
         with torch.inference_mode():
             if usable == 0:

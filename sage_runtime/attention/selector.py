@@ -83,10 +83,10 @@ class TrustWeightedExpertSelector(torch.nn.Module):
         v = (experts @ w_v.T).view(n_experts, kv_heads, hd).transpose(0, 1).unsqueeze(0)
         if self.repeat_kv:  # repeat once here, not per call
             k, v = repeat_kv(k, g), repeat_kv(v, g)
+        # Only what calls need is kept (the expert embeddings live on in K, V and out_keys).
         # Expert e's value laid out per query head, to score it against every head's output.
         per_head = repeat_kv(v, g) if not self.repeat_kv else v
         out_keys = per_head[0].permute(1, 0, 2).reshape(n_experts, q_heads * hd)
-        self.register_buffer("experts", experts.to(self.device))
         self.register_buffer("w_q_t", w_q.T.contiguous().to(self.device))
         self.register_buffer("k", k.contiguous().to(self.device))
         self.register_buffer("v", v.contiguous().to(self.device))
@@ -103,7 +103,7 @@ class TrustWeightedExpertSelector(torch.nn.Module):
         """Router logits ``[B, n_experts]`` for contexts ``x [B, d_model]``."""
         with torch.inference_mode():
             b = x.shape[0]
-            q = (x.to(self.w_q_t.dtype) @ self.w_q_t).view(b, self.q_heads, self.head_dim)
+            q = (x.to(self.device, self.w_q_t.dtype) @ self.w_q_t).view(b, self.q_heads, self.head_dim)
             # Contexts share the expert keys, so the batch rides in SDPA's query-length axis.
             q = q.transpose(0, 1).unsqueeze(0)
             o = gqa_attention(q, self.k, self.v, repeat_fallback=self.repeat_kv)
