@@ -79,8 +79,10 @@ def dockerignore_excludes(rel: str) -> bool:
     return excluded
 
 
-def exec_form(rest: str) -> list[str]:
-    rest = re.sub(r"^(--\w[\w-]*=\S+\s+)*", "", rest)
+def command_of(word: str, rest: str) -> list[str]:
+    """argv of ENTRYPOINT/CMD, or of HEALTHCHECK's CMD after its --options."""
+    if word == "HEALTHCHECK":
+        rest = re.sub(r"^(--\S+\s+)*CMD\s+", "", rest)
     return yaml.safe_load(rest) if rest.startswith("[") else shlex.split(rest)
 
 
@@ -104,10 +106,8 @@ def test_dockerfile_references_exist(dockerfile):
                 assert not dockerignore_excludes(rel), f"{dockerfile.name}: {rel} is cut by .dockerignore"
             installed |= set(re.findall(r"(/(?:usr/local/bin|etc/sage)/[\w.-]+)", run))
     scripts = console_scripts()
-    commands = {w: exec_form(r) for w, r in steps if w in ("ENTRYPOINT", "CMD", "HEALTHCHECK")}
+    commands = {w: command_of(w, r) for w, r in steps if w in ("ENTRYPOINT", "CMD", "HEALTHCHECK")}
     for word, argv in commands.items():
-        if word == "HEALTHCHECK":
-            argv = exec_form(re.sub(r"^(--\S+\s+)*CMD\s+", "", commands_raw(steps, "HEALTHCHECK")))
         exe = argv[0]
         if exe.startswith("-"):
             continue  # CMD holds arguments for the ENTRYPOINT
@@ -118,10 +118,6 @@ def test_dockerfile_references_exist(dockerfile):
         assert path in installed, f"{dockerfile.name}: CMD names {path}, which no RUN installs"
     if commands.get("CMD"):
         daemon.build_parser().parse_args(commands["CMD"])  # the daemon accepts the CMD arguments
-
-
-def commands_raw(steps: list[tuple[str, str]], word: str) -> str:
-    return next(rest for w, rest in steps if w == word)
 
 
 def test_healthcheck_script_runs_real_sagectl_arguments():

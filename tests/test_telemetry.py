@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from typing import Any
 
@@ -394,7 +395,7 @@ def test_poller_polls_off_thread_and_keeps_latest(orin):
         assert status["sample"]["max_temp_c"] == pytest.approx(99.0)
     finally:
         poller.stop()
-    assert not any(t.name == "telemetry" for t in __import__("threading").enumerate())
+    assert not any(t.name == "telemetry" for t in threading.enumerate())
 
 
 class _Exploding(TelemetryProvider):
