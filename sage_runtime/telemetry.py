@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping
 
 log = logging.getLogger("sage.telemetry")
 
@@ -44,6 +44,9 @@ class TelemetryParams:
     (tests point them at fixture trees). throttle_temp_c: at or above it the board counts as
     throttled (feeds REST/CRISIS). hot_temp_c: recharge derating starts here and falls linearly
     to min_derate at throttle_temp_c. power_budget_w: recharge scales by budget/total above it."""
+
+    #: When pydantic validates this as a config field, a misspelt key is an error, not ignored.
+    __pydantic_config__: ClassVar[dict[str, str]] = {"extra": "forbid"}
 
     provider: ProviderName = "auto"
     sysfs_root: str = "/sys"

@@ -366,7 +366,8 @@ def test_params_validate_and_work_as_a_pydantic_field():
     assert Cfg().telemetry.provider == "auto"
     cfg = Cfg.model_validate({"telemetry": {"provider": "sysfs", "throttle_temp_c": 90, "power_budget_w": 15}})
     assert cfg.telemetry == TelemetryParams(provider="sysfs", throttle_temp_c=90.0, power_budget_w=15.0)
-    for bad in ({"provider": "tegrastats"}, {"hot_temp_c": 99, "throttle_temp_c": 90}, {"poll_interval_s": 0}):
+    for bad in ({"provider": "tegrastats"}, {"hot_temp_c": 99, "throttle_temp_c": 90}, {"poll_interval_s": 0},
+                {"throttle_temp": 90}):
         with pytest.raises(ValidationError):
             Cfg.model_validate({"telemetry": bad})
 
