@@ -210,7 +210,8 @@ def machine(device: torch.device) -> dict:
                  platform.processor())
     info = {"platform": platform.platform(), "cpu": model, "cpus": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "torch_threads": torch.get_num_threads(), "device": str(device)}
+            "torch_threads": torch.get_num_threads(), "device": str(device),
+            "loadavg_1m": round(os.getloadavg()[0], 2)}  # other work on the machine skews the tails
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
