@@ -78,11 +78,10 @@ class ChannelSpec:
 class _Slot:
     """One preallocated frame buffer and the state the channel lock guards."""
 
-    __slots__ = ("index", "data", "data_u8", "host_u8", "host_np", "host_mv", "ready", "release_events",
-                 "shape", "numel", "view", "seq", "meta", "ts_ns", "leases", "writing", "live")
+    __slots__ = ("data", "data_u8", "host_u8", "host_np", "host_mv", "ready", "release_events",
+                 "shape", "view", "seq", "meta", "ts_ns", "leases", "writing", "live")
 
-    def __init__(self, index: int, numel: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.index = index
+    def __init__(self, numel: int, dtype: torch.dtype, device: torch.device) -> None:
         self.data = torch.empty(numel, dtype=dtype, device=device)
         self.data_u8 = self.data.view(torch.uint8)
         if device.type == "cuda":
@@ -96,7 +95,6 @@ class _Slot:
         self.host_mv = memoryview(self.host_np)
         self.release_events: list[Any] = []  # CUDA: recorded on each reader's stream at release
         self.shape: tuple[int, ...] = (0,)
-        self.numel = 0
         self.view = self.data[:0]  # the frame-shaped view leases hand out; rebuilt when the shape changes
         self.seq = -1
         self.meta: Mapping[str, Any] = {}
@@ -190,7 +188,7 @@ class Channel:
         self._fixed_shape = spec.max_shape if spec.kind == "broadcast" else None
         n_slots = spec.depth + (spec.lease_slots if spec.policy == "fifo" else 0)
         with torch.inference_mode(False):  # inference tensors could not be written outside inference mode
-            self._slots = [_Slot(i, spec.max_numel, spec.dtype, device) for i in range(n_slots)]
+            self._slots = [_Slot(spec.max_numel, spec.dtype, device) for _ in range(n_slots)]
         self._lock = threading.Lock()
         self._fifo = spec.policy == "fifo"
         self._queue: collections.deque[_Slot] = collections.deque()  # fifo: published, unread, oldest first
@@ -320,7 +318,7 @@ class Channel:
         """Give a reserved slot (this writer's alone) the frame's shape and a view of that shape."""
         if slot.shape != shape:
             slot.view = slot.data[:numel].view(shape)
-            slot.shape, slot.numel = shape, numel
+            slot.shape = shape
 
     def _find_free(self) -> _Slot | None:
         """The lowest free slot: reusing the same few slots keeps them warm in cache."""
