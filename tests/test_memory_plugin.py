@@ -215,7 +215,7 @@ def test_consolidation_merges_decays_prunes_and_checkpoints(tmp_path: Path) -> N
     for x in base[:20]:  # near-duplicates of the first 20 (cosine ~0.995)
         mem.remember(noisy(x, 0.1, g), source="probe", salience=0.99)
     for i, x in enumerate(unit_vectors(60, seed=15)):  # 140 items, prune_to keeps 100
-        mem.remember(x, source="probe", salience=0.1 + i / 1000)
+        mem.remember(x, source="probe", salience=0.16 - i / 1000)  # the newest are the least salient
     assert mem.pending_consolidation() == 140
     time.sleep(0.2)  # two salience half-lives
     total = {"checked": 0, "merged": 0, "pruned": 0}
@@ -230,6 +230,7 @@ def test_consolidation_merges_decays_prunes_and_checkpoints(tmp_path: Path) -> N
     assert total["merged"] == 20 and total["pruned"] == 20 and mem.index.n == 100
     assert 100 <= total["checked"] <= 120  # merged-away and pruned items need no check
     kept = set(mem.index.row_of)
+    assert 140 not in kept  # the newest item was pruned: its id must not come back
     assert all(mem.index.count[mem.index.row_of[i]] == 2 for i in range(1, 21))  # older id absorbs
     assert float(mem.index.salience[: mem.index.n].max()) < 0.5  # 0.99 decayed over >= 2 half-lives
     assert mem.flush()
@@ -240,6 +241,7 @@ def test_consolidation_merges_decays_prunes_and_checkpoints(tmp_path: Path) -> N
     mem = open_memory(tmp_path, **cfg)
     try:
         assert set(mem.index.row_of) == kept and mem.pending_consolidation() == 0
+        assert mem.remember(base[0], source="probe", salience=0.5) == 141
         merged_row = mem.index.row_of[1]
         assert float(torch.dot(mem.index.vector(merged_row), base[0])) > 0.99
     finally:

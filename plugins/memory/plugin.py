@@ -86,7 +86,7 @@ class MemoryPlugin(IRPPlugin):
         self.index = PatternIndex(cfg.capacity, cfg.dim, ctx.device)
         self.upkeep = Consolidator(self.index, self.store, cfg.merge_threshold, cfg.decay_half_life_s,
                                    keep=int(cfg.prune_to * cfg.capacity), same_source=cfg.recall_scope == "source")
-        self._next_id = max((r.id for r in records), default=0) + 1
+        self._next_id = self.store.highest_id + 1  # ids are never reused, not even deleted ones
         if len(records) > cfg.capacity:  # capacity was lowered: keep the most salient
             records.sort(key=lambda r: (r.salience, r.id), reverse=True)
             self.store.delete(r.id for r in records[cfg.capacity:])

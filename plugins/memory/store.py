@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: sqlite_sequence keeps the highest id ever used
     ts_ns INTEGER NOT NULL,
     source TEXT NOT NULL,
     salience REAL NOT NULL,
@@ -92,6 +92,7 @@ class SqliteStore:
         self.errors = 0
         self.last_error: str | None = None
         self.commits = 0
+        self.highest_id = 0  # highest id ever committed, deleted ones included (set by open)
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -199,6 +200,8 @@ class SqliteStore:
         return conn
 
     def _load(self, conn: sqlite3.Connection) -> list[Record]:
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+        self.highest_id = int(seq[0]) if seq else 0
         out = []
         cur = conn.execute("SELECT id, ts_ns, source, salience, count, consolidated, snarc, meta, vec "
                            "FROM items ORDER BY id")
