@@ -159,10 +159,10 @@ fi
 
 step "install sage-runtime with the jetson extra"
 if [[ -n "$WHEEL" ]]; then
-    TARGET="$WHEEL[jetson]"
+    TARGET="${WHEEL}[jetson]"
 else
     # Build from a copy: the checkout may be read-only or shared, and setuptools writes build/ in-tree.
-    STAGE='$STAGE'
+    STAGE="<staging dir>"  # what a dry run prints in its place
     if [[ $DRY_RUN -eq 0 ]]; then
         STAGE="$(mktemp -d)"
         trap 'rm -rf "$STAGE"' EXIT
@@ -172,7 +172,7 @@ else
             run cp -r "$SOURCE/$item" "$STAGE/"
         fi
     done
-    TARGET="$STAGE[jetson]"
+    TARGET="${STAGE}[jetson]"
 fi
 # shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
 run "$VENV/bin/python" -m pip install --upgrade --constraint "$CONSTRAINTS" $PIP_ARGS "$TARGET"
