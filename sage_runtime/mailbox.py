@@ -582,10 +582,14 @@ class Mailbox:
         return name in self._channels
 
     def names(self) -> list[str]:
-        return sorted(self._channels)
+        with self._lock:
+            return sorted(self._channels)
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        return {name: channel.stats() for name, channel in sorted(self._channels.items())}
+        """Every channel's counters, by name (registration may go on in another thread)."""
+        with self._lock:
+            channels = sorted(self._channels.items())
+        return {name: channel.stats() for name, channel in channels}
 
     def close(self) -> None:
         """Close every channel and forget them; leases still held keep their memory alive."""
