@@ -404,7 +404,7 @@ class Channel:
 
     def wait(self, after_seq: int = -1, timeout: float | None = None) -> bool:
         """Block until there is something to read (latest: a frame newer than `after_seq`; fifo: a
-        queued frame) or the channel closes; False on timeout. Writers never block."""
+        queued frame) or the channel closes (check `closed`); False on timeout. Writers never block."""
         with self._cond:
             self._waiting += 1
             try:
@@ -483,6 +483,10 @@ class Channel:
     @property
     def last_seq(self) -> int:
         return self._next_seq - 1
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def slot_data_ptrs(self) -> list[int]:
         """Addresses of the preallocated slots (they never change: tests rely on it)."""

@@ -280,7 +280,7 @@ def test_wait_blocks_until_something_to_read_or_close(mailbox):
     assert latest.wait(after_seq=0, timeout=0.01) is False  # nothing newer than seq 0
     closer = threading.Timer(0.05, mailbox.close)
     closer.start()
-    assert latest.wait(after_seq=0, timeout=10) is True and latest.read_latest(0) is None
+    assert latest.wait(after_seq=0, timeout=10) is True and latest.closed and latest.read_latest(0) is None
     closer.join()
 
 
