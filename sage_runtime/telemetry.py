@@ -28,6 +28,8 @@ log = logging.getLogger("sage.telemetry")
 
 #: jetson-stats' service socket; the container needs it mounted to use the jtop provider.
 JTOP_SOCKET = "/run/jtop.sock"
+#: How long the jetson-stats handshake may take before the provider is skipped.
+JTOP_START_TIMEOUT_S = 5.0
 #: Rails that measure the whole module input; preferred over summing the others (Orin: VDD_IN,
 #: Nano/Xavier: POM_5V_IN, Thor carrier INA238: VIN).
 TOTAL_RAILS = ("VDD_IN", "POM_5V_IN", "VIN")
@@ -394,15 +396,11 @@ class JtopProvider(TelemetryProvider):
     name = "jtop"
 
     def __init__(self, params: TelemetryParams,
-                 factory: Callable[[TelemetryParams], Any] = default_jtop_factory) -> None:
+                 factory: Callable[[TelemetryParams], Any] = default_jtop_factory,
+                 start_timeout_s: float = JTOP_START_TIMEOUT_S) -> None:
         self.params = params
         client = factory(params)
-        try:
-            client.start()
-        except ProviderUnavailable:
-            raise
-        except Exception as exc:  # noqa: BLE001 - jtop raises its own JtopException and OS errors
-            raise ProviderUnavailable(f"jtop service did not answer: {_one_line(exc)}") from None
+        _start_within(client, start_timeout_s)
         self.client = client
 
     def read(self) -> TelemetrySample:
@@ -481,6 +479,26 @@ class JtopProvider(TelemetryProvider):
             return None
         used, tot = _number(ram.get("used")), _number(ram.get("tot"))
         return _fraction(used / tot) if used is not None and tot else None
+
+
+def _start_within(client: Any, timeout_s: float) -> None:
+    """client.start() on a helper thread: a wedged service (socket there, nobody answering the
+    handshake) must not hang the daemon's start. A start that times out is left to finish alone."""
+    failure: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            client.start()
+        except BaseException as exc:  # noqa: BLE001 - jtop raises JtopException and OS errors
+            failure.append(exc)
+
+    thread = threading.Thread(target=start, name="jtop-start", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise ProviderUnavailable(f"jtop service did not answer within {timeout_s:g} s")
+    if failure:
+        raise ProviderUnavailable(f"jtop service did not answer: {_one_line(failure[0])}")
 
 
 def _items(data: Any) -> list[tuple[Any, Any]]:

@@ -313,6 +313,20 @@ def test_jtop_service_not_answering_is_skipped_with_reason(orin):
     assert "not active" in skipped["jtop"] and "\n" not in skipped["jtop"]
 
 
+def test_wedged_jtop_service_is_skipped_after_a_timeout():
+    release = threading.Event()
+
+    class Wedged(FakeJtop):
+        def start(self) -> None:
+            release.wait(10)  # a socket that accepts but never completes the handshake
+
+    t0 = time.monotonic()
+    with pytest.raises(ProviderUnavailable, match="within 0.2 s"):
+        JtopProvider(jtop_params(), lambda p: Wedged(JTOP_7_THOR), start_timeout_s=0.2)
+    assert time.monotonic() - t0 < 5
+    release.set()
+
+
 def test_auto_prefers_jtop_when_it_answers(orin):
     provider, skipped = select_provider(params_for(orin, provider="auto"), lambda p: FakeJtop(JTOP_7_THOR))
     assert provider.name == "jtop" and skipped == {}
