@@ -209,7 +209,7 @@ fi
 run systemctl "${ROOT_ARG[@]}" enable sage-runtime.service
 if [[ -z "$ROOT" && $START -eq 1 ]]; then
     run systemctl restart sage-runtime.service
-    echo "started; check with: systemctl status sage-runtime  and  $VENV/bin/sagectl status"
+    echo "started; check with: systemctl status sage-runtime; SAGE_RUNTIME_DIR=/run/sage $VENV/bin/sagectl status"
 else
     echo "enabled, not started (--prefix or --no-start)"
 fi
