@@ -122,10 +122,10 @@ class Lease:
     __slots__ = ("_channel", "_slot", "_tensor", "_stream", "_released", "seq", "meta", "ts_ns", "shape")
 
     def __init__(self, channel: Channel, slot: _Slot, stream: Any) -> None:
+        self._released = False
         self._channel = channel
         self._slot = slot
         self._stream = stream
-        self._released = False
         self.seq: int = slot.seq
         self.meta: Mapping[str, Any] = slot.meta
         self.ts_ns: int = slot.ts_ns
@@ -146,11 +146,12 @@ class Lease:
         """Give the slot back to the writer. Idempotent."""
         if not self._released:
             self._released = True
-            self._channel._release(self._slot, self._release_event())
+            channel = self._channel
+            event = None if self._stream is None else self._release_event()
+            with channel._lock:
+                channel._drop_lease(self._slot, event)
 
     def _release_event(self) -> Any:
-        if self._stream is None:
-            return None
         event = torch.cuda.Event()
         event.record(self._stream)  # the writer's stream waits for this reader's queued work
         return event
@@ -163,9 +164,10 @@ class Lease:
 
     def __del__(self) -> None:
         # No lock here: GC may run inside a critical section. The channel reclaims it later.
-        if not getattr(self, "_released", True):
+        if not self._released:
             self._released = True
-            self._channel._orphans.append((self._slot, self._release_event()))
+            event = None if self._stream is None else self._release_event()
+            self._channel._orphans.append((self._slot, event))
 
     def __repr__(self) -> str:
         return f"Lease({self._channel.name!r}, seq={self.seq}, shape={self.shape}, released={self._released})"
@@ -461,10 +463,6 @@ class Channel:
             stream.wait_event(slot.ready)        # GPU-side wait for the upload; the host goes on
             slot.data.record_stream(stream)      # the slot's memory is used on the reader's stream
         return Lease(self, slot, stream)
-
-    def _release(self, slot: _Slot, event: Any) -> None:
-        with self._lock:
-            self._drop_lease(slot, event)
 
     def _drop_lease(self, slot: _Slot, event: Any) -> None:
         slot.leases -= 1
