@@ -229,6 +229,7 @@ class ReasoningPlugin(IRPPlugin):
         model = self.models[n]
         return {
             "solution": sol[0] if one else sol,
+            "solution_text": "\n\n".join(format_grid(g) for g in sol.numpy()),
             "steps": int(state.steps[0]) if one else state.steps.cpu().tolist(),
             "halt_detail": details[0] if one else details,
             "confidence": float(conf[0]) if one else conf.tolist(),
@@ -244,6 +245,11 @@ class ReasoningPlugin(IRPPlugin):
     def close(self) -> None:
         self._paused.clear()
         self._current = None
+
+
+def format_grid(grid: np.ndarray) -> str:
+    """Digits row by row, '.' for blank: the text form parse_grid reads back."""
+    return "\n".join("".join(str(int(v)) if v else "." for v in row) for row in grid)
 
 
 def segment_flops(model: HRMACT, seq_len: int) -> int:
