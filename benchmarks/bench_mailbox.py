@@ -238,12 +238,16 @@ def main() -> None:
         round_trip_mailbox(mb, nbytes, 10), round_trip_queue(device, nbytes, 10)  # warm up
         mail_ns: list[int] = []
         base_ns: list[int] = []
-        for _ in range(BLOCKS):  # alternate blocks so both sides share the machine's noise
+        for _ in range(BLOCKS):  # alternate blocks so both sides share the machine's noise (same below)
             mail_ns += round_trip_mailbox(mb, nbytes, iters // BLOCKS)
             base_ns += round_trip_queue(device, nbytes, iters // BLOCKS)
         mail, base = percentiles(mail_ns), percentiles(base_ns)
-        cross_mail = percentiles(cross_thread_mailbox(mb, nbytes, n_cross))
-        cross_base = percentiles(cross_thread_queue(device, nbytes, n_cross))
+        cross_mail_ns: list[int] = []
+        cross_base_ns: list[int] = []
+        for _ in range(BLOCKS):
+            cross_mail_ns += cross_thread_mailbox(mb, nbytes, n_cross // BLOCKS)
+            cross_base_ns += cross_thread_queue(device, nbytes, n_cross // BLOCKS)
+        cross_mail, cross_base = percentiles(cross_mail_ns), percentiles(cross_base_ns)
         mail_s, retries = handoff_mailbox(mb, nbytes, n_handoff)
         base_s = handoff_queue(device, nbytes, n_handoff)
         results[label] = {

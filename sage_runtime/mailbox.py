@@ -82,11 +82,12 @@ class _Slot:
                  "shape", "view", "seq", "meta", "ts_ns", "leases", "writing", "live")
 
     def __init__(self, numel: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.data = torch.empty(numel, dtype=dtype, device=device)
+        # zeros, not empty: touching every page now keeps page faults off the first frames' path
+        self.data = torch.zeros(numel, dtype=dtype, device=device)
         self.data_u8 = self.data.view(torch.uint8)
         if device.type == "cuda":
             # Frames from the wire land in pinned host memory, then go up with an async copy.
-            self.host_u8: torch.Tensor = torch.empty(self.data_u8.numel(), dtype=torch.uint8, pin_memory=True)
+            self.host_u8: torch.Tensor = torch.zeros(self.data_u8.numel(), dtype=torch.uint8, pin_memory=True)
             self.ready: torch.cuda.Event | None = torch.cuda.Event()
         else:
             self.host_u8 = self.data_u8
