@@ -59,11 +59,10 @@ def _point(patterns: torch.Tensor, q: torch.Tensor, beta: float, visible: int,
     quad = 0.5 * float(torch.dot(q, q))
     if visible == 0:
         return logits, torch.zeros_like(logits), quad
-    top = logits.max()
-    weights = (logits - top).mul_(beta).exp_()  # one allocation, in-place passes: softmax and lse
-    total = weights.sum()
-    weights.div_(total)
-    lse = float(top) + float(torch.log(total)) / beta  # lse(beta, logits), already divided by beta
+    weights = torch.softmax(logits * beta, 0)
+    top, best = logits.max(0)
+    # log sum exp(beta z) = beta z_j - log p_j for any j; at the largest logit p_j >= 1/n is exact enough
+    lse = float(top) - math.log(float(weights[best])) / beta
     return logits, weights, -lse + quad + math.log(visible) / beta + 0.5
 
 
