@@ -112,10 +112,9 @@ def test_every_input_column_changes_the_allocation() -> None:
     for name in FEATURES:
         changed = base.copy()
         changed[0, COL[name]] = 1.0 if name not in ("cost_ms", "staleness_s") else 20.0
-        moved = [
-            abs(ALLOC.allocate(s, torch.from_numpy(changed), 1.0)[0] - ALLOC.allocate(s, torch.from_numpy(base), 1.0)[0])
-            for s in ("WAKE", "CRISIS", "REST")
-        ]
+        before, after = torch.from_numpy(base), torch.from_numpy(changed)
+        states = ("WAKE", "CRISIS", "REST")
+        moved = [abs(ALLOC.allocate(s, after, 1.0)[0] - ALLOC.allocate(s, before, 1.0)[0]) for s in states]
         assert max(moved) > 1e-3, name
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .allocator import COL, FEATURES, STATES, AtpAllocator, state_name
-from .fusion import SensorFusion
+from .fusion import SensorFusion, _unit
 from .selector import TrustWeightedExpertSelector
 
 _LOG = np.array([n in ("cost_ms", "staleness_s") for n in FEATURES])
@@ -31,7 +31,9 @@ class NumpyAllocator:
         self.patterns = module.patterns
         self.queries = module.queries.cpu().numpy()
 
-    def allocate(self, state: object, features: np.ndarray, total_atp: float, noise: np.ndarray | None = None) -> np.ndarray:
+    def allocate(
+        self, state: object, features: np.ndarray, total_atp: float, noise: np.ndarray | None = None
+    ) -> np.ndarray:
         name = state_name(state)
         pat = self.patterns[name]
         x = np.nan_to_num(features, nan=0.0).clip(min=0.0)
@@ -112,7 +114,7 @@ class NumpyFusion:
         for i, (modality, data, trust, salience, stale) in enumerate(sensors):
             if not stale and data is not None:
                 m._featurise(raw[i], modality, data)
-                bias[i] = math.log(min(max(trust, 0.0), 1.0) + m.trust_eps) + m.salience_gain * min(max(salience, 0.0), 1.0)
+                bias[i] = math.log(_unit(trust) + m.trust_eps) + m.salience_gain * _unit(salience)
         if not np.isfinite(bias).any():
             return np.zeros(m.d, dtype=np.float32), np.zeros(n, dtype=np.float32)
         hd, g = m.head_dim, m.q_heads // m.kv_heads
