@@ -6,7 +6,7 @@ CPU time per call. numpy's BLAS is held to one thread
 (set before numpy loads); at these sizes it would not use more. Writes
 benchmarks/results/attention.json and prints a table.
 
-    .venv/bin/python benchmarks/bench_attention.py [--iters 3000] [--threads 1 2]
+    .venv/bin/python benchmarks/bench_attention.py [--iters 3000] [--threads 1 2] [--only fusion ...]
 """
 
 from __future__ import annotations
@@ -116,12 +116,25 @@ def cases(rng: np.random.Generator) -> list[tuple[str, str, Callable[[], object]
         out.append(("fusion", f"{n} sensors", lambda s=sensors: fus("navigate", s),
                     lambda s=sensors: ref_fus.forward("navigate", s)))
 
-    # All three in sequence, as the tick loop calls them (16 targets, 8 sensors, one context).
+    # All three in sequence. "tick": the fused vector is the context a d=256 selector routes
+    # (the tick-loop wiring); the other uses the default 768-wide selector on its own context.
     f16 = torch.from_numpy(rng.random((16, len(FEATURES))).astype(np.float32))
     s8 = sensors_for(8, rng)
     x1 = torch.from_numpy(rng.standard_normal((1, sel.d_model)).astype(np.float32))
     f16n, x1n = f16.numpy(), x1.numpy()
+    sel256 = TrustWeightedExpertSelector(d_model=fus.d)
+    ref_sel256 = NumpySelector(sel256)
     state_cycle = iter(np.tile(np.array(STATES), 10**6))
+
+    def tick() -> None:
+        fused, _ = fus("navigate", s8)
+        sel256.select(fused, trust_t)
+        alloc.allocate(next(state_cycle), f16, 8.0, seed=3)
+
+    def tick_ref() -> None:
+        fused, _ = ref_fus.forward("navigate", s8)
+        ref_sel256.select(fused[None, :], trust)
+        ref_alloc.allocate("WAKE", f16n, 8.0)
 
     def pipeline() -> None:
         fus("navigate", s8)
@@ -133,7 +146,8 @@ def cases(rng: np.random.Generator) -> list[tuple[str, str, Callable[[], object]
         ref_sel.select(x1n, trust)
         ref_alloc.allocate("WAKE", f16n, 8.0)
 
-    out.append(("pipeline", "fusion(8) + selector(b=1) + allocator(16)", pipeline, pipeline_ref))
+    out.append(("pipeline", "tick: fusion(8) -> selector(d=256) -> alloc(16)", tick, tick_ref))
+    out.append(("pipeline", "fusion(8) + selector(d=768, b=1) + alloc(16)", pipeline, pipeline_ref))
     return out
 
 
@@ -142,6 +156,7 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=3000)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--only", nargs="*", default=None, help="modules to run (allocator selector fusion pipeline)")
     args = ap.parse_args()
 
     rows = []
@@ -150,6 +165,8 @@ def main() -> int:
         for threads in args.threads:
             torch.set_num_threads(threads)
             for module, case, fn, ref in cases(np.random.default_rng(0)):
+                if args.only and module not in args.only:
+                    continue
                 t, t_cpu, r, r_cpu = timed_pair(fn, ref, args.iters, args.warmup)
                 row = {"module": module, "case": case, "threads": threads, "torch": pct(t), "numpy": pct(r),
                        "torch_cpu_time": pct(t_cpu), "numpy_cpu_time": pct(r_cpu)}
@@ -161,7 +178,7 @@ def main() -> int:
                 rows.append(row)
                 num = row["numpy"]
                 print(
-                    f"{module:9s} {case:42s} thr={threads}  torch p50 {row['torch']['p50_ms']:.4f} "
+                    f"{module:9s} {case:48s} thr={threads}  torch p50 {row['torch']['p50_ms']:.4f} "
                     f"p99 {row['torch']['p99_ms']:.4f} ms"
                     + f" (cpu p99 {row['torch_cpu_time']['p99_ms']:.4f})"
                     + (f" | numpy p50 {num['p50_ms']:.4f} p99 {num['p99_ms']:.4f} ms" if r else "")
@@ -174,7 +191,8 @@ def main() -> int:
     info["numpy"] = np.__version__
     info["numpy_blas_threads"] = os.environ["OPENBLAS_NUM_THREADS"]
     info["loadavg_before"], info["loadavg_after"] = load_before, os.getloadavg()
-    path = save("attention", {
+    name = "attention" if not args.only else "attention-" + "-".join(args.only)
+    path = save(name, {
         "benchmark": "attention", "machine": info, "iters": args.iters, "warmup": args.warmup,
         "targets": {"module_p99_ms": TARGET_MODULE_P99_MS, "pipeline_p99_ms": TARGET_PIPELINE_P99_MS,
                     "threads": 1},
