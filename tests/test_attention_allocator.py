@@ -155,6 +155,18 @@ def test_focus_crisis_rest_wake_guarantees() -> None:
         assert ((rest * cons).sum(1)[has] >= share - 1e-12).all()
 
 
+def test_target_order_does_not_matter() -> None:
+    """Permuting targets permutes the split (the research FOCUS path only ever saw target 0)."""
+    f, mask = random_sets(50, 24, seed=9)
+    rng = np.random.default_rng(1)
+    for s in ("WAKE", "FOCUS", "CRISIS", "REST"):
+        for b in range(50):
+            n = int(mask[b].sum())
+            perm = torch.from_numpy(rng.permutation(n))
+            out = ALLOC.allocate(s, f[b, :n], 1.0)
+            assert torch.allclose(ALLOC.allocate(s, f[b, :n][perm], 1.0), out[perm], atol=1e-6), s
+
+
 def test_crisis_without_flag_goes_to_the_top_target() -> None:
     f = torch.tensor([[0.1] * 5 + [0.5, 0.2, 1.0, 0.0, 0.0, 0.0], [0.9] * 5 + [0.9, 0.8, 1.0, 0.0, 0.0, 0.0]])
     out = ALLOC.allocate("CRISIS", f, 10.0)
