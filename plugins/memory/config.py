@@ -11,7 +11,7 @@ from typing import Any
 class MemoryConfig:
     dim: int = 256                     # stored vector length; other lengths are padded / resampled
     capacity: int = 16384              # rows of the preallocated index; never exceeded
-    beta: float = 32.0                 # Hopfield inverse temperature
+    beta: float = 128.0                # Hopfield inverse temperature (README: choosing beta)
     store_threshold: float = 0.5       # store a candidate when its salience >= this
     top_k: int = 5                     # ids / scores returned per retrieval
     max_steps: int = 10                # hard ceiling on Hopfield steps per run
