@@ -248,6 +248,20 @@ def test_consolidation_merges_decays_prunes_and_checkpoints(tmp_path: Path) -> N
         mem.close()
 
 
+def test_consolidation_never_merges_across_sources_or_with_itself(tmp_path: Path) -> None:
+    mem = open_memory(tmp_path)
+    try:
+        x = unit_vectors(3, seed=22)
+        lone = mem.remember(x[0], source="imu", salience=0.6)  # the only item of its source
+        twins = [mem.remember(x[1], source="vision", salience=0.6), mem.remember(x[1], source="fused", salience=0.6)]
+        other = mem.remember(x[2], source="vision", salience=0.6)
+        summary = mem.consolidate(budget_ms=1000.0)
+        assert summary["merged"] == 0 and summary["checked"] == 4
+        assert set(mem.index.row_of) == {lone, other, *twins}
+    finally:
+        mem.close()
+
+
 def test_consolidation_respects_its_budget(tmp_path: Path) -> None:
     mem = open_memory(tmp_path)
     try:

@@ -63,12 +63,14 @@ class Consolidator:
             if self.same_source:
                 codes = idx.source_code[: idx.n]
                 sims[codes[None, :] != codes[rows][:, None]] = -np.inf
-            best = ids_then[np.argmax(sims, axis=1)] if idx.n > 1 else np.full(len(rows), -1)
+            cols = np.argmax(sims, axis=1)
+            close = sims[np.arange(len(rows)), cols] > self.merge_threshold  # False when all masked
+            best = np.where(close, ids_then[cols], -1)
             done = []
             for item, other in zip(chunk, best.tolist()):
                 if item not in idx.row_of:
                     continue  # merged into an earlier item of this chunk
-                if other in idx.row_of and self._cosine(item, other) > self.merge_threshold:
+                if other != item and other in idx.row_of and self._cosine(item, other) > self.merge_threshold:
                     keep, drop = min(item, other), max(item, other)
                     self._merge_pair(keep, drop)
                     merged += 1
