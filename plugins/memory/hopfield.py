@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SKIP_EACH = 1e-10  # attention below this may be skipped in the readout ...
-SKIP_MASS = 1e-7  # ... when all of it together stays below this
+SKIP_EACH = 1e-12  # attention below this may be skipped in the readout ...
+SKIP_MASS = 1e-7  # ... when all of it together (at most n x SKIP_EACH) stays below this
 SPARSE_MAX = 64  # beyond this many columns the full product is as cheap
 
 
@@ -48,35 +48,40 @@ class Recall:
     move: float
     visible: int
     exclude: torch.Tensor | None
+    best: int = 0  # the item with the largest attention ...
+    best_weight: float = 0.0  # ... and that attention
 
 
 def _point(patterns: torch.Tensor, q: torch.Tensor, beta: float, visible: int,
-           exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Logits, attention and energy of state q: one product with the patterns."""
+           exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float, int, float]:
+    """Logits, attention, energy, best item and its attention for state q: one product with
+    the patterns."""
     logits = q @ patterns
     if exclude is not None:
         logits.masked_fill_(exclude, -math.inf)
     quad = 0.5 * float(torch.dot(q, q))
     if visible == 0:
-        return logits, torch.zeros_like(logits), quad
+        return logits, torch.zeros_like(logits), quad, 0, 0.0
     weights = torch.softmax(logits * beta, 0)
     top, best = logits.max(0)
+    best_weight = float(weights[best])
     # log sum exp(beta z) = beta z_j - log p_j for any j; at the largest logit p_j >= 1/n is exact enough
-    lse = float(top) - math.log(float(weights[best])) / beta
-    return logits, weights, -lse + quad + math.log(visible) / beta + 0.5
+    lse = float(top) - math.log(best_weight) / beta
+    return logits, weights, -lse + quad + math.log(visible) / beta + 0.5, int(best), best_weight
 
 
-def _readout(patterns: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """X^T p. When nearly all attention sits on a few patterns (the usual case once a query
-    is near a stored item) only those columns are summed: for unit patterns the result differs
-    from the full product by at most the skipped mass, and that is used only when it is below
-    SKIP_MASS, under float32 resolution of a unit-norm sum. Otherwise: the full product."""
-    keep = weights > SKIP_EACH
-    count = int(keep.sum())
-    if 0 < count <= SPARSE_MAX and float(weights.masked_fill(keep, 0.0).sum()) < SKIP_MASS:
-        cols = keep.nonzero().squeeze(1)
-        return patterns[:, cols] @ weights[cols]  # (index_select would copy the strided view)
-    return patterns @ weights
+def _readout(patterns: torch.Tensor, state: Recall) -> torch.Tensor:
+    """X^T p. When few patterns hold attention (the usual case once a query is near a stored
+    item) only those columns are summed: for unit patterns the result differs from the full
+    product by at most the skipped mass, allowed below SKIP_MASS (float32 resolution of a
+    unit-norm sum). One item holding all but SKIP_MASS is the cheapest case; else the columns
+    above SKIP_EACH when their skipped mass is provably small (< n x SKIP_EACH); else all."""
+    if state.best_weight > 1.0 - SKIP_MASS:
+        return patterns[:, state.best] * state.best_weight
+    cols = (state.weights > SKIP_EACH).nonzero().squeeze(1)
+    if cols.numel() <= SPARSE_MAX and state.visible * SKIP_EACH < SKIP_MASS:
+        return patterns[:, cols] @ state.weights[cols]  # (index_select would copy the strided view)
+    return patterns @ state.weights
 
 
 def start(patterns: torch.Tensor, q: torch.Tensor, beta: float, exclude: np.ndarray | None = None) -> Recall:
@@ -87,8 +92,8 @@ def start(patterns: torch.Tensor, q: torch.Tensor, beta: float, exclude: np.ndar
         mask = torch.from_numpy(exclude).to(patterns.device)
         visible -= int(exclude.sum())
     q = q.to(patterns.device, torch.float32)
-    logits, weights, energy = _point(patterns, q, beta, visible, mask)
-    return Recall(q, logits, weights, energy, math.inf if visible else 0.0, visible, mask)
+    logits, weights, energy, best, best_weight = _point(patterns, q, beta, visible, mask)
+    return Recall(q, logits, weights, energy, math.inf if visible else 0.0, visible, mask, best, best_weight)
 
 
 def step(patterns: torch.Tensor, state: Recall, beta: float) -> Recall:
@@ -96,7 +101,7 @@ def step(patterns: torch.Tensor, state: Recall, beta: float) -> Recall:
     already a fixed point."""
     if state.visible == 0:
         return state
-    q = _readout(patterns, state.weights)
-    logits, weights, energy = _point(patterns, q, beta, state.visible, state.exclude)
+    q = _readout(patterns, state)
+    logits, weights, energy, best, best_weight = _point(patterns, q, beta, state.visible, state.exclude)
     move = float(torch.dist(weights, state.weights, p=1))
-    return Recall(q, logits, weights, energy, move, state.visible, state.exclude)
+    return Recall(q, logits, weights, energy, move, state.visible, state.exclude, best, best_weight)

@@ -88,7 +88,9 @@ class PatternIndex:
         rows = [int(np.argmin(sal))] if k == 1 else np.argpartition(sal, k - 1)[:k]
         return [int(i) for i in self.ids[rows]]
 
-    def source_mask(self, source: str) -> np.ndarray:
-        """True for live rows that belong to another source than `source`."""
+    def source_mask(self, source: str) -> np.ndarray | None:
+        """True for live items of another source than `source`; None when there are none."""
         code = self._codes.get(source, -1)
+        if len(self._names) == 1 and code == 0:
+            return None  # one source only (the common case): skip the compare
         return self.source_code[: self.n] != code

@@ -48,17 +48,16 @@ class MemoryState:
 
 def to_vector(value: Any, dim: int) -> torch.Tensor | None:
     """A float32 copy of length `dim`: shorter inputs are zero-padded, longer ones linearly
-    resampled. None when empty, non-finite or zero."""
+    resampled. None when empty, zero, or non-finite (or so large its norm overflows)."""
     t = torch.as_tensor(value).detach().to("cpu", torch.float32, copy=True).flatten()
-    if t.numel() == 0 or not bool(torch.isfinite(t).all()):
+    if t.numel() == 0:
         return None
     if t.numel() < dim:
         t = F.pad(t, (0, dim - t.numel()))
     elif t.numel() > dim:
         t = F.interpolate(t[None, None], size=dim, mode="linear", align_corners=True)[0, 0]
-    if float(t.norm()) < 1e-12:
-        return None
-    return t
+    norm = float(t.norm())  # nan or inf when any value is (one op instead of an isfinite pass)
+    return t if math.isfinite(norm) and norm > 1e-12 else None
 
 
 def is_vector_frame(frame: Frame) -> bool:
@@ -245,13 +244,13 @@ class MemoryPlugin(IRPPlugin):
         r = state.recall
         rows = torch.topk(r.logits, min(self.cfg.top_k, r.visible)).indices  # same order as the weights
         w = r.weights[rows]
-        rows_np = rows.cpu().numpy()
+        rows_list = rows.tolist()
         return {
             "recalled": r.q.detach().to("cpu", copy=True),
-            "topk_ids": [int(i) for i in self.index.ids[rows_np]],
-            "topk_weights": [float(x) for x in w.cpu()],
-            "topk_similarity": [float(x) for x in state.query_logits[rows].cpu()],
-            "topk_sources": [self.index.source_of_row(int(i)) for i in rows_np],
+            "topk_ids": self.index.ids[rows_list].tolist(),
+            "topk_weights": w.tolist(),
+            "topk_similarity": state.query_logits[rows].tolist(),
+            "topk_sources": [self.index.source_of_row(i) for i in rows_list],
             "query_source": state.source,
             "queued_ids": state.queued,
             "stored_ids": self.store.take_acknowledged(),
