@@ -246,7 +246,7 @@ class MemoryPlugin(IRPPlugin):
         w = r.weights[rows]
         rows_list = rows.tolist()
         return {
-            "recalled": r.q.detach().to("cpu", copy=True),
+            "recalled": r.q.cpu(),  # a fresh tensor of this run's state, nothing else holds it
             "topk_ids": self.index.ids[rows_list].tolist(),
             "topk_weights": w.tolist(),
             "topk_similarity": state.query_logits[rows].tolist(),
