@@ -67,7 +67,7 @@ class LanguagePlugin(IRPPlugin):
             return None
         frames = sorted(frames, key=lambda f: (f.ts_ns, f.sensor, f.seq))[-self.max_batch:]
         noisy = tuple(normalize(f.data) for f in frames)
-        src, valid = encode_batch(list(noisy), self.model.cfg.max_len, self.ctx.device)
+        src, valid = encode_batch(list(noisy), self.model.cfg.max_len, self.model.cfg.slots, self.ctx.device)
         state = LanguageState(tuple(frames), noisy, first_pass(self.model, src, valid, self.total))
         self._latest = state
         return state

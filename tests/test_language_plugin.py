@@ -1,0 +1,203 @@
+"""Language plugin: grammar, noise model, shipped-weight quality against ground truth, plugin contract."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from plugins.language import LanguagePlugin
+from plugins.language.evaluate import evaluate, heldout_set
+from plugins.language.grammar import Grammar, is_heldout, normalize
+from plugins.language.canvas import decode_slots, slot_targets
+from plugins.language.model import load_checkpoint
+from plugins.language.noise import corrupt, levenshtein
+from plugins.language.plugin import WEIGHTS
+from plugins.language.refine import refine, steps_taken, texts
+from sage_runtime.conformance import check_plugin, make_context
+from sage_runtime.irp import Frame, PluginInputs, StepCost, run_plugin
+from sage_runtime.plugin_registry import load_plugin_class
+
+FAR = 1 << 62
+
+
+@pytest.fixture(scope="module")
+def grammar() -> Grammar:
+    return Grammar.load()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return load_checkpoint(WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    p = LanguagePlugin()
+    p.setup(make_context())
+    p.warmup()
+    yield p
+    p.close()
+
+
+# ---- grammar -----------------------------------------------------------------------------------
+
+def test_every_generated_command_parses_back_to_its_intent(grammar):
+    rng = random.Random(11)
+    for _ in range(2000):
+        cmd = grammar.sample(rng)
+        assert grammar.parse(cmd.text) == cmd.intent, cmd
+        assert cmd.intent["action"] in grammar.action_names
+
+
+def test_parser_rejects_text_outside_the_grammar(grammar):
+    for text in ["", "hello there", "pick up the", "pick up the cup in the", "pik up the cup", "the cup pick up"]:
+        assert grammar.parse(text) is None
+
+
+def test_parser_maps_synonyms_to_one_action_and_ignores_case_and_spacing(grammar):
+    a = grammar.parse("grab the red cup")
+    b = grammar.parse("  Pick  UP my red cup ")
+    assert a == b == {"action": "pick_up", "object": "cup", "attributes": ["red"], "place": None}
+
+
+def test_training_and_evaluation_splits_share_no_command_text(grammar):
+    rng = random.Random(3)
+    train = {grammar.sample_split(rng, heldout=False).text for _ in range(3000)}
+    held = {grammar.sample_split(rng, heldout=True).text for _ in range(300)}
+    assert not train & held
+    assert all(not is_heldout(t) for t in train) and all(is_heldout(t) for t in held)
+
+
+# ---- noise model -------------------------------------------------------------------------------
+
+def test_noise_hits_the_target_character_error_rate(grammar):
+    rng = random.Random(5)
+    clean = [grammar.sample(rng).text for _ in range(600)]
+    for rate in (0.05, 0.1, 0.2):
+        noisy = [corrupt(c, rate, rng) for c in clean]
+        measured = sum(levenshtein(c, n) for c, n in zip(clean, noisy)) / sum(map(len, clean))
+        assert abs(measured - rate) < 0.15 * rate, (rate, measured)
+
+
+def test_noise_splits_and_merges_words_and_is_seeded(grammar):
+    rng = random.Random(9)
+    clean = [grammar.sample(rng).text for _ in range(400)]
+    noisy = [corrupt(c, 0.15, random.Random(i)) for i, c in enumerate(clean)]
+    assert noisy == [corrupt(c, 0.15, random.Random(i)) for i, c in enumerate(clean)]
+    word_delta = [len(n.split()) - len(c.split()) for c, n in zip(clean, noisy)]
+    assert any(d > 0 for d in word_delta) and any(d < 0 for d in word_delta)
+    assert any(len(n) > len(c) for c, n in zip(clean, noisy)) and any(len(n) < len(c) for c, n in zip(clean, noisy))
+    assert corrupt(clean[0], 0.0, rng) == clean[0]
+
+
+# ---- shipped weights: quality against ground truth --------------------------------------------
+
+def test_shipped_weights_meet_the_quality_bars_on_heldout_commands(model):
+    q = evaluate(model, n=300)
+    assert abs(q["input_cer"] - 0.1) < 0.02
+    assert q["refined"]["intent_exact"] >= 0.90, q
+    assert q["refined"]["text_exact"] >= 0.80, q
+    assert q["refined"]["intent_exact"] > q["noisy_input"]["intent_exact"] + 0.3
+    assert q["refined"]["cer"] < q["noisy_input"]["cer"] / 3
+
+
+def test_refinement_stops_when_the_text_stops_changing(model):
+    noisy = [x for _, _, x in heldout_set(64, seed=123, rate=0.1)]
+    state = refine(model, noisy, total=10)
+    assert bool(state.done.all())
+    steps = steps_taken(state)
+    assert all(1 <= s <= 10 for s in steps)
+    assert int((state.changed * state.done).sum()) == 0 or state.step == 10
+    again = refine(model, noisy, total=10)
+    assert texts(again) == texts(state)
+
+
+def test_clean_commands_pass_through_unchanged(model, grammar):
+    rng = random.Random(17)
+    clean = [grammar.sample_split(rng, heldout=True).text for _ in range(100)]
+    out = [normalize(t) for t in texts(refine(model, clean))]
+    assert sum(o == c for o, c in zip(out, clean)) >= 95
+
+
+def test_slot_canvas_spells_the_clean_text_over_any_noisy_text(grammar):
+    """Training targets: every clean text is representable over its noisy version, inserted bytes
+    leave their slots blank, dropped bytes (merged words included) fit in the free slots."""
+    rng = random.Random(8)
+    for _ in range(500):
+        clean = grammar.sample(rng).text
+        noisy = corrupt(clean, 0.15, rng)
+        target = slot_targets(clean.encode(), noisy.encode(), 2)
+        assert target is not None and len(target) == 2 * len(noisy)
+        assert decode_slots(target) == clean
+    assert decode_slots(slot_targets(b"the cup", b"thecup", 2)) == "the cup"
+    assert decode_slots(slot_targets(b"the cup", b"the cupp", 2)) == "the cup"
+
+
+# ---- plugin ------------------------------------------------------------------------------------
+
+def test_conformance():
+    check_plugin(LanguagePlugin)
+
+
+def test_registered_under_the_entry_point_group():
+    assert load_plugin_class("language") is LanguagePlugin
+
+
+def _text_inputs(*texts_: str, sensor: str = "asr") -> PluginInputs:
+    frames = [Frame(sensor, i, 1000 + i, "text", t) for i, t in enumerate(texts_)]
+    return PluginInputs(frames={sensor: frames[-1]}, backlog={sensor: frames} if len(frames) > 1 else {})
+
+
+def test_plugin_corrects_a_garbled_command_to_its_intent(plugin, grammar):
+    data = heldout_set(40, seed=99, rate=0.1)
+    right = 0
+    for clean, intent, noisy in data:
+        res = run_plugin(plugin, _text_inputs(noisy), atp_ms=1e9, deadline_ns=FAR, cost=StepCost())
+        assert res.halt in ("converged", "max_steps") and res.steps >= 1
+        out = res.outputs
+        assert out["input"] == normalize(noisy) and 0.0 < out["confidence"] <= 1.0
+        assert out["embedding"].shape == (256,) and torch.isfinite(out["embedding"]).all()
+        right += out["intent"] == intent and out["text"] == clean
+    assert right >= 30
+
+
+def test_plugin_refines_every_queued_command_in_order(plugin):
+    inputs = _text_inputs("go to the kitchn", "pick up teh red cup", "stop")
+    res = run_plugin(plugin, inputs, atp_ms=1e9, deadline_ns=FAR, cost=StepCost())
+    cmds = res.outputs["commands"]
+    assert [c["seq"] for c in cmds] == [0, 1, 2]
+    assert res.outputs["text"] == cmds[-1]["text"]
+
+
+def test_plugin_ignores_frames_without_text(plugin):
+    assert plugin.init_state(PluginInputs()) is None
+    assert plugin.init_state(_text_inputs("   ")) is None
+    tensor = Frame("cam", 0, 0, "tensor", torch.zeros(2, 2))
+    assert not plugin.accepts(tensor)
+    assert plugin.init_state(PluginInputs(frames={"cam": tensor})) is None
+
+
+def test_embedding_groups_commands_by_meaning(plugin, grammar):
+    """The same intent in other words (action synonyms, determiners) lands closer than other intents."""
+    rng = random.Random(21)
+    actions = [a for a, surfaces in sorted(grammar.actions.items()) if len(surfaces) > 1]
+    groups = []
+    for _ in range(8):
+        action, obj, place = rng.choice(actions), rng.choice(grammar.objects), rng.choice(grammar.places)
+        surfaces = grammar.actions[action][:2]
+        groups.append([f"{s} {d} {obj} in the {place}" for s in surfaces for d in ("the", "my")])
+    embs = []
+    for group in groups:
+        for text in group:
+            res = run_plugin(plugin, _text_inputs(text), atp_ms=1e9, deadline_ns=FAR, cost=StepCost())
+            embs.append(res.outputs["embedding"].numpy())
+    e = np.stack(embs)
+    label = np.repeat(np.arange(len(groups)), 4)
+    sim = e @ e.T
+    same = label[:, None] == label[None, :]
+    off_diag = ~np.eye(len(label), dtype=bool)
+    assert sim[same & off_diag].mean() > sim[~same].mean() + 0.1
