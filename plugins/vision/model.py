@@ -1,6 +1,7 @@
 """The vision plugin's convolutional autoencoder and how its shipped weights are loaded.
 
-A 64x64 RGB image in [0, 1] maps to a 16x8x8 latent (1,024 numbers) and back. No normalisation
+A 64x64 RGB image in [0, 1] maps to a 16x16x16 latent (4,096 numbers, a third of the pixel
+values) and back. No normalisation
 layers, so every image in a batch is independent (batched refinement in evaluation gives the same
 per-image result as the plugin's single-image path). The decoder output is linear (not squashed):
 refinement takes gradients through it, and a sigmoid would flatten them at saturated pixels.
@@ -28,27 +29,29 @@ def _up(cin: int, cout: int, refine: bool) -> nn.Sequential:
 
 
 class ConvAutoencoder(nn.Module):
-    """size x size x 3 image <-> latent_ch x size/8 x size/8 latent."""
+    """size x size x 3 image <-> latent_ch x size/2^k x size/2^k latent (k = len(widths) - 1)."""
 
-    def __init__(self, size: int = 64, latent_ch: int = 16, widths: tuple[int, ...] = (16, 32, 64, 96)) -> None:
+    def __init__(self, size: int = 64, latent_ch: int = 16, widths: tuple[int, ...] = (16, 32, 64)) -> None:
         super().__init__()
         self.size, self.latent_ch, self.widths = size, latent_ch, tuple(widths)
-        w = self.widths  # channels at full, 1/2, 1/4 and 1/8 resolution
+        w = self.widths  # channels at full, 1/2, 1/4 (and 1/8) resolution: len(widths) - 1 halvings
+        n = len(w) - 1
         # Full resolution is the costly one: a single conv there, extra 3x3 convs only at lower ones.
         self.encoder = nn.Sequential(
             nn.Conv2d(3, w[0], 3, 1, 1), nn.SiLU(),
-            _down(w[0], w[1], True), _down(w[1], w[2], True), _down(w[2], w[3], False),
-            nn.Conv2d(w[3], latent_ch, 1),
+            *[_down(w[i], w[i + 1], i + 1 < n or n < 3) for i in range(n)],
+            nn.Conv2d(w[n], latent_ch, 1),
         )
         self.decoder = nn.Sequential(
-            nn.Conv2d(latent_ch, w[3], 3, 1, 1), nn.SiLU(),
-            _up(w[3], w[2], True), _up(w[2], w[1], True), _up(w[1], w[0], False),
+            nn.Conv2d(latent_ch, w[n], 3, 1, 1), nn.SiLU(),
+            *[_up(w[i], w[i - 1], i > 1) for i in range(n, 0, -1)],
             nn.Conv2d(w[0], 3, 3, 1, 1),
         )
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return (self.latent_ch, self.size // 8, self.size // 8)
+        side = self.size >> (len(self.widths) - 1)
+        return (self.latent_ch, side, side)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)

@@ -47,7 +47,8 @@ class VisionPlugin(IRPPlugin):
         super().setup(ctx)
         cfg = self.cfg = VisionConfig.from_mapping(ctx.config)
         self.max_steps = cfg.max_steps
-        self.refine_cfg = refine.RefineConfig(lam=cfg.lam, lr0=cfg.lr0, memory=cfg.memory, max_halvings=cfg.max_halvings)
+        self.refine_cfg = refine.RefineConfig(lam=cfg.lam, lr0=cfg.lr0, memory=cfg.memory,
+                                              max_halvings=cfg.max_halvings, fill=cfg.fill)
         self.model = load_pretrained(Path(cfg.weights) if cfg.weights else WEIGHTS, ctx.device)
         self.size = self.model.size
         c, h, w = self.model.latent_shape

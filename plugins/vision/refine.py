@@ -24,9 +24,10 @@ from plugins.vision.model import ConvAutoencoder
 @dataclass(frozen=True)
 class RefineConfig:
     lam: float = 1e-3          # weight of the latent prior mean(z^2)
-    lr0: float = 100.0         # scale of the first (gradient) step, before any curvature is known
+    lr0: float = 3000.0        # scale of the first (gradient) step, before any curvature is known
     memory: int = 6            # L-BFGS curvature pairs kept per image
     max_halvings: int = 8      # backtracking trials per step; after them the latent stays put
+    fill: str = "mean"         # what the encoder sees at invalid pixels: "mean" (of valid) or "zero"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Refinement:
     energy: torch.Tensor       # B, E(z)
     grad: torch.Tensor         # dE/dz at z
     recon: torch.Tensor        # decode(z), B x 3 x S x S (unclamped)
+    scale: torch.Tensor | None = None  # B, gradient-step scale where no curvature is known yet
     pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()  # (s, y) per past step, B x D each
     steps: int = 0
     stalled: torch.Tensor | None = None  # B bool: the last step found no decrease
@@ -54,14 +56,14 @@ def energy_of(model: ConvAutoencoder, z: torch.Tensor, x: torch.Tensor, valid: t
 
 
 def start(model: ConvAutoencoder, x: torch.Tensor, valid: torch.Tensor, cfg: RefineConfig) -> Refinement:
-    """Step 0: z is the encoder's code of the image with invalid pixels mean-filled."""
+    """Step 0: z is the encoder's code of the image with invalid pixels filled (cfg.fill)."""
     with torch.no_grad():
-        z = model.encode(fill_invalid(x, valid))
+        z = model.encode(fill_invalid(x, valid) if cfg.fill == "mean" else x * valid)
     with torch.enable_grad():
         z = z.requires_grad_(True)
         e, recon = energy_of(model, z, x, valid, cfg.lam)
         (g,) = torch.autograd.grad(e.sum(), z)
-    return Refinement(x, valid, z.detach(), e.detach(), g, recon.detach(),
+    return Refinement(x, valid, z.detach(), e.detach(), g, recon.detach(), scale=torch.full_like(e, cfg.lr0),
                       stalled=torch.zeros_like(e, dtype=torch.bool))
 
 
@@ -69,12 +71,13 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(dim=1)
 
 
-def direction(r: Refinement, cfg: RefineConfig) -> torch.Tensor:
-    """L-BFGS two-loop recursion per image (B x D); -lr0 * grad where no curvature is known yet
-    or where the result would not descend."""
+def direction(r: Refinement) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B x D direction, B bool: it is a scaled gradient step): the L-BFGS two-loop recursion per
+    image; -scale * grad where no curvature is known yet or where that would not descend."""
     g = r.grad.flatten(1)
+    scale = r.scale[:, None]
     if not r.pairs:
-        return -cfg.lr0 * g
+        return -scale * g, torch.ones_like(r.energy, dtype=torch.bool)
     q = g.clone()
     alphas = []
     rhos = [torch.where(_dot(s, y) > 0, 1.0 / _dot(s, y).clamp_min(1e-30), torch.zeros_like(g[:, 0]))
@@ -85,21 +88,22 @@ def direction(r: Refinement, cfg: RefineConfig) -> torch.Tensor:
         alphas.append(a)
     s, y = r.pairs[-1]
     yy = _dot(y, y)
-    gamma = torch.where((rhos[-1] > 0) & (yy > 0), _dot(s, y) / yy.clamp_min(1e-30), torch.full_like(yy, cfg.lr0))
+    known = torch.stack(rhos).gt(0).any(dim=0)
+    gamma = torch.where((rhos[-1] > 0) & (yy > 0), _dot(s, y) / yy.clamp_min(1e-30), r.scale)
     d = gamma[:, None] * q
     for (s, y), rho, a in zip(r.pairs, rhos, reversed(alphas)):
         b = rho * _dot(y, d)
         d = d + (a - b)[:, None] * s
-    d = -d
-    descends = _dot(d, g) < 0
-    return torch.where(descends[:, None], d, -cfg.lr0 * g)
+    use_grad = ~known | (_dot(d, g) >= 0)
+    return torch.where(use_grad[:, None], -scale * g, -d), use_grad
 
 
 def step(model: ConvAutoencoder, r: Refinement, cfg: RefineConfig) -> Refinement:
     """One monotone descent step for every image of the batch: the L-BFGS direction at step 1,
     halved until E does not rise (images that never get there keep their latent)."""
     shape = r.z.shape
-    d = direction(r, cfg).view(shape)
+    d, use_grad = direction(r)
+    d = d.view(shape)
     t = torch.ones_like(r.energy)
     z, e, g, recon = r.z.clone(), r.energy.clone(), r.grad.clone(), r.recon.clone()
     pending = torch.ones_like(e, dtype=torch.bool)
@@ -120,7 +124,10 @@ def step(model: ConvAutoencoder, r: Refinement, cfg: RefineConfig) -> Refinement
     keep = (~pending)[:, None]
     pair = (torch.where(keep, s, torch.zeros_like(s)), torch.where(keep, y, torch.zeros_like(y)))
     pairs = (r.pairs + (pair,))[-cfg.memory:]
-    return replace(r, z=z, energy=e, grad=g, recon=recon, pairs=pairs, steps=r.steps + 1, stalled=pending)
+    # A gradient step that had to shrink (or failed) shrinks the next one from the start.
+    scale = torch.where(pending, r.scale * 0.5 ** (cfg.max_halvings + 1), torch.where(use_grad, r.scale * t, r.scale))
+    return replace(r, z=z, energy=e, grad=g, recon=recon, scale=scale, pairs=pairs, steps=r.steps + 1,
+                   stalled=pending)
 
 
 def refine(model: ConvAutoencoder, x: torch.Tensor, valid: torch.Tensor, cfg: RefineConfig,

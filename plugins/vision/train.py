@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--beta", type=float, default=1e-4, help="weight of mean(z^2) during training")
     ap.add_argument("--photo-share", type=float, default=0.75)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--latent-ch", type=int, default=16)
+    ap.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=WEIGHTS)
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     photos = load_photos(TRAIN_PHOTOS, short_side=512)
-    model = ConvAutoencoder(size=args.size)
+    model = ConvAutoencoder(size=args.size, latent_ch=args.latent_ch, widths=tuple(args.widths))
     print(f"params {param_count(model):,}  training photos {len(photos)}", flush=True)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
