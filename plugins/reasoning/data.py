@@ -45,14 +45,38 @@ def _split_from_grids(n: int, puzzles: np.ndarray, solutions: np.ndarray) -> Sud
 
 
 def build_splits(n: int, train_size: int, test_size: int, blanks: tuple[int, int], seed: int = 0,
-                 unique: bool = True) -> tuple[SudokuSplit, SudokuSplit]:
-    """Test first, then train puzzles de-duplicated against test (and against each other)."""
+                 unique: bool = True, augmentations: int = 0) -> tuple[SudokuSplit, SudokuSplit]:
+    """Test first, then train puzzles de-duplicated against test (and against each other).
+    With `augmentations` = k > 0, train_size // (k + 1) puzzles are generated and each is joined
+    by k validity-preserving shuffles of itself (upstream's recipe; cheap where solving is not)."""
     rng_test = np.random.default_rng([seed, 1])
     rng_train = np.random.default_rng([seed, 2])
     tp, ts = sudoku.generate(n, test_size, blanks, rng_test, unique=unique)
     exclude = {p.astype(np.int8).tobytes() for p in tp}
-    rp, rs = sudoku.generate(n, train_size, blanks, rng_train, unique=unique, exclude=exclude)
+    base = train_size // (augmentations + 1) if augmentations else train_size
+    rp, rs = sudoku.generate(n, base, blanks, rng_train, unique=unique, exclude=exclude)
+    if augmentations:
+        rp, rs = augment(rp, rs, train_size, rng_train, exclude)
     return _split_from_grids(n, rp, rs), _split_from_grids(n, tp, ts)
+
+
+def augment(puzzles: np.ndarray, solutions: np.ndarray, total: int, rng: np.random.Generator,
+            exclude: set[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Extend to `total` distinct pairs with shuffled copies (puzzle and solution shuffled alike)."""
+    seen = set(exclude) | {p.astype(np.int8).tobytes() for p in puzzles}
+    out_p, out_s = list(puzzles), list(solutions)
+    n = puzzles.shape[-1]
+    while len(out_p) < total:
+        i = int(rng.integers(len(puzzles)))
+        sh = sudoku.make_shuffle(n, rng)
+        p = sudoku.apply_shuffle(puzzles[i], sh)
+        key = p.astype(np.int8).tobytes()
+        if key in seen:
+            continue
+        seen.add(key)
+        out_p.append(p)
+        out_s.append(sudoku.apply_shuffle(solutions[i], sh))
+    return np.stack(out_p), np.stack(out_s)
 
 
 def build_test_split(n: int, test_size: int, blanks: tuple[int, int], seed: int = 0,

@@ -145,3 +145,18 @@ def summarize(trace: SegmentTrace, split: SudokuSplit, mode: str = "bce_halt", t
 
 def evaluate(model: HRMACT, split: SudokuSplit, batch_size: int = 256, tau: float = 0.5, stable: int = 0) -> dict:
     return summarize(trace_segments(model, split, batch_size), split, model.cfg.halt_mode, tau, stable)
+
+
+def choose_tau(trace: SegmentTrace, max_mean_segments: float = 3.0,
+               taus: tuple[float, ...] = tuple(round(0.5 + 0.025 * i, 3) for i in range(20)) + (0.99, 0.995),
+               ) -> float:
+    """The halting threshold with the best exact accuracy whose mean segment count stays within
+    `max_mean_segments` (bce_halt; pick it on validation data, never on the test split)."""
+    rows = np.arange(trace.correct.shape[0])
+    best_tau, best_acc = 0.5, -1.0
+    for tau in taus:
+        h = halt_segment(trace, "bce_halt", tau)
+        acc = float(trace.correct[rows, h].mean())
+        if (h + 1).mean() <= max_mean_segments and acc > best_acc:
+            best_tau, best_acc = tau, acc
+    return best_tau

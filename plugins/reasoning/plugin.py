@@ -55,7 +55,8 @@ class ReasoningState:
 
 
 class ReasoningPlugin(IRPPlugin):
-    """Config keys: checkpoint_4 / checkpoint_9 (paths), tau (0.5), stable_steps (2; 0 disables),
+    """Config keys: checkpoint_4 / checkpoint_9 (paths), tau (halting threshold on P(halt); default:
+    the one chosen on validation data at training time, stored in the checkpoint), stable_steps (2; 0 disables),
     resume (True), resume_slots (16), allow_extra_segments (0: stop at the trained M_max)."""
 
     name = "reasoning"
@@ -66,17 +67,20 @@ class ReasoningPlugin(IRPPlugin):
         super().setup(ctx)
         cfg = ctx.config
         self.device = ctx.device
-        self.tau = float(cfg.get("tau", 0.5))
+        self.tau_config = cfg.get("tau")
         self.stable_steps = int(cfg.get("stable_steps", 2))
         self.resume = bool(cfg.get("resume", True))
         self.resume_slots = int(cfg.get("resume_slots", 16))
         extra = int(cfg.get("allow_extra_segments", 0))
         self.models: dict[int, HRMACT] = {}
+        self.taus: dict[int, float] = {}
         for n, default in DEFAULT_CHECKPOINTS.items():
             path = Path(cfg.get(f"checkpoint_{n}", default))
             if path.exists():
-                model, _ = load_checkpoint(path, map_location=self.device)
+                model, meta = load_checkpoint(path, map_location=self.device)
                 self.models[n] = model.to(self.device).eval()
+                # The threshold chosen on validation data at training time, unless config overrides.
+                self.taus[n] = float(self.tau_config if self.tau_config is not None else meta.get("halt_tau", 0.5))
         if not self.models:
             raise FileNotFoundError(f"no reasoning checkpoint found in {WEIGHTS_DIR}")
         self.segment_limit = {n: m.cfg.halt_max_steps + extra for n, m in self.models.items()}
@@ -177,7 +181,10 @@ class ReasoningPlugin(IRPPlugin):
         steps[active] += 1
 
         halted, detail = state.halted.clone(), list(state.halt_detail)
-        learned = (q_halt > q_cont) if model.cfg.halt_mode == "q_learning" else (torch.sigmoid(q_halt) >= self.tau)
+        if model.cfg.halt_mode == "q_learning":
+            learned = q_halt > q_cont
+        else:
+            learned = torch.sigmoid(q_halt) >= self.taus[state.n]
         stable = unchanged >= self.stable_steps if self.stable_steps > 0 else torch.zeros_like(halted)
         limit = steps >= self.segment_limit[state.n]
         for i in active.tolist():

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 from plugins.reasoning import sudoku
 from plugins.reasoning.checkpoint import load_checkpoint, save_checkpoint
 from plugins.reasoning.data import SudokuSplit, build_splits
-from plugins.reasoning.evaluate import evaluate
+from plugins.reasoning.evaluate import choose_tau, evaluate, summarize, trace_segments
 from plugins.reasoning.losses import act_loss, labels_from_tokens
 from plugins.reasoning.model import HRMACT, HRMConfig, count_parameters
 from plugins.reasoning.optim import AdamAtan2, lr_at
@@ -37,6 +37,7 @@ class TrainConfig:
     size: int = 4
     blanks: tuple[int, int] = (4, 11)
     train_size: int = 50_000
+    augmentations: int = 0  # shuffled copies per generated training puzzle (9x9: generation is slow)
     test_size: int = 1_000
     hidden_size: int = 64
     num_heads: int = 2
@@ -59,6 +60,7 @@ class TrainConfig:
     batch_size: int = 128
     steps: int = 1000
     minutes: float = 0.0  # wall-clock cap (0: none)
+    stop_after: int = 0  # stop at this step while keeping the LR schedule of `steps` (0: run all)
     eval_every: int = 500
     eval_size: int = 1000
     seed: int = 0
@@ -66,7 +68,10 @@ class TrainConfig:
     shuffle_labels: bool = False  # negative control: pair inputs with other rows' labels
     out: str = str(WEIGHTS_DIR / "hrm_sudoku4.pt")
     data_cache: str = "/tmp/sage-reasoning-data"
+    max_mean_segments: float = 3.0  # compute budget for choosing the halting threshold on validation
     quiet: bool = False
+    init_from: str = ""  # start from this checkpoint's weights (same architecture, loaded strictly)
+    finalize_only: bool = False  # re-run `finalize` on an existing --out checkpoint (its own train config)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def model_config(self) -> HRMConfig:
@@ -132,7 +137,8 @@ def train_loop(model: HRMACT, train: SudokuSplit, tc: TrainConfig, val: SudokuSp
         if bar:
             bar.update(1, loss=ema["lm_loss"] / tc.batch_size, train_exact=ema["exact_accuracy"],
                        q_acc=ema["q_halt_accuracy"])
-        done = step + 1 == tc.steps or (tc.minutes > 0 and time.monotonic() - t0 > tc.minutes * 60)
+        done = (step + 1 == tc.steps or step + 1 == tc.stop_after
+                or (tc.minutes > 0 and time.monotonic() - t0 > tc.minutes * 60))
         if val is not None and ((step + 1) % tc.eval_every == 0 or done):
             res = evaluate(model, val)
             res.update(step=step + 1, minutes=(time.monotonic() - t0) / 60)
@@ -154,12 +160,13 @@ def train_loop(model: HRMACT, train: SudokuSplit, tc: TrainConfig, val: SudokuSp
 def cached_splits(tc: TrainConfig) -> tuple[SudokuSplit, SudokuSplit]:
     """build_splits, cached under tc.data_cache (generation is deterministic in its arguments)."""
     args = (tc.size, tc.train_size + tc.eval_size, tc.test_size, tc.blanks)
-    path = Path(tc.data_cache) / ("sudoku_{}_{}_{}_{}-{}_seed{}.npz".format(*args[:3], *tc.blanks, tc.seed))
+    path = Path(tc.data_cache) / ("sudoku_{}_{}_{}_{}-{}_seed{}_aug{}.npz".format(*args[:3], *tc.blanks, tc.seed,
+                                                                                  tc.augmentations))
     if path.exists():
         z = np.load(path)
         return (SudokuSplit(tc.size, z["train_inputs"], z["train_labels"], z["train_blanks"]),
                 SudokuSplit(tc.size, z["test_inputs"], z["test_labels"], z["test_blanks"]))
-    train, test = build_splits(*args, seed=tc.seed)
+    train, test = build_splits(*args, seed=tc.seed, augmentations=tc.augmentations)
     if tc.data_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
@@ -170,8 +177,9 @@ def cached_splits(tc: TrainConfig) -> tuple[SudokuSplit, SudokuSplit]:
 
 
 def score(res: dict) -> float:
-    """Checkpoint selection: learned-halt exact accuracy, ties broken by all-segments accuracy."""
-    return res["exact_learned_halt"] + 0.5 * res["exact_all_segments"]
+    """Checkpoint selection: exact accuracy after all segments plus after 3 segments (what a
+    halting budget of about 3 segments can reach; the threshold itself is chosen afterwards)."""
+    return res["exact_all_segments"] + res["exact_by_segment"][min(2, len(res["exact_by_segment"]) - 1)]
 
 
 def run(tc: TrainConfig) -> dict:
@@ -185,6 +193,12 @@ def run(tc: TrainConfig) -> dict:
     train = train.subset(np.arange(tc.train_size))
     gen_s = time.monotonic() - t0
     model = HRMACT(tc.model_config())
+    if tc.init_from:
+        # Same architecture required; the exploration rate is a training setting and may change.
+        start, _ = load_checkpoint(Path(tc.init_from))
+        if replace(start.cfg, halt_exploration_prob=tc.halt_exploration_prob) != tc.model_config():
+            raise ValueError(f"{tc.init_from}: architecture differs from {tc.model_config()}")
+        model.load_state_dict(start.state_dict(), strict=True)
     out = Path(tc.out)
     best: dict[str, Any] = {}
 
@@ -203,13 +217,28 @@ def run(tc: TrainConfig) -> dict:
               f"{count_parameters(model):,} parameters; {tc.model_config()}", file=sys.stderr, flush=True)
     train_loop(model, train, tc, val, on_eval)
     if best:
-        # Final figures: the selected checkpoint on the held-out test split.
-        chosen, _ = load_checkpoint(out)
-        best["test"] = evaluate(chosen, test)
-        best["wall_s"] = time.monotonic() - t0
-        save_checkpoint(chosen, out, best)
-        out.with_suffix(".json").write_text(json.dumps(best, indent=1))
+        finalize(out, val, test, tc.max_mean_segments)
+        best = json.loads(out.with_suffix(".json").read_text())
     return best
+
+
+def finalize(out: Path, val: SudokuSplit, test: SudokuSplit, max_mean_segments: float = 3.0) -> dict:
+    """Pick the halting threshold on validation (best exact accuracy within max_mean_segments),
+    then measure the selected checkpoint on the held-out test split at tau 0.5 and at that tau.
+    Both go into the checkpoint's metadata and the JSON next to it."""
+    t0 = time.monotonic()
+    chosen, meta = load_checkpoint(out)
+    tau = 0.5
+    if chosen.cfg.halt_mode == "bce_halt":
+        tau = choose_tau(trace_segments(chosen, val), max_mean_segments)
+    trace = trace_segments(chosen, test)
+    meta["halt_tau"] = tau
+    meta["test"] = summarize(trace, test, chosen.cfg.halt_mode, 0.5)
+    meta["test_at_halt_tau"] = summarize(trace, test, chosen.cfg.halt_mode, tau)
+    meta["finalize_s"] = time.monotonic() - t0
+    save_checkpoint(chosen, out, meta)
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    return meta
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -230,10 +259,23 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**args)
 
 
+def finalize_existing(out: Path) -> dict:
+    """`finalize` for a checkpoint this script wrote, rebuilding its splits from its stored config."""
+    _, meta = load_checkpoint(out)
+    known = set(asdict(TrainConfig()))
+    saved = {k: v for k, v in meta["train"].items() if k in known}
+    saved["blanks"] = tuple(saved["blanks"])
+    tc = TrainConfig(**saved)
+    train, test = cached_splits(tc)
+    val = train.subset(np.arange(tc.train_size, len(train)))
+    return finalize(out, val, test, tc.max_mean_segments)
+
+
 def main(argv: list[str] | None = None) -> None:
-    best = run(parse_args(argv))
-    keys = ("exact_all_segments", "exact_learned_halt", "mean_segments_learned_halt")
-    print(json.dumps({k: best["test"][k] for k in keys} if best else {}))
+    tc = parse_args(argv)
+    best = finalize_existing(Path(tc.out)) if tc.finalize_only else run(tc)
+    keys = ("exact_all_segments", "exact_learned_halt", "mean_segments_learned_halt", "halt_tau")
+    print(json.dumps({k: best["test_at_halt_tau"][k] for k in keys} if best else {}))
 
 
 if __name__ == "__main__":
