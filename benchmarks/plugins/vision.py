@@ -30,7 +30,7 @@ if __package__ in (None, ""):
 from benchmarks.common import machine, pct  # noqa: E402
 from plugins.vision import VisionPlugin  # noqa: E402
 from sage_runtime.conformance import FAR_FUTURE_NS, make_context  # noqa: E402
-from sage_runtime.irp import PluginInputs, StepCost, run_plugin  # noqa: E402
+from sage_runtime.irp import StepCost, run_plugin  # noqa: E402
 
 
 def _timed(fn: Any) -> tuple[Any, float, float]:

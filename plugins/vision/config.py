@@ -27,8 +27,10 @@ class VisionConfig:
         if unknown:
             raise ValueError(f"vision plugin: unknown config key(s) {unknown}; known: {sorted(known)}")
         cfg = cls(**dict(values))
-        if cfg.lam < 0 or cfg.lr0 <= 0 or cfg.memory < 1 or cfg.max_halvings < 0 or cfg.max_steps < 1 or cfg.rel_eps < 0 or cfg.window < 1 or cfg.tiles < 1:
-            raise ValueError(f"vision plugin: need lam >= 0, lr0 > 0, max_steps/window/tiles >= 1, rel_eps >= 0: {cfg}")
+        if (cfg.lam < 0 or cfg.lr0 <= 0 or cfg.memory < 1 or cfg.max_halvings < 0 or cfg.max_steps < 1
+                or cfg.rel_eps < 0 or cfg.window < 1 or cfg.tiles < 1):
+            raise ValueError("vision plugin: need lam >= 0, lr0 > 0, memory/max_steps/window/tiles >= 1, "
+                             f"max_halvings >= 0, rel_eps >= 0: {cfg}")
         if cfg.fill not in ("mean", "zero"):
             raise ValueError(f"vision plugin: fill must be 'mean' or 'zero', not {cfg.fill!r}")
         return cfg

@@ -98,7 +98,8 @@ def scenes(n: int, size: int, rng: np.random.Generator) -> torch.Tensor:
                 m = (np.cos(b) * (xx - cx) + np.sin(b) * (yy - cy) > 0) & (((xx - cx) ** 2 + (yy - cy) ** 2) < rx)
             else:
                 b, f = rng.uniform(0, 2 * math.pi), rng.uniform(4, 20)
-                m = (np.sin(f * (np.cos(b) * xx + np.sin(b) * yy)) > 0) & (np.abs(xx - cx) < rx) & (np.abs(yy - cy) < ry)
+                stripes = np.sin(f * (np.cos(b) * xx + np.sin(b) * yy)) > 0
+                m = stripes & (np.abs(xx - cx) < rx) & (np.abs(yy - cy) < ry)
             col = rng.uniform(0, 1, 3)[:, None, None]
             shade = 1 + rng.uniform(-0.3, 0.3) * (xx - cx + yy - cy)
             img = np.where(m[None], col * shade[None], img)

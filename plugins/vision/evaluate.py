@@ -5,7 +5,8 @@ corrupted two ways: 30% of pixels dropped (the mask given to the plugin in an al
 Gaussian noise sigma = 0.1 (clipped, quantised to uint8 like a camera frame). Each corrupted
 frame goes through the real plugin and runner three times: with no step (step 0: encoder only),
 until its own halting rule (early stop, at most 50 steps), and for exactly 50 steps. Every PSNR is
-against the CLEAN crop. Writes quality.json next to this file.
+against the CLEAN crop. The uncorrupted crops are run the same way as a reference (the part of
+any gain that is the encoder's amortisation gap, not repair). Writes quality.json next to this file.
 
 `--tune` instead sweeps the prior weight lam on crops of TRAINING photos (held-out photos are
 never used to pick settings).
@@ -56,6 +57,9 @@ def corrupt(clean: torch.Tensor, condition: str, seed: int) -> tuple[torch.Tenso
     if condition == "drop30":
         valid = drop_pixels(clean, 0.3, g)
         x = clean * valid
+    elif condition == "clean":  # reference: how much refinement adds with nothing to repair
+        valid = torch.ones_like(clean[:, :1])
+        x = clean
     elif condition == "noise10":
         valid = torch.ones_like(clean[:, :1])
         x = add_noise(clean, 0.1, g)
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "working_size": int(clean.shape[-1]), "torch_threads": torch.get_num_threads(),
         "reference": "PSNR against the clean crop (ground truth), reconstruction published as uint8",
     }
-    for i, condition in enumerate(CONDITIONS):
+    for i, condition in enumerate(CONDITIONS + ("clean",)):
         report[condition] = evaluate_condition(clean, condition, args.seed + 1 + i, config)
         print(f"{condition}: {json.dumps({k: v for k, v in report[condition].items() if k != 'per_image_gain_db'})}",
               flush=True)

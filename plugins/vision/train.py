@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             "photo_share": args.photo_share, "train_photos": list(TRAIN_PHOTOS), "wall_s": round(wall, 1),
             "threads": args.threads, "params": param_count(model), "final_train_psnr_db": round(running or 0.0, 2)}
     save_weights(model, args.out, meta)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) after {wall:.0f}s: {json.dumps(meta)}", flush=True)
+    size_mb = args.out.stat().st_size / 1e6
+    print(f"wrote {args.out} ({size_mb:.2f} MB) after {wall:.0f}s: {json.dumps(meta)}", flush=True)
     if not args.no_eval:
         from plugins.vision import evaluate
 
