@@ -101,7 +101,8 @@ class ReasoningPlugin(IRPPlugin):
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.numel() == 0:
             return None
         for n in self.models:
-            if t.shape[-2:] == (n, n) and t.ndim in (2, 3) or t.shape[-1] == n * n and t.ndim in (1, 2):
+            boards = (t.ndim in (2, 3) and tuple(t.shape[-2:]) == (n, n)) or (t.ndim in (1, 2) and t.shape[-1] == n * n)
+            if boards:
                 g = t.detach().to("cpu", torch.int64).reshape(-1, n, n).numpy().copy()
                 if g.min() >= 0 and g.max() <= n:
                     return g
@@ -124,7 +125,8 @@ class ReasoningPlugin(IRPPlugin):
             return None
         frame, grid = grids[-1]
         n = grid.shape[-1]
-        batched = frame.kind == "tensor" and (frame.data.ndim == 3 or (frame.data.ndim == 2 and frame.data.shape != (n, n)))
+        data = frame.data
+        batched = frame.kind == "tensor" and (data.ndim == 3 or (data.ndim == 2 and tuple(data.shape) != (n, n)))
         key = bytes([n]) + grid.astype(np.int8).tobytes()
         if self.resume and key in self._paused:
             state = self._paused.pop(key)
@@ -144,7 +146,8 @@ class ReasoningPlugin(IRPPlugin):
         tokens = (givens + 1).to(torch.int32)
         b = tokens.shape[0]
         ids = torch.zeros(b, dtype=torch.int32, device=self.device)
-        carry = inner.reset_carry(torch.ones(b, dtype=torch.bool, device=self.device), inner.empty_carry(b, self.device))
+        reset = torch.ones(b, dtype=torch.bool, device=self.device)
+        carry = inner.reset_carry(reset, inner.empty_carry(b, self.device))
         zeros = torch.zeros(b, device=self.device)
         return ReasoningState(
             n=n, batched=batched, key=bytes([n]) + grid.astype(np.int8).tobytes(), givens=givens, inputs=tokens,
@@ -193,7 +196,8 @@ class ReasoningPlugin(IRPPlugin):
                 halted[i] = True
                 detail[i] = reason
         return replace(state, carry=InnerCarry(z_H, z_L), steps=steps, halted=halted, halt_detail=tuple(detail),
-                       segments=state.segments + 1, pred=all_pred, unchanged=unchanged, q_halt=q_halt, q_continue=q_cont, token_conf=conf)
+                       segments=state.segments + 1, pred=all_pred, unchanged=unchanged, q_halt=q_halt,
+                       q_continue=q_cont, token_conf=conf)
 
     def project(self, state: ReasoningState) -> ReasoningState:
         """Givens are fixed in the published solution (the carry is never touched)."""

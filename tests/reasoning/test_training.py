@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import torch
 
 from plugins.reasoning import train as train_mod
