@@ -13,8 +13,7 @@ import torch
 from plugins.language.grammar import Grammar, normalize
 from plugins.language.model import Denoiser, load_checkpoint
 from plugins.language.noise import corrupt
-from plugins.language.refine import (RefineState, encode_batch, energies, first_pass, remask_step, steps_taken,
-                                     texts)
+from plugins.language.refine import RefineState, advance, converged, energies, first_pass, texts
 from sage_runtime.irp import Frame, IRPPlugin, PluginContext, PluginInputs
 
 WEIGHTS = Path(__file__).with_name("weights.pt")
@@ -31,7 +30,7 @@ class LanguagePlugin(IRPPlugin):
     """Text frames in; corrected text, intent, 256-d meaning embedding and confidence out.
 
     Config: `weights` (path, default the packaged weights.pt), `refine_steps` (T of mask-predict,
-    default 10), `max_batch` (newest commands refined together per run, default 16), `sample_cer`
+    default 10), `max_reads` (3), `max_steps` (40), `max_batch` (newest commands refined together per run, default 16), `sample_cer`
     (noise of sample_inputs, default 0.1).
     """
 
@@ -43,7 +42,8 @@ class LanguagePlugin(IRPPlugin):
         cfg = ctx.config
         self.model: Denoiser = load_checkpoint(Path(cfg.get("weights", WEIGHTS)), ctx.device)
         self.total = int(cfg.get("refine_steps", 10))
-        self.max_steps = self.total
+        self.max_reads = int(cfg.get("max_reads", 3))
+        self.max_steps = int(cfg.get("max_steps", 40))
         self.max_batch = int(cfg.get("max_batch", 16))
         self.sample_cer = float(cfg.get("sample_cer", 0.1))
         self.grammar = Grammar.load()
@@ -67,13 +67,12 @@ class LanguagePlugin(IRPPlugin):
             return None
         frames = sorted(frames, key=lambda f: (f.ts_ns, f.sensor, f.seq))[-self.max_batch:]
         noisy = tuple(normalize(f.data) for f in frames)
-        src, valid = encode_batch(list(noisy), self.model.cfg.max_len, self.model.cfg.slots, self.ctx.device)
-        state = LanguageState(tuple(frames), noisy, first_pass(self.model, src, valid, self.total))
+        state = LanguageState(tuple(frames), noisy, first_pass(self.model, list(noisy), self.total))
         self._latest = state
         return state
 
     def step(self, state: LanguageState) -> LanguageState:
-        state = replace(state, refine=remask_step(self.model, state.refine))
+        state = replace(state, refine=advance(self.model, state.refine))
         self._latest = state
         return state
 
@@ -81,19 +80,18 @@ class LanguagePlugin(IRPPlugin):
         return float(energies(state.refine).mean())
 
     def halt(self, history: Sequence[float]) -> str | None:
-        """Converged when every text stopped changing (or has nothing left to re-mask); else the
-        default energy-slope rule."""
-        if self._latest is not None and bool(self._latest.refine.done.all()):
+        """Converged when a read of the texts returns them unchanged (or reads are used up); else
+        the default energy-slope rule."""
+        if self._latest is not None and converged(self._latest.refine, self.max_reads):
             return "converged"
         return super().halt(history)
 
     def outputs(self, state: LanguageState) -> dict[str, Any]:
-        corrected = [normalize(t) for t in texts(state.refine)]
+        corrected = texts(state.refine)
         energy = energies(state.refine).tolist()
-        steps = steps_taken(state.refine)
         commands = [{"sensor": f.sensor, "seq": f.seq, "input": x, "text": t, "intent": self.grammar.parse(t),
-                     "confidence": math.exp(-e), "steps": s}
-                    for f, x, t, e, s in zip(state.frames, state.inputs, corrected, energy, steps)]
+                     "confidence": math.exp(-e)}
+                    for f, x, t, e in zip(state.frames, state.inputs, corrected, energy)]
         newest = commands[-1]
         return {
             "text": newest["text"],

@@ -106,7 +106,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--hidden", type=int, default=128)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ckpt-dir", type=Path, default=Path("build/language"))
     p.add_argument("--out", type=Path, default=WEIGHTS)
     p.add_argument("--resume", action="store_true", help="continue from ckpt-dir/last.pt")
-    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-every", type=int, default=400)
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
