@@ -105,6 +105,7 @@ def summarize(trace: SegmentTrace, split: SudokuSplit, mode: str = "bce_halt", t
     h = halt_segment(trace, mode, tau, stable)
     halted_correct = trace.correct[rows, h]
     p_at_halt = trace.p_halt[rows, h]
+    preds = trace.final_preds
     per_blank = {}
     for k in np.unique(trace.blanks):
         sel = trace.blanks == k
@@ -117,7 +118,6 @@ def summarize(trace: SegmentTrace, split: SudokuSplit, mode: str = "bce_halt", t
     flat = split.labels.reshape(-1)
     majority = np.bincount(flat).argmax()
     filled = np.where(split.inputs == 1, majority, split.inputs)
-    preds = trace.final_preds
     pred_hist = np.bincount(preds.reshape(-1), minlength=split.labels.max() + 1).astype(float) + 1
     true_hist = np.bincount(flat, minlength=split.labels.max() + 1).astype(float) + 1
     pred_hist, true_hist = pred_hist / pred_hist.sum(), true_hist / true_hist.sum()
@@ -126,6 +126,8 @@ def summarize(trace: SegmentTrace, split: SudokuSplit, mode: str = "bce_halt", t
         "segments": int(m),
         "exact_by_segment": [float(v) for v in trace.correct.mean(0)],
         "exact_all_segments": float(trace.correct[:, -1].mean()),
+        # Token-level, for reference only (never the selection metric): blank cells right after M segments.
+        "blank_cell_accuracy_all_segments": float((preds == split.labels)[split.inputs == 1].mean()),
         "exact_learned_halt": float(halted_correct.mean()),
         "mean_segments_learned_halt": float((h + 1).mean()),
         "halt_mode": mode, "halt_tau": tau, "halt_stable": stable,
