@@ -3,7 +3,8 @@
 - per-segment latency p50/p99 at batch 1 and 64 (wall and thread CPU time), against the classical
   backtracking solver measured in the same process;
 - exact accuracy vs number of segments on the 1,000-puzzle held-out test split (ground truth);
-- learned halting (tau 0.5) and the plugin's halting (learned halt or 2 unchanged segments):
+- learned halting (at the threshold chosen on validation data and stored in the checkpoint, and
+  at tau 0.5) and the plugin's halting (learned halt or 2 unchanged segments):
   exact accuracy, mean segments, mean segments per number of blanks;
 - halting calibration: predicted P(correct) = sigmoid(q_halt) against verified correctness, as a
   reliability curve at the halting segment and over every (puzzle, segment) pair, with ECE.
@@ -44,8 +45,9 @@ def main() -> None:
     reps = 30 if args.quick else 200
 
     trace = trace_segments(model, split)
-    learned = summarize(trace, split, model.cfg.halt_mode, plugin.tau, 0)
-    policy = summarize(trace, split, model.cfg.halt_mode, plugin.tau, plugin.stable_steps)
+    learned = summarize(trace, split, model.cfg.halt_mode, plugin.taus[4], 0)
+    policy = summarize(trace, split, model.cfg.halt_mode, plugin.taus[4], plugin.stable_steps)
+    at_half = summarize(trace, split, model.cfg.halt_mode, 0.5, 0)
     every = calibration(trace.p_halt.reshape(-1), trace.correct.reshape(-1))
     result = {
         "machine": machine(),
@@ -58,7 +60,8 @@ def main() -> None:
         },
         "accuracy_vs_segments": learned["exact_by_segment"],
         "exact_all_segments": learned["exact_all_segments"],
-        "learned_halt": {k: learned[k] for k in ("exact_learned_halt", "mean_segments_learned_halt")},
+        "learned_halt": {k: learned[k] for k in ("exact_learned_halt", "mean_segments_learned_halt", "halt_tau")},
+        "learned_halt_tau_0.5": {k: at_half[k] for k in ("exact_learned_halt", "mean_segments_learned_halt")},
         "plugin_halting": {k: policy[k] for k in ("exact_learned_halt", "mean_segments_learned_halt", "halt_stable")},
         "by_blanks_learned_halt": learned["by_blanks"],
         "by_blanks_plugin_halting": policy["by_blanks"],

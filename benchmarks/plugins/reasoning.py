@@ -94,9 +94,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     split = test_split(quick)
     model = plugin.models[4]
     trace = trace_segments(model, split)
-    learned = summarize(trace, split, model.cfg.halt_mode, plugin.tau, 0)
-    policy = summarize(trace, split, model.cfg.halt_mode, plugin.tau, plugin.stable_steps)
-    h = halt_segment(trace, model.cfg.halt_mode, plugin.tau, plugin.stable_steps)
+    learned = summarize(trace, split, model.cfg.halt_mode, plugin.taus[4], 0)
+    policy = summarize(trace, split, model.cfg.halt_mode, plugin.taus[4], plugin.stable_steps)
+    h = halt_segment(trace, model.cfg.halt_mode, plugin.taus[4], plugin.stable_steps)
     out = {
         "plugin": "reasoning",
         "checkpoint": {"config": model.cfg.to_dict(), "params": sum(p.numel() for p in model.parameters())},
@@ -110,7 +110,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                              "mean_segments": learned["mean_segments_learned_halt"]},
             "plugin_halting": {"exact": policy["exact_learned_halt"],
                                "mean_segments": policy["mean_segments_learned_halt"],
-                               "stable_steps": plugin.stable_steps, "tau": plugin.tau},
+                               "stable_steps": plugin.stable_steps, "tau": plugin.taus[4]},
             "mean_segments_by_blanks": {k: v["mean_segments"] for k, v in policy["by_blanks"].items()},
             "q_halt_accuracy": learned["q_halt_accuracy"],
             "baselines": learned["baselines"],
