@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch goes in first, pinned to the CPU wheel, so the range in pyproject never pulls a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv run demo test bench clean
+.PHONY: venv run demo test bench soak clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: venv
 
 bench: venv
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# The 10-minute soak of issue 7 (ARGS="--duration 60" for a short one): benchmarks/results/soak.{json,png}.
+soak: venv
+	$(BIN)/python benchmarks/soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

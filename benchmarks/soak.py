@@ -1,0 +1,331 @@
+"""Soak: the real daemon under sustained load, watched for leaks, stalls and drops (issue 7, item 3).
+
+The daemon runs as a subprocess in its own temporary runtime dir (ipc endpoints only) with every
+built-in plugin enabled. `--publishers` separate processes each publish one set of demo streams
+(camera, IMU, garbled speech commands, Sudoku puzzles; `sage_runtime.demo`) through real ZeroMQ PUB
+sockets at `--rate-multiplier` times the rate their sensors are declared at. Every `--interval`
+seconds it samples the daemon's RSS, open fds (/proc/<pid>/fd), threads (/proc/<pid>/status), CPU,
+and from `status` over the control socket: tick p99/max, overruns, per-sensor counters and
+rejections; a subscriber counts the results each plugin publishes.
+
+Criteria (exit code 1 when any fails; all measured after `--warmup` unless said otherwise):
+- RSS growth < 5% (largest sample vs the first sample after warmup);
+- fd and thread counts flat (max == min);
+- no tick-loop stall over 100 ms while under load: the daemon's all-time tick max (`tick.max_ms`)
+  must not rise above 100 ms after the publishers start (status has no per-interval max, so a
+  stall during startup would hide later, smaller ones: reported as `stall_floor_ms`);
+- drops only where a `latest` sensor superseded a frame: no fifo overflow, no rejection, no seq
+  gap, no result the daemon failed to publish;
+- every built-in plugin published results, and the daemon exits 0 on SIGTERM.
+
+Run: .venv/bin/python benchmarks/soak.py [--duration 600] [--rate-multiplier 3] [--interval 5]
+Writes benchmarks/results/soak.json and soak.png (or --out PATH and the .png beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_transport import cpu_seconds  # noqa: E402
+from benchmarks.common import machine, save  # noqa: E402
+from sage_runtime.client import ResultSubscriber  # noqa: E402
+from sage_runtime.config import SageConfig  # noqa: E402
+from sage_runtime.demo import BUILTIN_PLUGINS, STREAMS, DemoSources, sensor_declarations  # noqa: E402
+from tests.harness import DaemonProcess, wait_for  # noqa: E402
+
+STALL_MS = 100.0
+RSS_GROWTH_LIMIT_PCT = 5.0
+
+
+def publish(endpoint: str, rate_hz: float, seed: int, prefix: str, ready: Any, go: Any, stop: Any,
+            sent: Any) -> None:
+    """One publisher process: a set of demo streams from `go` until `stop`; reports what it sent.
+
+    The generators' imports (torch among them) happen before `ready`, so the publishers' own start
+    does not compete with the daemon for CPU once the load is on."""
+    import plugins.language  # noqa: F401
+    import plugins.reasoning.sudoku  # noqa: F401
+    import sage_runtime.client  # noqa: F401
+
+    src = DemoSources(endpoint, rate_hz, seed=seed, prefix=prefix)
+    ready.put(prefix)
+    go.wait()
+    src.start()
+    while not stop.wait(0.5):
+        if src.error is not None:
+            break
+    src.stop()
+    sent.put({"prefix": prefix, "sent": src.sent, "error": repr(src.error) if src.error else None})
+
+
+class ResultCounter(threading.Thread):
+    """Reads every result the daemon publishes (so none back up) and counts them per plugin."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(name="results", daemon=True)
+        self.sub = ResultSubscriber(endpoint, topics=("result/",))
+        self.counts: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            msg = self.sub.recv(timeout_s=0.2)
+            if msg is None:
+                continue
+            name = msg.header["plugin"]
+            self.counts[name] = self.counts.get(name, 0) + 1
+            if msg.header["halt"] == "error":
+                self.errors[name] = self.errors.get(name, 0) + 1
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(2.0)
+        self.sub.close()
+
+
+def proc_sample(pid: int) -> dict[str, Any]:
+    """RSS, threads and open fds of a live process, from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {"rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 2), "threads": int(fields["Threads"]),
+            "fds": len(list(Path(f"/proc/{pid}/fd").iterdir()))}
+
+
+def status_sample(status: dict[str, Any]) -> dict[str, Any]:
+    """The figures the soak tracks from one `status` reply."""
+    tick, ingest = status["tick"], status["ingest"]
+    sensors = {sid: {k: s[k] for k in ("received", "accepted", "skipped", "dropped", "seq_gaps")}
+               for sid, s in ingest["sensors"].items()}
+    return {
+        "state": (status.get("state") or {}).get("name"), "health": status["health"],
+        "tick": {k: tick[k] for k in ("count", "p50_ms", "p99_ms", "max_ms", "overruns", "missed_periods",
+                                      "lateness_p99_ms", "deadline_miss_rate")},
+        "sensors": sensors, "rejected": dict(ingest["rejected"]),
+        "results_failed": status["results"]["failed"],
+        "plugins": {n: {k: p[k] for k in ("status", "runs", "errors", "hangs")} for n, p in status["plugins"].items()},
+    }
+
+
+def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_max_ms: float, final: dict[str, Any],
+              sent: dict[str, int], exit_code: int) -> dict[str, Any]:
+    after = [s for s in samples if s["t_s"] >= warmup_s] or samples[-1:]
+    base = after[0]
+    rss_max = max(s["rss_mb"] for s in after)
+    growth = 100.0 * (rss_max - base["rss_mb"]) / base["rss_mb"]
+    fds = [s["fds"] for s in after]
+    threads = [s["threads"] for s in after]
+    # tick.max_ms is the all-time max: each rise above the threshold is at least one stall.
+    stalls, prev = [], startup_max_ms
+    for s in samples:
+        cur = s["tick"]["max_ms"] or 0.0
+        if cur > prev and cur > STALL_MS:
+            stalls.append({"t_s": s["t_s"], "tick_max_ms": cur})
+        prev = max(prev, cur)
+    sensors = final["sensors"]
+    drops = {
+        "latest_superseded": sum(s["skipped"] for s in sensors.values()),
+        "fifo_overflow_or_no_slot": sum(s["dropped"] for s in sensors.values()),
+        "rejected": final["rejected"],
+        "seq_gaps": sum(s["seq_gaps"] for s in sensors.values()),
+        "results_not_published": final["results_failed"],
+        "sent_not_received": sum(sent.values()) - sum(s["received"] for s in sensors.values()),
+    }
+    results_after = {p: after[-1]["results"].get(p, 0) - base["results"].get(p, 0) for p in BUILTIN_PLUGINS}
+    p99s = [s["tick"]["p99_ms"] for s in after if s["tick"]["p99_ms"] is not None]
+    criteria = {
+        "rss_growth_pct": {"value": round(growth, 2), "limit": f"< {RSS_GROWTH_LIMIT_PCT}",
+                           "ok": growth < RSS_GROWTH_LIMIT_PCT},
+        "fds_flat": {"value": [min(fds), max(fds)], "ok": min(fds) == max(fds)},
+        "threads_flat": {"value": [min(threads), max(threads)], "ok": min(threads) == max(threads)},
+        "stalls_over_100ms": {"value": len(stalls), "ok": not stalls},
+        "drops_only_latest_superseded": {
+            "value": {k: v for k, v in drops.items() if k not in ("latest_superseded", "sent_not_received")},
+            "ok": not (drops["fifo_overflow_or_no_slot"] or drops["rejected"] or drops["seq_gaps"]
+                       or drops["results_not_published"])},
+        "every_plugin_published": {"value": results_after, "ok": all(results_after.values())},
+        "clean_exit": {"value": exit_code, "ok": exit_code == 0},
+    }
+    return {
+        "passed": all(c["ok"] for c in criteria.values()), "criteria": criteria,
+        "warmup_s": warmup_s, "samples": len(samples),
+        "rss_mb": {"first": samples[0]["rss_mb"], "after_warmup": base["rss_mb"], "max_after_warmup": rss_max,
+                   "last": samples[-1]["rss_mb"]},
+        "fds": {"min": min(fds), "max": max(fds)}, "threads": {"min": min(threads), "max": max(threads)},
+        "tick": {"p99_ms_max": max(p99s, default=None), "p99_ms_median": sorted(p99s)[len(p99s) // 2] if p99s else None,
+                 "max_ms": final["tick"]["max_ms"], "overruns": final["tick"]["overruns"],
+                 "missed_periods": final["tick"]["missed_periods"], "ticks": final["tick"]["count"]},
+        "stalls": stalls, "stall_floor_ms": max(startup_max_ms, STALL_MS), "drops": drops,
+        "results_by_plugin": samples[-1]["results"], "result_errors_by_plugin": samples[-1]["result_errors"],
+        "plugin_errors": {n: p["errors"] for n, p in final["plugins"].items()},
+        "plugin_hangs": {n: p["hangs"] for n, p in final["plugins"].items()},
+        "states_seen": sorted({s["state"] for s in samples if s["state"]}),
+        "cpu_share_of_one_core_mean": round(sum(s["cpu"] for s in after) / len(after), 3),
+    }
+
+
+def plot(samples: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s["t_s"] for s in samples]
+    fig, axes = plt.subplots(3, 2, figsize=(12, 10), sharex=True)
+    panels = [
+        ("RSS (MiB)", {"rss": [s["rss_mb"] for s in samples]}),
+        ("open fds / threads", {"fds": [s["fds"] for s in samples], "threads": [s["threads"] for s in samples]}),
+        ("tick (ms)", {"p99": [s["tick"]["p99_ms"] for s in samples], "max (all-time)": [s["tick"]["max_ms"] for s in samples]}),
+        ("per second", {"overruns": _rate(samples, lambda s: s["tick"]["overruns"]),
+                        "ticks": _rate(samples, lambda s: s["tick"]["count"])}),
+        ("frames per second", {"received": _rate(samples, lambda s: sum(x["received"] for x in s["sensors"].values())),
+                               "latest superseded": _rate(samples, lambda s: sum(x["skipped"] for x in s["sensors"].values())),
+                               "dropped": _rate(samples, lambda s: sum(x["dropped"] for x in s["sensors"].values()))}),
+        ("results per second", {p: _rate(samples, lambda s, p=p: s["results"].get(p, 0)) for p in BUILTIN_PLUGINS}),
+    ]
+    for ax, (title, series) in zip(axes.flat, panels):
+        for label, ys in series.items():
+            ax.plot(t, [float("nan") if y is None else y for y in ys], label=label)
+        ax.axvline(summary["warmup_s"], color="grey", linestyle=":", linewidth=1)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[1, 0].axhline(STALL_MS, color="red", linestyle="--", linewidth=1)
+    for ax in axes[-1]:
+        ax.set_xlabel("seconds under load (dotted: end of warmup)")
+    verdict = "PASS" if summary["passed"] else "FAIL: " + ", ".join(k for k, c in summary["criteria"].items() if not c["ok"])
+    fig.suptitle(f"sage-runtime soak: {verdict}; RSS growth {summary['criteria']['rss_growth_pct']['value']}% "
+                 f"after warmup, stalls {len(summary['stalls'])}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _rate(samples: list[dict[str, Any]], value: Any) -> list[float | None]:
+    out: list[float | None] = [None]
+    for a, b in zip(samples, samples[1:]):
+        out.append((value(b) - value(a)) / max(b["t_s"] - a["t_s"], 1e-9))
+    return out
+
+
+def main() -> int:
+    nominal = SageConfig().demo.rate_hz
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=600.0, help="seconds under load (default 600)")
+    ap.add_argument("--rate-multiplier", type=float, default=3.0, help="times the declared sensor rates (default 3)")
+    ap.add_argument("--interval", type=float, default=5.0, help="seconds between samples (default 5)")
+    ap.add_argument("--publishers", type=int, default=3, help="publisher processes, one set of demo streams each")
+    ap.add_argument("--nominal-hz", type=float, default=nominal, help=f"declared demo rate (default {nominal})")
+    ap.add_argument("--warmup", type=float, default=None,
+                    help="seconds excluded from growth/flatness (default: 20%% of duration, 2 intervals to 120 s)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/soak.json)")
+    args = ap.parse_args()
+    warmup = args.warmup if args.warmup is not None else min(max(2 * args.interval, 0.2 * args.duration), 120.0)
+    rate = args.nominal_hz * args.rate_multiplier
+    prefixes = [f"pub{i}" for i in range(args.publishers)]
+    config = {
+        "plugins": {"enabled": list(BUILTIN_PLUGINS)},
+        "ingest": {"allow_undeclared": False,
+                   "sensors": {k: v for p in prefixes for k, v in sensor_declarations(args.nominal_hz, p).items()}},
+    }
+    run: dict[str, Any] = {"machine": machine(), "args": {k: str(v) if isinstance(v, Path) else v
+                                                          for k, v in vars(args).items()},
+                           "warmup_s": warmup, "publish_rate_hz": rate, "config": config}
+    ctx = mp.get_context("spawn")
+    samples: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="sage-soak-") as td:
+        d = DaemonProcess(Path(td), config).start(timeout_s=120)
+        counter = ResultCounter(d.results)
+        counter.start()
+        ready, go, stop, sent_q = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue()
+        pubs = [ctx.Process(target=publish, args=(d.ingest, rate, i, p, ready, go, stop, sent_q), name=p, daemon=True)
+                for i, p in enumerate(prefixes)]
+        sent: dict[str, int] = {}
+        final = None
+        try:
+            pid = d.status()["pid"]
+            startup_max = d.status()["tick"]["max_ms"] or 0.0
+            for proc in pubs:
+                proc.start()
+            for _ in pubs:
+                ready.get(timeout=120)
+            go.set()
+            # Time zero: every publisher's first frames reached the daemon.
+            wait_for(lambda: len(d.status()["ingest"]["sensors"]) == len(STREAMS) * len(prefixes), timeout_s=60, interval_s=0.2)
+            t0 = time.monotonic()
+            cpu_prev, t_prev = cpu_seconds(pid), t0
+            k = 0
+            while True:
+                now = time.monotonic() - t0
+                target = k * args.interval
+                if now < target:
+                    time.sleep(target - now)
+                if d.proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited with {d.proc.returncode} during the soak:\n{d.log()[-4000:]}")
+                sample = {"t_s": round(time.monotonic() - t0, 2), **proc_sample(pid)}
+                cpu, tn = cpu_seconds(pid), time.monotonic()
+                sample["cpu"] = round((cpu - cpu_prev) / max(tn - t_prev, 1e-9), 3)
+                cpu_prev, t_prev = cpu, tn
+                sample.update(status_sample(d.status()))
+                sample["results"], sample["result_errors"] = dict(counter.counts), dict(counter.errors)
+                samples.append(sample)
+                t = sample["tick"]
+                print(f"t={sample['t_s']:>6.1f}s rss {sample['rss_mb']:>7.1f} MiB fds {sample['fds']:>3} "
+                      f"threads {sample['threads']:>3} cpu {sample['cpu']:.2f} tick p99 {t['p99_ms']} max {t['max_ms']} "
+                      f"overruns {t['overruns']} state {sample['state']} results {sum(counter.counts.values())}",
+                      flush=True)
+                if target >= args.duration:
+                    break
+                k += 1
+            stop.set()
+            reports = [sent_q.get(timeout=30) for _ in pubs]
+            for proc in pubs:
+                proc.join(10)
+            sent = {sid: n for r in reports for sid, n in r["sent"].items()}
+            run["publishers"] = reports
+            try:  # let what is in flight arrive before the final count
+                wait_for(lambda: sum(s["received"] for s in d.status()["ingest"]["sensors"].values())
+                         >= sum(sent.values()), timeout_s=5, interval_s=0.1)
+            except TimeoutError:
+                pass  # the shortfall is reported as drops.sent_not_received
+        finally:
+            stop.set()
+            if d.proc.poll() is None:
+                final = status_sample(d.status())
+                final["stage_max_ms"] = {k: v["max_ms"] for k, v in d.control().call("stats")["stages"].items()}
+            counter.stop()
+            exit_code, took = d.stop()
+            for proc in pubs:
+                if proc.is_alive():
+                    proc.kill()
+            run["shutdown"] = {"exit_code": exit_code, "seconds": round(took, 3)}
+            run["daemon_log_tail"] = d.log()[-4000:]
+    if final is None:
+        print("soak aborted: the daemon was gone at the end", file=sys.stderr)
+        return 2
+    summary = summarise(samples, warmup, startup_max, final, sent, exit_code)
+    run.update(summary=summary, final=final, samples=samples)
+    if args.out is None:
+        path = save("soak", run)
+    else:
+        path = args.out
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run, indent=2))
+    png = path.with_suffix(".png")
+    plot(samples, summary, png)
+    print(json.dumps({k: summary[k] for k in ("passed", "criteria", "rss_mb", "fds", "threads", "tick", "drops")}, indent=2))
+    print(f"saved {path} and {png}")
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
