@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sage_runtime.atp import AtpParams
+from sage_runtime.metabolic import MetabolicParams
+from sage_runtime.salience import SalienceParams
+from sage_runtime.telemetry import TelemetryParams
+from sage_runtime.trust import TrustParams
 
 ENV_PREFIX = "SAGE_"
 _POLICY_RE = re.compile(r"latest|fifo:([1-9][0-9]{0,5})\Z")
@@ -98,6 +104,8 @@ class ResultsSection(Section):
 class ControlSection(Section):
     endpoint: str = "ipc://{runtime_dir}/control.sock"
     socket_mode: int = Field(0o660, ge=0, le=0o777)
+    #: An extra TCP control endpoint for remote tools; allowed only with CurveZMQ keys (security).
+    tcp_endpoint: str | None = None
 
 
 class PluginsSection(Section):
@@ -105,8 +113,47 @@ class PluginsSection(Section):
     enabled: list[str] = []
     #: Per-plugin options, by name, handed to the plugin's setup().
     options: dict[str, dict[str, Any]] = {}
+    #: Which sensors each plugin reads, by plugin name (e.g. `vision: [front_cam]`). A plugin not
+    #: listed reads every sensor whose frames it accepts.
+    inputs: dict[str, list[str]] = {}
     breaker_failures: int = Field(3, ge=1)
     breaker_cooldown_s: float = Field(10.0, gt=0)
+
+
+class AttentionSection(Section):
+    """The attention modules the tick runs (docs/attention.md)."""
+
+    #: Fusion's query: what the robot is doing. Also the expert-trust context of the selector.
+    goal: str = "default"
+    #: Width of the fused context vector handed to plugins and the selector.
+    fusion_dim: int = Field(256, ge=16, le=4096)
+    #: Selector: 0 ranks plugins by the router alone, 1 by their trust in this state alone.
+    selector_alpha: float = Field(0.5, ge=0, le=1)
+    seed: int = 0
+
+
+class CognitionSection(Section):
+    #: A frame at or above this SNARC total resets the idle clock that leads to DREAM.
+    idle_salience: float = Field(0.1, ge=0, le=1)
+    #: Plugin error rate for the state machine is counted over this many recent seconds.
+    error_window_s: float = Field(10.0, gt=0)
+    #: The trust ledger is saved (atomically) this often, and at shutdown.
+    trust_save_interval_s: float = Field(30.0, gt=0)
+
+
+class SecuritySection(Section):
+    """CurveZMQ for TCP endpoints (docs/operations.md). Both keys or neither; read at start only."""
+
+    #: The daemon's certificate with its secret key (zmq.auth format); refused when world-readable.
+    curve_secret_key: str | None = None
+    #: Directory of authorised client public keys (`*.key`); only their holders get in.
+    authorized_keys_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> "SecuritySection":
+        if (self.curve_secret_key is None) != (self.authorized_keys_dir is None):
+            raise ValueError("curve_secret_key and authorized_keys_dir are set together or not at all")
+        return self
 
 
 class DemoSection(Section):
@@ -121,6 +168,14 @@ class SageConfig(Section):
     control: ControlSection = ControlSection()
     plugins: PluginsSection = PluginsSection()
     demo: DemoSection = DemoSection()
+    security: SecuritySection = SecuritySection()
+    metabolic: MetabolicParams = MetabolicParams()
+    atp: AtpParams = AtpParams()
+    salience: SalienceParams = SalienceParams()
+    trust: TrustParams = TrustParams()
+    telemetry: TelemetryParams = TelemetryParams()
+    attention: AttentionSection = AttentionSection()
+    cognition: CognitionSection = CognitionSection()
 
 
 #: Sections (or "section.key") a SIGHUP reload applies without a restart.

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import zmq
 import zmq.asyncio
 
 from sage_runtime import __version__
+from sage_runtime.capabilities import capability_report
 from sage_runtime.cognition import Cognition
 from sage_runtime.config import (
     ConfigError, SageConfig, expand_endpoint, load_config, resolve_runtime_dir, resolve_state_dir, split_reload,
@@ -35,6 +37,8 @@ from sage_runtime.orchestrator import Orchestrator
 from sage_runtime.plugin_host import PluginHost
 from sage_runtime.plugin_registry import load_plugin_class
 from sage_runtime.publish import ResultPublisher
+from sage_runtime.security import EdgeSecurity, check_exposure, load_keys
+from sage_runtime.telemetry import open_telemetry
 
 log = logging.getLogger("sage.daemon")
 
@@ -42,6 +46,33 @@ STATUS_SCHEMA_VERSION = 1
 EXIT_CONFIG = 2
 EXIT_RUNNING = 3
 STOP_TIMEOUT_S = 4.0
+STATE_PROBE_INTERVAL_S = 5.0
+
+
+def _probe_writable(directory: Path) -> str | None:
+    """Write and remove 4 KiB in `directory`; the error text when that fails."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe.") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+    except OSError as exc:
+        return f"{exc.strerror or exc} ({directory})"
+    return None
+
+
+def _process_stats() -> dict[str, Any]:
+    """The daemon's own footprint from procfs (None where there is none): RSS, open fds, threads."""
+    rss = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    fds = None
+    with contextlib.suppress(OSError):
+        fds = len(os.listdir("/proc/self/fd"))
+    threads = None
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text()
+        threads = int(next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1])
+    return {"rss_bytes": rss, "open_fds": fds, "threads": threads}
 
 
 class _LogfmtFormatter(logging.Formatter):
@@ -83,12 +114,16 @@ class Daemon:
         self._last_watchdog = 0.0
         self._last_status = 0.0
         self._stopping: asyncio.Event | None = None
+        self._state_probe: tuple[float, str | None] = (-STATE_PROBE_INTERVAL_S, None)
 
     # ---------------------------------------------------------------- build
 
     def _prepare_dirs(self) -> None:
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:  # run without persistence rather than not at all; status says so
+            log.error("state dir %s unusable: %s", self.state_dir, exc)
         control = self.runtime_dir / "control.sock"
         if control.exists():
             if _daemon_answers(f"ipc://{control}"):
@@ -113,7 +148,10 @@ class Daemon:
         for host in hosts:
             opts = self.cfg.plugins.options.get(host.name, {})
             pdir = self.state_dir / "plugins" / host.name
-            pdir.mkdir(parents=True, exist_ok=True)
+            try:
+                pdir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                log.error("plugin %s state dir %s unusable: %s", host.name, pdir, exc)
             ctx = PluginContext(self.device, opts, pdir, logging.getLogger(f"sage.plugin.{host.name}"))
             await asyncio.wrap_future(host.setup_and_warmup(ctx))
 
@@ -130,14 +168,21 @@ class Daemon:
         self.mailbox = Mailbox(self.device)
         self.table = SensorTable(self.cfg.ingest, self.mailbox)
         hosts = self._load_plugins()
-        self.publisher = ResultPublisher(sctx, self._endpoints(self.cfg.results.endpoints), self.cfg.results.sndhwm)
-        self.cognition = Cognition()
+        self.security = EdgeSecurity(actx, load_keys(self.cfg))
+        self.publisher = ResultPublisher(sctx, self._endpoints(self.cfg.results.endpoints), self.cfg.results.sndhwm,
+                                         self.security)
+        self.telemetry = open_telemetry(self.cfg.telemetry)
+        self.telemetry.start()
+        self.capabilities = capability_report(str(self.device), jtop_socket=self.cfg.telemetry.jtop_socket)
+        self.cognition = Cognition(self.cfg, [h.name for h in hosts], self.mailbox, self.state_dir, self.device,
+                                   telemetry=self.telemetry.latest)
         self.orch = Orchestrator(self.cfg, self.table, hosts, self.publisher, self.cognition, compute,
                                  on_tick=self._on_tick)
         self.ingest = IngestServer(actx, self._endpoints(self.cfg.ingest.endpoints), self.table,
-                                   self.orch.notify_input)
+                                   self.orch.notify_input, self.security)
         self.control = ControlServer(actx, expand_endpoint(self.cfg.control.endpoint, self.runtime_dir),
-                                     self.cfg.control.socket_mode)
+                                     self.cfg.control.socket_mode, tcp_endpoint=self.cfg.control.tcp_endpoint,
+                                     security=self.security)
         self._register_commands()
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
                              (signal.SIGHUP, self._reload_from_signal)):
@@ -148,10 +193,12 @@ class Daemon:
         tasks: list[asyncio.Task[Any]] = []
         try:
             tasks.append(asyncio.create_task(self.control.run(), name="control"))
+            tasks.append(asyncio.create_task(self.security.run(), name="security"))
             await self._warmup(hosts)
             tasks.append(asyncio.create_task(self.ingest.run(), name="ingest"))
             tick_task = asyncio.create_task(self.orch.run(), name="tick")
             tasks.append(tick_task)
+            tasks.append(asyncio.create_task(self._save_trust_periodically(compute), name="trust"))
             if self.demo:
                 from sage_runtime.demo import DemoSources
 
@@ -196,10 +243,12 @@ class Daemon:
         budget = max(0.1, STOP_TIMEOUT_S - (time.monotonic() - t0))
         for host in hosts:
             host.close(timeout_s=budget / max(len(hosts), 1))
-        self.cognition_flush()
+        self.cognition.save_trust()
+        self.telemetry.stop()
         compute.shutdown(wait=False, cancel_futures=True)
         self.publisher.close()
         self.control.close()
+        self.security.close()
         actx.destroy(linger=0)
         self.mailbox.close()
         for name in ("control.sock", "ingest.sock", "results.sock"):
@@ -208,13 +257,11 @@ class Daemon:
         self.notifier.close()
         log.info("stopped in %.2f s", time.monotonic() - t0)
 
-    def cognition_flush(self) -> None:
-        flush = getattr(self.cognition, "flush", None)
-        if flush is not None:
-            try:
-                flush()
-            except Exception:  # noqa: BLE001 - log and finish shutting down
-                log.exception("flushing state failed")
+    async def _save_trust_periodically(self, compute: concurrent.futures.ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.cfg.cognition.trust_save_interval_s)
+            await loop.run_in_executor(compute, self.cognition.save_trust)
 
     # ---------------------------------------------------------------- systemd
 
@@ -277,7 +324,7 @@ class Daemon:
         c.register("pause", lambda args: self._set_paused(args, True))
         c.register("resume", lambda args: self._set_paused(args, False))
         c.register("ping", lambda args: {"pong": True, "pid": os.getpid()})
-        for name, handler in getattr(self.cognition, "commands", dict)().items():
+        for name, handler in self.cognition.commands(self.publisher.state).items():
             c.register(name, handler)
 
     def _set_paused(self, args: dict[str, Any], paused: bool) -> dict[str, Any]:
@@ -298,8 +345,19 @@ class Daemon:
                 reasons.append(f"plugin {name} {p['status']}")
         if self.orch.deadline_miss_rate() > 0.2:
             reasons.append(f"deadline misses {self.orch.deadline_miss_rate():.0%}")
-        reasons += getattr(self.cognition, "health_reasons", list)()
+        reasons += self.cognition.health_reasons()
+        state_dir_error = self._state_dir_error()
+        if state_dir_error:
+            reasons.append(f"state dir not writable: {state_dir_error}")
         return ("degraded" if reasons else "ok"), reasons
+
+    def _state_dir_error(self) -> str | None:
+        """Why the state dir cannot take a write (None when it can), probed at most every few seconds:
+        a full or read-only disk must show in status before a save fails."""
+        now = time.monotonic()
+        if now - self._state_probe[0] >= STATE_PROBE_INTERVAL_S:
+            self._state_probe = (now, _probe_writable(self.state_dir))
+        return self._state_probe[1]
 
     def status(self) -> dict[str, Any]:
         health, reasons = self.health()
@@ -309,12 +367,19 @@ class Daemon:
             "device": str(self.device), "runtime_dir": str(self.runtime_dir), "state_dir": str(self.state_dir),
             **self.cognition.status(),
             "tick": self.orch.tick_summary(),
-            "ingest": {**self.table.stats(), "messages": self.ingest.messages, "endpoints": self.ingest.endpoints},
+            "state_dir_error": self._state_dir_error(),
+            "process": _process_stats(),
+            "ingest": {**self.table.stats(), "messages": self.ingest.messages, "endpoints": self.ingest.endpoints,
+                       "internal_errors": self.ingest.internal_errors, "auth": self.security.stats("ingest")},
             "plugins": self.orch.plugins_summary(),
-            "results": {**self.publisher.stats(), "endpoints": self.publisher.endpoints},
+            "results": {**self.publisher.stats(), "endpoints": self.publisher.endpoints,
+                        "auth": self.security.stats("results")},
             "mailbox": self.mailbox.stats(),
-            "control": {"requests": self.control.requests, "bad_requests": self.control.bad_requests},
+            "control": {"requests": self.control.requests, "bad_requests": self.control.bad_requests,
+                        "auth": self.security.stats("control")},
             "last_reload": self.last_reload,
+            "telemetry": self.telemetry.status(self.cfg.telemetry),
+            "capabilities": self.capabilities,
         }
         return status
 
@@ -355,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             from sage_runtime.demo import demo_overlay
 
             cfg = demo_overlay(cfg)
+        check_exposure(cfg, args.config)
     except ConfigError as exc:
         print(f"sage-runtime: {exc}", file=sys.stderr)
         return EXIT_CONFIG

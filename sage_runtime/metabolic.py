@@ -227,7 +227,8 @@ DEFAULT_EDGES: tuple[Edge, ...] = (
 class MetabolicParams:
     """The machine's config: initial state, one policy per state, the transition table.
 
-    policies may name only some states; the rest keep DEFAULT_POLICIES.
+    policies may name only some states, and only some keys of a state; the rest keep
+        DEFAULT_POLICIES.
     crisis_preempts_override: a CRISIS edge still fires while a manual override holds.
     salience_half_life_s: the salience conditions see a peak-hold of max_salience that decays
         with this half-life (0: the raw value), so a stream of salient frames separated by calm
@@ -235,7 +236,8 @@ class MetabolicParams:
     """
 
     initial: MetabolicState = MetabolicState.WAKE
-    policies: dict[str, StatePolicy] = field(default_factory=lambda: dict(DEFAULT_POLICIES))
+    #: state -> StatePolicy, or a mapping of just the keys that differ from that state's default.
+    policies: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_POLICIES))
     edges: tuple[Edge, ...] = DEFAULT_EDGES
     focus_shares: tuple[float, ...] = (0.8, 0.15, 0.05)
     spread_mix: float = 0.5
@@ -248,7 +250,15 @@ class MetabolicParams:
         unknown = set(self.policies) - {s.value for s in MetabolicState}
         if unknown:
             raise ValueError(f"policies: unknown state(s) {', '.join(sorted(unknown))}")
-        given = {k: StatePolicy(**v) if isinstance(v, Mapping) else v for k, v in self.policies.items()}
+        # A partial mapping overrides only the keys it names; the rest keep that state's default.
+        given = {}
+        for k, v in self.policies.items():
+            if isinstance(v, Mapping):
+                unknown = set(v) - set(asdict(DEFAULT_POLICIES[k]))
+                if unknown:
+                    raise ValueError(f"policies.{k}: unknown key(s) {', '.join(sorted(unknown))}")
+                v = StatePolicy(**{**asdict(DEFAULT_POLICIES[k]), **v})
+            given[k] = v
         object.__setattr__(self, "policies", {**DEFAULT_POLICIES, **given})
         object.__setattr__(self, "edges", tuple(Edge(**e) if isinstance(e, Mapping) else e for e in self.edges))
         sources = {e.source for e in self.edges}

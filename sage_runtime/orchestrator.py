@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sage_runtime.cognition import Cognition, TickPlan
+from sage_runtime.cognition import Cognition, PluginView, TickPlan
 from sage_runtime.config import SageConfig
 from sage_runtime.ingest import SensorTable
 from sage_runtime.irp import Frame, PluginInputs
 from sage_runtime.metrics import LatencyWindow, Stages
-from sage_runtime.plugin_host import PluginHost
+from sage_runtime.plugin_host import PluginHost, release_after_hangs
 from sage_runtime.publish import ResultPublisher
 
 log = logging.getLogger("sage.tick")
@@ -71,7 +71,9 @@ class Orchestrator:
         return self.cognition.tick_rate_hz(self.cfg.tick.rate_hz)
 
     def deadline_miss_rate(self) -> float:
-        return sum(self._misses) / len(self._misses) if self._misses else 0.0
+        """Share of the last `miss_window` ticks that overran; ticks before start count as met, so
+        one slow first tick is not a 100 % miss rate."""
+        return sum(self._misses) / (self._misses.maxlen or 1)
 
     # ---------------------------------------------------------------- the loop
 
@@ -126,15 +128,20 @@ class Orchestrator:
         self.stages.record("ingest", (t1 - t0) * 1e3)
         budget_ms = period_s * 1e3 * self.cfg.tick.plugin_share
         deadline_ns = time.perf_counter_ns() + int(budget_ms * 1e6)
+        plan: TickPlan | None = None
         try:
+            now = time.monotonic()
             wanting = {name: self._inputs_for(host, frames) for name, host in self.hosts.items()
-                       if host.available(time.monotonic())}
+                       if host.available(now)}
             wanting = {k: v for k, v in wanting.items() if v}
-            if frames or wanting or self.cognition.wants_tick():
-                plan: TickPlan = await asyncio.get_running_loop().run_in_executor(
-                    self.compute, self.cognition.plan, frames, wanting, budget_ms, self._health())
-            else:
-                plan = self.cognition.idle_plan()
+            pending = self._pending(now)
+            views = {name: PluginView(self.hosts[name].cost.ms, pending.get(name, 0), tuple(latest))
+                     for name, (latest, _) in wanting.items()}
+            sensors = {sid: (s.modality, s.expected_hz) for sid in frames
+                       if (s := self.table.sensors.get(sid)) is not None}
+            plan = await asyncio.get_running_loop().run_in_executor(
+                self.compute, self.cognition.plan, tick_no, frames, views, sensors, budget_ms, period_s,
+                self.deadline_miss_rate(), pending)
             for stage, ms in plan.timings_ms.items():
                 self.stages.record(stage, ms)
             for transition in plan.transitions:
@@ -143,8 +150,8 @@ class Orchestrator:
             ts_ns = time.time_ns()
             for name in plan.order:
                 host = self.hosts[name]
-                atp = plan.allocation.get(name, 0.0)
-                if atp <= 0:
+                atp = plan.allocation[name]
+                if not host.available(time.monotonic()):
                     continue
                 inputs = PluginInputs(tick=tick_no, state=plan.state, frames=wanting[name][0],
                                       backlog=wanting[name][1], salience=plan.salience, fused=plan.fused,
@@ -161,8 +168,8 @@ class Orchestrator:
                 self.stages.record("publish", (time.perf_counter() - tp) * 1e3)
             await self._offline_work(plan)
         finally:
-            for lease in leases:
-                lease.release()
+            self.cognition.release_unused()
+            release_after_hangs(leases + (plan.leases if plan is not None else []), self.hosts.values())
         elapsed_ms = (time.perf_counter() - t0) * 1e3
         self.tick_ms.record(elapsed_ms)
         missed = elapsed_ms > period_s * 1e3
@@ -176,10 +183,14 @@ class Orchestrator:
 
     def _inputs_for(self, host: PluginHost, frames: dict[str, list[Frame]]
                     ) -> tuple[dict[str, Frame], dict[str, list[Frame]]] | None:
-        """The newest accepted frame per sensor, plus the in-order backlog for fifo sensors."""
+        """The newest accepted frame per sensor (of those `plugins.inputs` routes to it), plus the
+        in-order backlog for fifo sensors."""
         latest: dict[str, Frame] = {}
         backlog: dict[str, list[Frame]] = {}
+        routed = self.cfg.plugins.inputs.get(host.name)
         for sensor, got in frames.items():
+            if routed is not None and sensor not in routed:
+                continue
             mine = [f for f in got if host.plugin.accepts(f)]
             if mine:
                 latest[sensor] = mine[-1]
@@ -205,11 +216,17 @@ class Orchestrator:
             spent = (time.perf_counter() - t0) * 1e3
             self.cognition.settle_offline(name, spent, summary)
 
-    def _health(self) -> dict[str, float]:
-        runs = sum(h.runs for h in self.hosts.values())
-        errors = sum(h.errors for h in self.hosts.values())
-        return {"deadline_miss_rate": self.deadline_miss_rate(),
-                "plugin_error_rate": errors / runs if runs else 0.0}
+    def _pending(self, now: float) -> dict[str, int]:
+        """Items each available plugin has waiting for consolidation (DREAM's work)."""
+        pending = {}
+        for name, host in self.hosts.items():
+            if not host.available(now):
+                continue
+            try:
+                pending[name] = int(host.plugin.pending_consolidation())
+            except Exception as exc:  # noqa: BLE001 - a faulty plugin must not stop the tick
+                log.warning("pending_consolidation of %s failed: %s", name, exc)
+        return pending
 
     # ---------------------------------------------------------------- reporting
 

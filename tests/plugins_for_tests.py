@@ -16,6 +16,11 @@ class Echo(IRPPlugin):
     name = "echo"
     accepts_kinds = frozenset({"tensor", "text", "event"})
     halt_eps = 1e-4
+    output_kb = 0
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        self.output_kb = int(ctx.config.get("output_kb", 0))  # a zero tensor this big rides on each result
 
     def sample_inputs(self, seed: int) -> PluginInputs:
         frame = Frame("s", seed, 0, "tensor", torch.full((4,), float(seed)), {})
@@ -40,23 +45,38 @@ class Echo(IRPPlugin):
         return float((s["x"] - s["target"]).abs().sum())
 
     def outputs(self, s):
-        return {"summary": s["x"].clone(), "sensors": s["sensors"], "text": " | ".join(s["texts"])}
+        out = {"summary": s["x"].clone(), "sensors": s["sensors"], "text": " | ".join(s["texts"])}
+        if self.output_kb:
+            out["pad"] = torch.zeros(self.output_kb * 256)
+        return out
 
 
 class Faulty(Echo):
-    """Misbehaves on demand: option `mode` is raise, hang, nan or ok; `after` good runs first."""
+    """Misbehaves on demand: option `mode` is raise, hang, nan, leak or ok; `after` good runs first.
+
+    hang: sleeps `hang_s` in a step, then checks the tensor frames it was given still hold what they
+    held when it started, appending "same" or "changed" to `hang_check.txt` in its state dir (the
+    mailbox must not hand their slots to a writer meanwhile). leak: keeps `leak_mb` more MiB on
+    every run, up to `leak_max_mb`."""
 
     name = "faulty"
+    default_mode = "ok"
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
-        self.mode = ctx.config.get("mode", "ok")
+        self.mode = ctx.config.get("mode", self.default_mode)
         self.after = int(ctx.config.get("after", 0))
         self.hang_s = float(ctx.config.get("hang_s", 2.0))
+        self.leak_mb = float(ctx.config.get("leak_mb", 1.0))
+        self.leak_max_mb = float(ctx.config.get("leak_max_mb", 64.0))
+        self.leaked: list[bytearray] = []
         self.calls = 0
 
     def init_state(self, inputs):
         self.calls += 1
+        self.held = [(f.data, f.data.clone()) for f in inputs.frames.values() if f.kind == "tensor"]
+        if self.mode == "leak" and self.calls > self.after and len(self.leaked) * self.leak_mb < self.leak_max_mb:
+            self.leaked.append(bytearray(b"\1" * int(self.leak_mb * (1 << 20))))  # touched, so it is resident
         return super().init_state(inputs)
 
     def step(self, s):
@@ -65,6 +85,64 @@ class Faulty(Echo):
                 raise RuntimeError("injected failure")
             if self.mode == "hang":
                 time.sleep(self.hang_s)
+                same = all(torch.equal(view, copy) for view, copy in self.held)
+                with open(self.ctx.state_dir / "hang_check.txt", "a") as f:
+                    f.write("same\n" if same else "changed\n")
             if self.mode == "nan":
                 return {**s, "x": torch.full((3,), math.nan)}
         return super().step(s)
+
+
+class Raiser(Faulty):
+    name, default_mode = "raiser", "raise"
+
+
+class Hanger(Faulty):
+    name, default_mode = "hanger", "hang"
+
+
+class NaNer(Faulty):
+    name, default_mode = "naner", "nan"
+
+
+class Leaky(Faulty):
+    name, default_mode = "leaky", "leak"
+
+
+class Recorder(Echo):
+    """Appends `sensor seq` for every frame a run is handed (the fifo backlog included) to
+    `delivered.txt` in its state dir, so a test can count what reached a plugin."""
+
+    name = "recorder"
+
+    def init_state(self, inputs):
+        with open(self.ctx.state_dir / "delivered.txt", "a") as f:
+            for sensor, frame in inputs.frames.items():
+                for got in inputs.backlog.get(sensor, [frame]):
+                    f.write(f"{sensor} {got.seq}\n")
+        return super().init_state(inputs)
+
+
+class Burner(Echo):
+    """Spends its whole allocation: each step busy-waits `step_ms` and barely lowers the energy,
+    so it never converges. Drains the ATP reservoir in state-machine tests."""
+
+    name = "burner"
+    accepts_kinds = frozenset({"tensor"})
+    max_steps = 10_000
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        self.step_ms = float(ctx.config.get("step_ms", 1.0))
+
+    def init_state(self, inputs):
+        return {**super().init_state(inputs), "e": 1.0}
+
+    def step(self, s):
+        end = time.perf_counter() + self.step_ms / 1e3
+        while time.perf_counter() < end:
+            pass
+        return {**s, "e": s["e"] * 0.999}
+
+    def energy(self, s) -> float:
+        return s["e"]
