@@ -320,3 +320,16 @@ def test_params_accept_plain_mappings_when_built_directly():
                              edges=[{"source": e.source.value, "target": e.target.value, "when": e.when}
                                     for e in DEFAULT_EDGES])
     assert params.policy(S.FOCUS).spend_rate == 3.0 and params.edges == DEFAULT_EDGES
+
+
+def test_shipped_config_carries_the_transition_table():
+    """The table lives in config: the embedded default.yaml writes it out, equal to the code's."""
+    import yaml
+
+    from sage_runtime.config import default_config_text, load_config
+    from sage_runtime.metabolic import DEFAULT_POLICIES
+
+    written = yaml.safe_load(default_config_text())["metabolic"]
+    assert len(written["edges"]) == len(DEFAULT_EDGES)
+    assert load_config(environ={}).metabolic.edges == DEFAULT_EDGES
+    assert load_config(environ={}).metabolic.policies == DEFAULT_POLICIES
