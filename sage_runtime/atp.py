@@ -13,9 +13,9 @@ stays in [0, capacity] and nothing can be granted until the debt is cleared.
 
 Tick-loop use:
 
-    ledger.recharge(dt_s, derate(atp_params, throttled, temperature_c))
+    ledger.recharge(dt_s, telemetry.derate(sample, telemetry_params))
     budget = ledger.budget(machine.policy.spend_rate, period_s, derate_factor, wall_ms)
-    for name, ask in machine.plan(budget, ...).online.items():
+    for name, ask in allocation.items():    # the ATP allocator's split (cognition.py)
         granted = ledger.grant(ask)          # never more than available
         ... run the plugin with `granted` ATP ...
         ledger.settle(granted, result.atp_spent)   # measured ms
@@ -34,16 +34,11 @@ UNITS_PER_ATP = 1000
 class AtpParams:
     """capacity_atp: reservoir size (ms of compute). duty_cycle: sustainable share of wall time
     spent in plugins; recharge = duty_cycle * 1000 ATP per second. start_fraction: level at start.
-    Derating: 1.0 up to temp_soft_c, falling linearly to min_derate at temp_hard_c, and times
-    throttle_factor while telemetry reports throttling."""
+    Thermal and power derating is telemetry.derate's (configured in the telemetry section)."""
 
     capacity_atp: float = 5000.0
     duty_cycle: float = 0.5
     start_fraction: float = 1.0
-    throttle_factor: float = 0.5
-    temp_soft_c: float = 70.0
-    temp_hard_c: float = 90.0
-    min_derate: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0 < self.capacity_atp <= 1e9:
@@ -52,28 +47,10 @@ class AtpParams:
             raise ValueError("duty_cycle must be in (0, 1]")
         if not 0 <= self.start_fraction <= 1:
             raise ValueError("start_fraction must be in [0, 1]")
-        if not 0 <= self.throttle_factor <= 1:
-            raise ValueError("throttle_factor must be in [0, 1]")
-        if not 0 <= self.min_derate <= 1:
-            raise ValueError("min_derate must be in [0, 1]")
-        if not self.temp_soft_c < self.temp_hard_c:
-            raise ValueError("temp_soft_c must be below temp_hard_c")
 
     @property
     def recharge_per_s(self) -> float:
         return self.duty_cycle * 1000.0
-
-
-def derate(params: AtpParams, throttled: bool, temperature_c: float | None) -> float:
-    """Recharge factor in [0, 1] from telemetry; 1.0 when telemetry is unavailable and cool."""
-    factor = 1.0
-    if temperature_c is not None and math.isfinite(temperature_c) and temperature_c > params.temp_soft_c:
-        span = params.temp_hard_c - params.temp_soft_c
-        heat = min((temperature_c - params.temp_soft_c) / span, 1.0)
-        factor = 1.0 - heat * (1.0 - params.min_derate)
-    if throttled:
-        factor *= params.throttle_factor
-    return factor
 
 
 def _units(atp: float, what: str) -> int:

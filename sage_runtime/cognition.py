@@ -186,7 +186,7 @@ class Cognition:
         # ticks are sparser than the tick rate, plugins may still spend at the state's rate.
         paced_s = min(max(now - self._last_spend, period_s), MAX_PACE_S)
         budget = self.ledger.budget(policy.spend_rate, paced_s, self._derate, budget_ms)
-        offline_ask = self.machine.plan(budget, {}, pending).offline
+        offline_ask = self.machine.consolidation_plan(budget, pending)
         plan.offline = {n: g for n, ask in offline_ask.items() if (g := self._grant(n, ask, offline=True)) > 0}
         online_budget = max(budget - sum(plan.offline.values()), 0.0)
         candidates = [n for n in wanting if not self.trust.plugin_paused(n)]

@@ -15,7 +15,7 @@ Tick-loop use (one call each per tick, all pure):
     t = machine.update(MetabolicInputs(max_salience=..., atp_fraction=ledger.fraction, ...), now)
     if t: publish("state", t.to_dict())
     rate_hz = base_rate_hz * machine.policy.tick_scale
-    plan = machine.plan(budget_atp, plugin_weights, pending_by_plugin)   # online + offline ATP
+    offline = machine.consolidation_plan(budget_atp, pending_by_plugin)  # DREAM's share
 """
 
 from __future__ import annotations
@@ -105,8 +105,6 @@ CONDITIONS: dict[str, tuple[Callable[[MetabolicInputs, float], bool], str]] = {
     "critical_event": (_critical, "critical_event"),
 }
 
-ALLOCATIONS = ("spread", "focus", "winner")
-
 
 @dataclass(frozen=True)
 class Edge:
@@ -152,9 +150,8 @@ class StatePolicy:
     """What a state lets the daemon do.
 
     tick_scale: multiplies the configured tick.rate_hz.
-    max_active_plugins: online plugins run per tick (0: none).
-    allocation: how the online budget is split: "spread" (half proportional to weight, half
-        equal), "focus" (MetabolicParams.focus_shares by rank, 80/15/5), "winner" (all to the top).
+    max_active_plugins: online plugins run per tick (0: none). How their budget is split is the
+        ATP allocator's per-state pattern (attention/allocator.py, docs/attention.md).
     spend_rate: per-tick budget as a multiple of the (derated) recharge rate; > 1 bursts from
         the reservoir (FOCUS, CRISIS), < 1 pays it back (REST).
     consolidate_share: share of the tick budget handed to consolidate() of plugins with
@@ -164,7 +161,6 @@ class StatePolicy:
 
     tick_scale: float = 1.0
     max_active_plugins: int = 3
-    allocation: str = "spread"
     spend_rate: float = 1.0
     consolidate_share: float = 0.0
     min_dwell_s: float = 2.0
@@ -174,8 +170,6 @@ class StatePolicy:
             raise ValueError("tick_scale must be in (0, 10]")
         if self.max_active_plugins < 0:
             raise ValueError("max_active_plugins must be >= 0")
-        if self.allocation not in ALLOCATIONS:
-            raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}")
         if not 0 <= self.spend_rate <= 100:
             raise ValueError("spend_rate must be in [0, 100]")
         if not 0 <= self.consolidate_share <= 1:
@@ -187,11 +181,11 @@ class StatePolicy:
 _S = MetabolicState
 
 DEFAULT_POLICIES: dict[str, StatePolicy] = {
-    "WAKE": StatePolicy(1.0, 3, "spread", 1.0, 0.0, 2.0),
-    "FOCUS": StatePolicy(1.0, 3, "focus", 2.0, 0.0, 2.0),
-    "CRISIS": StatePolicy(1.0, 1, "winner", 4.0, 0.0, 3.0),
-    "REST": StatePolicy(0.2, 1, "winner", 0.25, 0.0, 5.0),
-    "DREAM": StatePolicy(0.1, 0, "spread", 0.5, 1.0, 5.0),
+    "WAKE": StatePolicy(1.0, 3, 1.0, 0.0, 2.0),
+    "FOCUS": StatePolicy(1.0, 3, 2.0, 0.0, 2.0),
+    "CRISIS": StatePolicy(1.0, 1, 4.0, 0.0, 3.0),
+    "REST": StatePolicy(0.2, 1, 0.25, 0.0, 5.0),
+    "DREAM": StatePolicy(0.1, 0, 0.5, 1.0, 5.0),
 }
 
 DEFAULT_EDGES: tuple[Edge, ...] = (
@@ -239,8 +233,6 @@ class MetabolicParams:
     #: state -> StatePolicy, or a mapping of just the keys that differ from that state's default.
     policies: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_POLICIES))
     edges: tuple[Edge, ...] = DEFAULT_EDGES
-    focus_shares: tuple[float, ...] = (0.8, 0.15, 0.05)
-    spread_mix: float = 0.5
     crisis_preempts_override: bool = True
     max_override_s: float = 86400.0
     salience_half_life_s: float = 1.0
@@ -265,11 +257,6 @@ class MetabolicParams:
         for state in MetabolicState:
             if state not in sources:
                 raise ValueError(f"edges: state {state.value} has no outgoing edge (it would be a trap)")
-        if not self.focus_shares or any(s < 0 for s in self.focus_shares) \
-                or abs(sum(self.focus_shares) - 1) > 1e-6:
-            raise ValueError("focus_shares must be non-negative and sum to 1")
-        if not 0 <= self.spread_mix <= 1:
-            raise ValueError("spread_mix must be in [0, 1]")
         if not self.max_override_s > 0:
             raise ValueError("max_override_s must be > 0")
         if not 0 <= self.salience_half_life_s <= 3600:
@@ -305,47 +292,6 @@ class Transition:
     def to_dict(self) -> dict[str, Any]:
         return {"from": self.from_state.value, "to": self.to_state.value, "reason": self.reason,
                 "at": self.at, "edge": self.edge}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One tick's ATP split: online (plugin -> ATP for a run) and offline (plugin -> ATP for
-    consolidate()). Together they never exceed the budget passed to MetabolicMachine.plan."""
-
-    online: dict[str, float]
-    offline: dict[str, float]
-
-
-def _ranked(weights: Mapping[str, float], n: int) -> list[tuple[str, float]]:
-    """Top n by weight, ties broken by name so a plan is deterministic."""
-    items = sorted(((k, max(float(w), 0.0)) for k, w in weights.items()), key=lambda kv: (-kv[1], kv[0]))
-    return items[:max(n, 0)]
-
-
-def allocate(pattern: str, budget: float, weights: Mapping[str, float], max_active: int,
-             focus_shares: tuple[float, ...] = (0.8, 0.15, 0.05), spread_mix: float = 0.5) -> dict[str, float]:
-    """Split `budget` ATP over the top `max_active` targets by weight; the shares sum to 1, so the
-    result sums to `budget` (or is empty with no target, no budget or max_active 0)."""
-    top = _ranked(weights, max_active)
-    if not top or budget <= 0:
-        return {}
-    if pattern == "winner":
-        return {top[0][0]: budget}
-    n = len(top)
-    if pattern == "focus":
-        head = list(focus_shares[:-1][:n])
-        tail = [focus_shares[-1] / (n - len(head))] * (n - len(head)) if n > len(head) else []
-        shares = head + tail
-    elif pattern == "spread":
-        total = sum(w for _, w in top)
-        prop = [w / total for _, w in top] if total > 0 else [1 / n] * n
-        shares = [(1 - spread_mix) * p + spread_mix / n for p in prop]
-    else:
-        raise ValueError(f"unknown allocation pattern {pattern!r}")
-    norm = sum(shares)
-    if norm <= 0:
-        shares, norm = [1.0] * n, float(n)
-    return {name: budget * s / norm for (name, _), s in zip(top, shares)}
 
 
 class MetabolicMachine:
@@ -421,20 +367,16 @@ class MetabolicMachine:
             self.override_until = None
             self.reason = f"override cleared; {self.reason}"
 
-    def plan(self, budget: float, weights: Mapping[str, float], pending: Mapping[str, int]) -> Plan:
-        """Split one tick's ATP budget (from AtpLedger.budget) by the current state's policy.
-
-        weights: online candidates (plugins wanting to run) -> salience or attention score.
-        pending: plugin -> items waiting for consolidation; those with > 0 share the offline part
-        in proportion. Grant each entry from the ledger before running it.
-        """
-        p, params = self.policy, self.params
-        offline_budget = budget * p.consolidate_share if any(v > 0 for v in pending.values()) else 0.0
+    def consolidation_plan(self, budget: float, pending: Mapping[str, int]) -> dict[str, float]:
+        """ATP for consolidate() this tick: the state's consolidate_share of the tick budget (from
+        AtpLedger.budget), split over plugins with items waiting in proportion to their count.
+        Empty when nothing waits. Grant each entry from the ledger before running it."""
         waiting = {k: float(v) for k, v in pending.items() if v > 0}
-        offline = allocate("spread", offline_budget, waiting, len(waiting), spread_mix=0.0)
-        online = allocate(p.allocation, budget - offline_budget, weights, p.max_active_plugins,
-                          params.focus_shares, params.spread_mix)
-        return Plan(online, offline)
+        total = sum(waiting.values())
+        offline = budget * self.policy.consolidate_share
+        if not waiting or offline <= 0:
+            return {}
+        return {name: offline * n / total for name, n in sorted(waiting.items())}
 
     def status(self, now: float) -> dict[str, Any]:
         """For `sagectl status` / `sagectl state`."""

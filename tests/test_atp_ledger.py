@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from sage_runtime.atp import UNITS_PER_ATP, AtpLedger, AtpParams, derate
+from sage_runtime.atp import UNITS_PER_ATP, AtpLedger, AtpParams
 from sage_runtime.metabolic import MetabolicParams, MetabolicState
 
 POLICIES = MetabolicParams().policies
@@ -32,8 +32,7 @@ def run_ticks(ledger: AtpLedger, rng: random.Random, ticks: int) -> int:
     states = list(POLICIES.values())
     for _ in range(ticks):
         dt = rng.choice((0.0, 0.001, 0.01, 0.01, 0.01, 0.1, 2.0)) * rng.random()
-        temp = rng.choice((None, 40.0, 75.0, 88.0, 95.0))
-        factor = derate(ledger.params, rng.random() < 0.1, temp)
+        factor = rng.choice((1.0, 1.0, 0.7, 0.2, 0.0))  # telemetry derating
         ledger.recharge(dt, factor)
         check_books(ledger)
         policy = rng.choice(states)
@@ -158,21 +157,8 @@ def test_spill_at_capacity_and_bad_amounts():
     check_books(ledger)
 
 
-def test_derate_from_telemetry():
-    p = AtpParams(throttle_factor=0.5, temp_soft_c=70.0, temp_hard_c=90.0, min_derate=0.1)
-    assert derate(p, False, None) == 1.0
-    assert derate(p, False, 60.0) == 1.0
-    assert derate(p, False, 80.0) == pytest.approx(0.55)
-    assert derate(p, False, 120.0) == pytest.approx(0.1)
-    assert derate(p, True, None) == 0.5
-    assert derate(p, True, 90.0) == pytest.approx(0.05)
-    ledger = AtpLedger(AtpParams(capacity_atp=1e6, duty_cycle=0.5, start_fraction=0.0))
-    assert ledger.recharge(1.0, derate(p, True, None)) == pytest.approx(250.0)
-    assert ledger.budget(1.0, 0.1, derate(p, True, None)) == pytest.approx(25.0)
-
-
 def test_params_validate_and_name_the_field():
     for kwargs, name in (({"capacity_atp": 0}, "capacity_atp"), ({"duty_cycle": 1.5}, "duty_cycle"),
-                         ({"start_fraction": -0.1}, "start_fraction"), ({"temp_hard_c": 10}, "temp_soft_c")):
+                         ({"start_fraction": -0.1}, "start_fraction")):
         with pytest.raises(ValueError, match=name):
             AtpParams(**kwargs)

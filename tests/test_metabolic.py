@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 
 from sage_runtime.metabolic import (
     CONDITIONS, DEFAULT_EDGES, Edge, MetabolicInputs, MetabolicMachine, MetabolicParams, MetabolicState,
-    StatePolicy, allocate,
+    StatePolicy,
 )
 from sage_runtime.salience import SnarcScorer, featurize
 
@@ -178,51 +178,34 @@ def test_params_validate_and_name_the_field():
         Edge(S.WAKE, S.WAKE, {"salience_above": 0.5})
     with pytest.raises(ValueError, match="DREAM has no outgoing edge"):
         MetabolicParams(edges=tuple(e for e in DEFAULT_EDGES if e.source is not S.DREAM))
-    with pytest.raises(ValueError, match="allocation"):
-        StatePolicy(allocation="random")
-    with pytest.raises(ValueError, match="focus_shares"):
-        MetabolicParams(focus_shares=(0.5, 0.2))
+    with pytest.raises(ValueError, match="spend_rate"):
+        StatePolicy(spend_rate=-1.0)
+    with pytest.raises(ValueError, match="unknown key"):
+        MetabolicParams(policies={"FOCUS": {"allocation": "focus"}})
 
 
 def test_params_load_from_config_shaped_data():
     """The table lives in config: pydantic validates the dataclasses from YAML-shaped data."""
-    data = {"initial": "WAKE", "policies": {"FOCUS": {"spend_rate": 3.0, "allocation": "focus"}},
+    data = {"initial": "WAKE", "policies": {"FOCUS": {"spend_rate": 3.0}},
             "edges": [{"source": e.source.value, "target": e.target.value, "when": dict(e.when)}
                       for e in DEFAULT_EDGES]}
     params = TypeAdapter(MetabolicParams).validate_python(data)
     assert params.edges == DEFAULT_EDGES
     assert params.policy(S.FOCUS).spend_rate == 3.0
+    assert params.policy(S.FOCUS).max_active_plugins == MetabolicParams().policy(S.FOCUS).max_active_plugins
     assert params.policy(S.REST) == MetabolicParams().policy(S.REST)
     data["edges"][0]["when"] = {"nope": 1}
     with pytest.raises(ValueError, match="nope"):
         TypeAdapter(MetabolicParams).validate_python(data)
 
 
-def test_allocation_patterns():
-    w = {"a": 0.9, "b": 0.5, "c": 0.2, "d": 0.1}
-    focus = allocate("focus", 100.0, w, 4)
-    assert focus["a"] == pytest.approx(80.0) and focus["b"] == pytest.approx(15.0)
-    assert focus["c"] == pytest.approx(2.5) and focus["d"] == pytest.approx(2.5)
-    assert allocate("winner", 10.0, w, 3) == {"a": 10.0}
-    spread = allocate("spread", 90.0, w, 3)
-    assert set(spread) == {"a", "b", "c"} and sum(spread.values()) == pytest.approx(90.0)
-    assert spread["a"] > spread["b"] > spread["c"] > 0
-    assert allocate("spread", 10.0, w, 0) == {}
-    two = allocate("focus", 95.0, w, 2)
-    assert two == pytest.approx({"a": 80.0, "b": 15.0})
-
-
-def test_plan_follows_the_state_and_sends_dream_budget_to_consolidation():
+def test_consolidation_plan_follows_the_state_and_pending_counts():
     m = MetabolicMachine(MetabolicParams(), now=0.0)
-    weights = {"vision": 0.8, "language": 0.3, "memory": 0.1, "reasoning": 0.05}
-    plan = m.plan(10.0, weights, {"memory": 4})
-    assert len(plan.online) == m.policy.max_active_plugins and plan.offline == {}
-    assert sum(plan.online.values()) == pytest.approx(10.0)
+    assert m.consolidation_plan(10.0, {"memory": 4}) == {}  # WAKE consolidates nothing
     m.override(S.DREAM, 60.0, now=1.0)
-    plan = m.plan(10.0, weights, {"memory": 3, "language": 1, "vision": 0})
-    assert plan.online == {}
-    assert plan.offline == pytest.approx({"memory": 7.5, "language": 2.5})
-    assert m.plan(10.0, weights, {}).offline == {}
+    plan = m.consolidation_plan(10.0, {"memory": 3, "language": 1, "vision": 0})
+    assert plan == pytest.approx({"memory": 7.5, "language": 2.5})
+    assert m.consolidation_plan(10.0, {}) == {}
 
 
 def test_each_state_sets_rate_plugins_and_pattern():
@@ -264,7 +247,7 @@ def test_docs_table_matches_the_code():
                 for i, e in enumerate(DEFAULT_EDGES)]
     assert documented == expected
     for name, p in MetabolicParams().policies.items():
-        row = f"| {name} | {p.tick_scale:g} | {p.max_active_plugins} | {p.allocation} | {p.spend_rate:g} | " \
+        row = f"| {name} | {p.tick_scale:g} | {p.max_active_plugins} | {p.spend_rate:g} | " \
               f"{p.consolidate_share:g} | {p.min_dwell_s:g} |"
         assert row in text
 
