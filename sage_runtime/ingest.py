@@ -6,6 +6,7 @@ state it shares with compute threads is the mailbox, which is thread-safe.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
@@ -19,6 +20,7 @@ import zmq.asyncio
 from sage_runtime.config import IngestSection, SensorSection
 from sage_runtime.irp import Frame
 from sage_runtime.mailbox import Lease, Mailbox, WriteStatus
+from sage_runtime.security import EdgeSecurity, is_tcp
 from sage_runtime.wire import DTYPES, IngestMessage, WireError, decode_ingest
 
 log = logging.getLogger("sage.ingest")
@@ -101,7 +103,8 @@ class SensorTable:
         self.last_rejection[reason] = message
         log.debug("rejected: %s: %s", reason, message)
 
-    def _register(self, msg: IngestMessage) -> Sensor:
+    def _new_sensor(self, msg: IngestMessage) -> tuple[Sensor, tuple[int, ...] | None]:
+        """The sensor a first message would register, and its channel shape; nothing is allocated yet."""
         declared: SensorSection | None = self.cfg.sensors.get(msg.sensor)
         if declared is None and not self.cfg.allow_undeclared:
             raise WireError("undeclared", f"sensor {msg.sensor!r} is not declared and allow_undeclared is off")
@@ -114,6 +117,7 @@ class SensorTable:
         modality = (declared.modality if declared else None) or _modality(msg.kind, msg.shape)
         sensor = Sensor(msg.sensor, msg.kind, policy, depth, modality,
                         expected_hz=declared.expected_hz if declared else None)
+        shape = None
         if msg.kind == "tensor":
             dtype = (declared.dtype if declared else None) or msg.dtype
             if dtype not in DTYPES:
@@ -121,20 +125,21 @@ class SensorTable:
             shape = tuple(declared.max_shape) if declared and declared.max_shape else msg.shape
             sensor.dtype = dtype
             sensor.max_numel = _numel(shape)
-            sensor.channel = self.mailbox.register(
-                f"sensor/{msg.sensor}", kind="focus", dtype=DTYPES[dtype], max_shape=shape,
-                policy="latest" if policy == "latest" else "fifo",
-                depth=LATEST_DEPTH if policy == "latest" else depth)
-        else:
-            sensor.queue = collections.deque()
-        self.sensors[msg.sensor] = sensor
-        log.info("sensor %s registered: kind=%s policy=%s modality=%s", msg.sensor, msg.kind,
-                 sensor.policy if policy == "latest" else f"fifo:{depth}", modality)
-        return sensor
+        return sensor, shape
 
-    def admit(self, msg: IngestMessage) -> None:
-        """Put a validated message in its sensor's channel; raises WireError if it does not fit."""
-        sensor = self.sensors.get(msg.sensor) or self._register(msg)
+    def _register(self, sensor: Sensor, shape: tuple[int, ...] | None) -> None:
+        """Allocate the sensor's channel and add it to the table: only once its first frame fits."""
+        if shape is not None:
+            sensor.channel = self.mailbox.register(
+                f"sensor/{sensor.sensor_id}", kind="focus", dtype=DTYPES[sensor.dtype], max_shape=shape,
+                policy="latest" if sensor.policy == "latest" else "fifo",
+                depth=LATEST_DEPTH if sensor.policy == "latest" else sensor.depth)
+        self.sensors[sensor.sensor_id] = sensor
+        log.info("sensor %s registered: kind=%s policy=%s modality=%s", sensor.sensor_id, sensor.kind,
+                 sensor.policy if sensor.policy == "latest" else f"fifo:{sensor.depth}", sensor.modality)
+
+    @staticmethod
+    def _check_fits(sensor: Sensor, msg: IngestMessage) -> None:
         if sensor.kind != msg.kind:
             raise WireError("declared_mismatch", f"sensor {msg.sensor!r} sends {sensor.kind}, got {msg.kind}")
         if msg.kind == "tensor":
@@ -143,8 +148,22 @@ class SensorTable:
             if _numel(msg.shape) > sensor.max_numel:
                 raise WireError("declared_mismatch",
                                 f"frame of {_numel(msg.shape)} elements exceeds the channel's {sensor.max_numel}")
+
+    def admit(self, msg: IngestMessage) -> None:
+        """Put a validated message in its sensor's channel; raises WireError if it does not fit.
+        A message that is refused never registers its sensor."""
+        sensor = self.sensors.get(msg.sensor)
+        if sensor is None:
+            sensor, shape = self._new_sensor(msg)
+            self._check_fits(sensor, msg)
+            self._register(sensor, shape)
+        else:
+            self._check_fits(sensor, msg)
+        if msg.kind == "tensor":
             meta = {**msg.meta, "_wire_seq": msg.seq}
             result = sensor.channel.write_bytes(msg.payload, msg.shape, meta=meta, ts_ns=msg.ts_ns)
+            if result.status == WriteStatus.REJECTED:
+                raise WireError("channel", f"sensor {msg.sensor!r}: its channel refused the frame ({result.reason})")
             if result.status == WriteStatus.DROPPED:
                 sensor.dropped += 1
             elif sensor.policy == "latest":
@@ -217,23 +236,37 @@ def _numel(shape: tuple[int, ...] | None) -> int:
 
 
 class IngestServer:
-    """Owns the SUB socket; one task reads it. `on_input` wakes the tick loop."""
+    """Owns the SUB socket(s); one task reads them. `on_input` wakes the tick loop.
+
+    With CurveZMQ keys, TCP endpoints get their own CURVE socket and ipc ones stay plain (file modes
+    guard them): a security option applies to every endpoint of a socket."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoints: list[str], table: SensorTable,
-                 on_input: Callable[[], None]) -> None:
+                 on_input: Callable[[], None], security: EdgeSecurity | None = None) -> None:
         self.table = table
         self.on_input = on_input
-        self.sock = ctx.socket(zmq.SUB)
-        cfg = table.cfg
-        self.sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes * LIBZMQ_LIMIT_FACTOR)
-        self.sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        secured = security is not None and security.enabled
+        groups = [[ep for ep in endpoints if not (secured and is_tcp(ep))],
+                  [ep for ep in endpoints if secured and is_tcp(ep)]]
+        self.socks: list[zmq.asyncio.Socket] = []
         self.endpoints: list[str] = []
-        for ep in endpoints:
-            self.sock.bind(ep)
-            self.endpoints.append(self.sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        for curve, group in enumerate(groups):
+            if not group:
+                continue
+            sock = ctx.socket(zmq.SUB)
+            cfg = table.cfg
+            sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes * LIBZMQ_LIMIT_FACTOR)
+            sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if curve:
+                security.secure(sock, "ingest")  # type: ignore[union-attr]
+            for ep in group:
+                sock.bind(ep)
+                self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+            self.socks.append(sock)
         self.messages = 0
+        self.internal_errors = 0
         self.paused = False
 
     def handle(self, parts: list[Any]) -> None:
@@ -248,15 +281,22 @@ class IngestServer:
             self.table.admit(msg)
         except WireError as exc:
             self.table.reject(exc.reason, str(exc))
+        except Exception:  # noqa: BLE001 - a bug here must cost one message, never the ingest task
+            self.internal_errors += 1
+            log.exception("ingest failed on a message (counted as ingest.internal_errors)")
 
-    async def run(self) -> None:
+    async def _pump(self, sock: zmq.asyncio.Socket) -> None:
         while True:
-            parts = await self.sock.recv_multipart(copy=False)
+            parts = await sock.recv_multipart(copy=False)
             self.handle(parts)
             # Drain what is already queued before waking the tick, so a burst costs one wake-up.
-            while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                self.handle(await self.sock.recv_multipart(copy=False))
+            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self.handle(await sock.recv_multipart(copy=False))
             self.on_input()
 
+    async def run(self) -> None:
+        await asyncio.gather(*(self._pump(sock) for sock in self.socks))
+
     def close(self) -> None:
-        self.sock.close(linger=0)
+        for sock in self.socks:
+            sock.close(linger=0)

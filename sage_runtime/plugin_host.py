@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from sage_runtime.irp import IRPPlugin, PluginContext, PluginInputs, RunResult, StepCost, run_plugin
+from sage_runtime.mailbox import Lease
 from sage_runtime.metrics import LatencyWindow
 
 log = logging.getLogger("sage.plugins")
@@ -42,6 +45,7 @@ class PluginHost:
         self.halts: dict[str, int] = {}
         self.atp_spent = 0.0
         self._busy: concurrent.futures.Future[Any] | None = None
+        self._new_hang: concurrent.futures.Future[Any] | None = None
 
     # ---------------------------------------------------------------- lifecycle (compute thread)
 
@@ -101,12 +105,18 @@ class PluginHost:
             result = await asyncio.wait_for(asyncio.wrap_future(fut, loop=loop), timeout=wait_s)
         except asyncio.TimeoutError:
             self._busy = fut
+            self._new_hang = fut
             self.hangs += 1
             spent = (time.perf_counter() - t0) * 1e3
             result = RunResult(self.name, "error", 0, None, [], {}, spent, spent, 0,
                                error=f"hung: no return {grace_ms:.0f} ms past its deadline")
         self._account(result)
         return result
+
+    def take_new_hang(self) -> concurrent.futures.Future[Any] | None:
+        """The run abandoned since the last call, if any: its thread may still read that tick's frames."""
+        fut, self._new_hang = self._new_hang, None
+        return fut
 
     def _account(self, result: RunResult) -> None:
         self.runs += 1
@@ -134,3 +144,29 @@ class PluginHost:
             "last_halt": self.last_halt, "halts": dict(self.halts), "last_error": self.last_error,
             "atp_spent": round(self.atp_spent, 3), "consecutive_failures": self.consecutive_failures,
         }
+
+
+def release_after_hangs(leases: Iterable[Lease], hosts: Iterable[PluginHost]) -> None:
+    """Release a tick's mailbox leases, or, when a plugin was abandoned in that tick, once the last
+    such plugin's thread returns: until then it may still read the frames, and a released slot
+    would be rewritten under it. Only that tick's leases wait, so a long hang holds one slot per
+    sensor, not the whole ring."""
+    leases = list(leases)
+    hung = [fut for host in hosts if (fut := host.take_new_hang()) is not None]
+    if not hung:
+        for lease in leases:
+            lease.release()
+        return
+    log.warning("holding %d frame lease(s) until %d hung plugin(s) return", len(leases), len(hung))
+    remaining = [len(hung)]
+    lock = threading.Lock()
+
+    def returned(_: concurrent.futures.Future[Any]) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            for lease in leases:
+                lease.release()  # thread-safe: takes the channel's lock
+    for fut in hung:
+        fut.add_done_callback(returned)

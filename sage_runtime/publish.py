@@ -12,32 +12,48 @@ from typing import Any
 import zmq
 
 from sage_runtime.irp import RunResult
+from sage_runtime.security import EdgeSecurity, is_tcp
 from sage_runtime.wire import encode_result, encode_state
 
 log = logging.getLogger("sage.publish")
 
 
 class ResultPublisher:
-    def __init__(self, ctx: zmq.Context, endpoints: list[str], sndhwm: int) -> None:
-        self.sock = ctx.socket(zmq.PUB)
-        self.sock.setsockopt(zmq.SNDHWM, sndhwm)
-        self.sock.setsockopt(zmq.LINGER, 0)
+    """One PUB socket; with CurveZMQ keys a second, CURVE one for the TCP endpoints (each message
+    goes out on both)."""
+
+    def __init__(self, ctx: zmq.Context, endpoints: list[str], sndhwm: int,
+                 security: EdgeSecurity | None = None) -> None:
+        secured = security is not None and security.enabled
+        groups = [[ep for ep in endpoints if not (secured and is_tcp(ep))],
+                  [ep for ep in endpoints if secured and is_tcp(ep)]]
+        self.socks: list[zmq.Socket] = []
         self.endpoints: list[str] = []
-        for ep in endpoints:
-            self.sock.bind(ep)
-            self.endpoints.append(self.sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        for curve, group in enumerate(groups):
+            if not group:
+                continue
+            sock = ctx.socket(zmq.PUB)
+            sock.setsockopt(zmq.SNDHWM, sndhwm)
+            sock.setsockopt(zmq.LINGER, 0)
+            if curve:
+                security.secure(sock, "results")  # type: ignore[union-attr]
+            for ep in group:
+                sock.bind(ep)
+                self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+            self.socks.append(sock)
         self.sent = 0
         self.failed = 0
 
     def _send(self, parts: list[Any]) -> None:
-        try:
-            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-            self.sent += 1
-        except zmq.Again:
-            self.failed += 1
-        except zmq.ZMQError as exc:
-            self.failed += 1
-            log.warning("publish failed: %s", exc)
+        self.sent += 1
+        for sock in self.socks:
+            try:
+                sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self.failed += 1
+            except zmq.ZMQError as exc:
+                self.failed += 1
+                log.warning("publish failed: %s", exc)
 
     def result(self, res: RunResult, *, tick: int, ts_ns: int, state: str, inputs: dict[str, int],
                extra_outputs: dict[str, Any] | None = None) -> None:
@@ -62,4 +78,5 @@ class ResultPublisher:
         return {"sent": self.sent, "failed": self.failed}
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        for sock in self.socks:
+            sock.close(linger=0)

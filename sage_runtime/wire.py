@@ -40,7 +40,7 @@ REJECT_REASONS = (
     "part_count", "topic", "sensor_id", "topic_mismatch", "header_msgpack", "header_type",
     "version", "missing_key", "key_type", "kind", "dtype", "shape", "too_large", "payload_size",
     "utf8", "non_finite", "meta", "event", "reward", "undeclared", "declared_mismatch",
-    "oversize",
+    "oversize", "channel",
 )
 
 

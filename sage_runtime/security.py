@@ -1,0 +1,188 @@
+"""Who may reach the daemon: loopback-only TCP by default, CurveZMQ (with ZAP) beyond it.
+
+ipc sockets are guarded by file modes (the control socket is 0660). A TCP port is reachable by
+anyone who can route to it, so an endpoint off loopback, or any TCP control endpoint, needs
+CurveZMQ keys: the daemon's secret key and a directory of authorised client public keys
+(`*.key` files as written by `zmq.auth.create_certificates`). pyzmq's ZAP authenticator decides
+each handshake; socket monitors count the outcomes per edge for `sagectl status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import itertools
+import logging
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+import zmq.auth
+from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils.monitor import parse_monitor_message
+
+from sage_runtime.config import ConfigError, SageConfig
+
+log = logging.getLogger("sage.security")
+
+#: A Z85 CurveZMQ secret (exactly 40 characters) written into a text file: a pasted certificate's
+#: `secret-key = "..."` or a YAML `secret_key: ...`; security.curve_secret_key holds a path, not a key.
+_Z85 = r"[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]"
+_KEY_MATERIAL_RE = re.compile(rf"(?<!curve_)secret[-_]key\s*[=:]\s*[\"']?{_Z85}{{40}}(?!{_Z85})")
+_HANDSHAKE_EVENTS = {
+    zmq.EVENT_HANDSHAKE_SUCCEEDED: "succeeded",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "failed_auth",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "failed_protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "failed_no_detail",
+}
+_monitor_ids = itertools.count()
+
+
+def is_tcp(endpoint: str) -> bool:
+    return endpoint.startswith("tcp://")
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for non-TCP transports and TCP on 127.0.0.0/8, ::1 or `localhost`; `*`, 0.0.0.0,
+    interface names and other hosts are not loopback."""
+    if not is_tcp(endpoint):
+        return True
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """The daemon's CURVE key pair and where the authorised client keys live."""
+
+    public: bytes
+    secret: bytes
+    authorized_keys_dir: Path
+
+
+def _refuse_world_readable(path: Path, key: str) -> None:
+    mode = path.stat().st_mode
+    if mode & stat.S_IROTH:
+        raise ConfigError(f"{key}: {path} holds secret key material and is world-readable "
+                          f"(mode {stat.S_IMODE(mode):04o}); chmod o-r it")
+
+
+def load_keys(cfg: SageConfig) -> CurveKeys | None:
+    """The configured CURVE keys, or None; ConfigError (naming the key) when they cannot be used."""
+    sec = cfg.security
+    if sec.curve_secret_key is None:
+        return None
+    path = Path(sec.curve_secret_key)
+    try:
+        _refuse_world_readable(path, "security.curve_secret_key")
+        public, secret = zmq.auth.load_certificate(path)
+    except OSError as exc:
+        raise ConfigError(f"security.curve_secret_key: cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"security.curve_secret_key: {path} is not a CurveZMQ certificate: {exc}") from None
+    if not secret:
+        raise ConfigError(f"security.curve_secret_key: {path} holds only a public key")
+    keys_dir = Path(sec.authorized_keys_dir or "")
+    if not keys_dir.is_dir():
+        raise ConfigError(f"security.authorized_keys_dir: {keys_dir} is not a directory")
+    return CurveKeys(public, secret, keys_dir)
+
+
+def check_exposure(cfg: SageConfig, config_path: str | os.PathLike[str] | None) -> CurveKeys | None:
+    """Refuse to start (ConfigError, exit 2) when an endpoint would be open to the network without
+    CURVE, or a file holding secret key material is world-readable. Returns the keys, if any."""
+    if config_path is not None:
+        path = Path(config_path)
+        if _KEY_MATERIAL_RE.search(path.read_text(encoding="utf-8", errors="replace")):
+            _refuse_world_readable(path, "config file")
+    keys = load_keys(cfg)
+    if keys is not None:
+        return keys
+    remedy = "configure security.curve_secret_key and security.authorized_keys_dir (CurveZMQ)"
+    for key, endpoints in (("ingest.endpoints", cfg.ingest.endpoints), ("results.endpoints", cfg.results.endpoints)):
+        for ep in endpoints:
+            if not is_loopback(ep):
+                raise ConfigError(f"{key}: {ep} is not a loopback address; to listen beyond this host {remedy}")
+    for key, ep in (("control.endpoint", cfg.control.endpoint), ("control.tcp_endpoint", cfg.control.tcp_endpoint)):
+        if ep is not None and is_tcp(ep):
+            raise ConfigError(f"{key}: {ep}: a TCP control endpoint needs CurveZMQ keys; {remedy}")
+    return None
+
+
+class EdgeSecurity:
+    """CURVE for the TCP sockets of the three edges: one ZAP authenticator, handshake counters per edge.
+
+    With no keys it only counts nothing, so the edges need no special case."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, keys: CurveKeys | None) -> None:
+        self.ctx = ctx
+        self.keys = keys
+        self.auth: AsyncioAuthenticator | None = None
+        self.counts: dict[str, collections.Counter[str]] = {}
+        self._monitors: list[tuple[str, zmq.Socket, zmq.asyncio.Socket]] = []
+        if keys is not None:
+            # Before any secured socket binds: a handshake without a ZAP handler would pass unchecked.
+            self.auth = AsyncioAuthenticator(ctx, log=logging.getLogger("sage.security.zap"))
+            self.auth.start()
+            log.info("CurveZMQ on TCP endpoints: %d authorised client key(s) in %s",
+                     len(zmq.auth.load_certificates(keys.authorized_keys_dir)), keys.authorized_keys_dir)
+
+    @property
+    def enabled(self) -> bool:
+        return self.keys is not None
+
+    def secure(self, sock: zmq.Socket, edge: str) -> None:
+        """Make `sock` a CURVE server checked by ZAP, counting its handshakes under `edge`.
+        Call before bind."""
+        assert self.keys is not None, "no CurveZMQ keys configured"
+        sock.curve_secretkey = self.keys.secret
+        sock.curve_publickey = self.keys.public
+        sock.curve_server = True
+        sock.zap_domain = edge.encode()
+        assert self.auth is not None
+        self.auth.configure_curve(domain=edge, location=str(self.keys.authorized_keys_dir))
+        address = f"inproc://sage-monitor-{edge}-{next(_monitor_ids)}"
+        sock.monitor(address, sum(_HANDSHAKE_EVENTS))
+        mon = self.ctx.socket(zmq.PAIR)
+        mon.connect(address)
+        self._monitors.append((edge, sock, mon))
+        self.counts.setdefault(edge, collections.Counter())
+
+    async def run(self) -> None:
+        """Read every monitor until cancelled."""
+        await asyncio.gather(*(self._watch(edge, mon) for edge, _, mon in self._monitors))
+
+    async def _watch(self, edge: str, mon: zmq.asyncio.Socket) -> None:
+        while True:
+            event = parse_monitor_message(await mon.recv_multipart())
+            outcome = _HANDSHAKE_EVENTS.get(event["event"])
+            if outcome is not None:
+                self.counts[edge][outcome] += 1
+                if outcome != "succeeded":
+                    log.warning("%s: CURVE handshake %s from %s", edge, outcome.replace("_", " "),
+                                event.get("endpoint", b"?").decode(errors="replace"))
+
+    def stats(self, edge: str) -> dict[str, Any]:
+        counts = self.counts.get(edge, collections.Counter())
+        return {"curve": edge in self.counts, **{name: counts[name] for name in _HANDSHAKE_EVENTS.values()}}
+
+    def close(self) -> None:
+        for _, sock, mon in self._monitors:
+            if not sock.closed:
+                sock.disable_monitor()
+            mon.close(linger=0)
+        self._monitors.clear()
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
