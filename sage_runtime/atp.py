@@ -39,6 +39,9 @@ class AtpParams:
     capacity_atp: float = 5000.0
     duty_cycle: float = 0.5
     start_fraction: float = 1.0
+    #: Share of the capacity only CRISIS may spend, so a critical event still gets compute after
+    #: FOCUS has drained the reservoir (keep it below the table's lowest atp_below threshold).
+    crisis_reserve: float = 0.02
 
     def __post_init__(self) -> None:
         if not 0 < self.capacity_atp <= 1e9:
@@ -47,6 +50,8 @@ class AtpParams:
             raise ValueError("duty_cycle must be in (0, 1]")
         if not 0 <= self.start_fraction <= 1:
             raise ValueError("start_fraction must be in [0, 1]")
+        if not 0 <= self.crisis_reserve < 1:
+            raise ValueError("crisis_reserve must be in [0, 1)")
 
     @property
     def recharge_per_s(self) -> float:
@@ -114,11 +119,13 @@ class AtpLedger:
         return amount / UNITS_PER_ATP
 
     def budget(self, spend_rate: float, period_s: float, derate_factor: float = 1.0,
-               wall_ms: float = math.inf) -> float:
+               wall_ms: float = math.inf, crisis: bool = False) -> float:
         """What one tick may plan to spend: spend_rate times the derated recharge over the tick
-        period, capped by what is available and by the wall time the tick gives plugins."""
+        period, capped by what is available (less the crisis reserve, unless in CRISIS) and by
+        the wall time the tick gives plugins."""
         pace = spend_rate * self.params.recharge_per_s * derate_factor * period_s
-        return max(min(pace, self.available, wall_ms), 0.0)
+        usable = self.available if crisis else self.available - self.params.crisis_reserve * self.capacity
+        return max(min(pace, usable, wall_ms), 0.0)
 
     def grant(self, requested: float) -> float:
         """Reserve up to `requested` ATP; returns the grant, never more than available."""

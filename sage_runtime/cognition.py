@@ -185,15 +185,19 @@ class Cognition:
         # Pace spending over the time since plugins last ran, not one nominal period: when input
         # ticks are sparser than the tick rate, plugins may still spend at the state's rate.
         paced_s = min(max(now - self._last_spend, period_s), MAX_PACE_S)
-        budget = self.ledger.budget(policy.spend_rate, paced_s, self._derate, budget_ms)
+        budget = self.ledger.budget(policy.spend_rate, paced_s, self._derate, budget_ms,
+                                    crisis=state == MetabolicState.CRISIS.value)
         offline_ask = self.machine.consolidation_plan(budget, pending)
         plan.offline = {n: g for n, ask in offline_ask.items() if (g := self._grant(n, ask, offline=True)) > 0}
         online_budget = max(budget - sum(plan.offline.values()), 0.0)
         candidates = [n for n in wanting if not self.trust.plugin_paused(n)]
         if candidates and policy.max_active_plugins > 0 and online_budget > 0:
             relevance = self._relevance(plan.fused, state)
-            ranked = sorted(candidates, key=lambda n: (-relevance.get(n, 0.0), n))[:policy.max_active_plugins]
-            shares = self._allocate(state, ranked, wanting, snarc, relevance, critical, pending, online_budget)
+            crisis = {n: self._serves_crisis(n, wanting[n], state) for n in candidates}
+            # The crisis target first (CRISIS runs one plugin), then the selector's ranking.
+            ranked = sorted(candidates, key=lambda n: (-crisis[n], -relevance.get(n, 0.0), n)
+                            )[:policy.max_active_plugins]
+            shares = self._allocate(state, ranked, wanting, snarc, relevance, crisis, pending, online_budget)
             self._last_spend = now
             for name, ask in zip(ranked, shares):
                 granted = self._grant(name, ask, offline=False)
@@ -291,23 +295,29 @@ class Cognition:
 
     def _allocate(self, state: str, ranked: list[str], wanting: Mapping[str, PluginView],
                   snarc: Mapping[str, Mapping[str, float]], relevance: Mapping[str, float],
-                  critical: dict[str, Any] | None, pending: Mapping[str, int], total: float) -> list[float]:
+                  crisis: Mapping[str, bool], pending: Mapping[str, int], total: float) -> list[float]:
         rows = []
         for name in ranked:
             view = wanting[name]
             dims = [snarc[s] for s in view.sensors if s in snarc]
             row = {k: max((d[k] for d in dims), default=0.0)
                    for k in ("surprise", "novelty", "arousal", "reward", "conflict")}
-            target = critical.get("target") if critical else None
             row.update(trust=self.trust.plugin(name), goal_relevance=relevance.get(name, 0.0),
                        cost_ms=view.cost_ms, staleness_s=0.0,
                        is_consolidation=float(pending.get(name, 0) > 0),
-                       is_crisis=float(critical is not None and (target == name or target in view.sensors
-                                                                 or critical["sensor"] in view.sensors)))
+                       is_crisis=float(crisis[name]))
             rows.append(row)
         with torch.inference_mode():
             shares = self.allocator.allocate(state, build_features(rows), total, seed=self._ticks)
         return shares.tolist()
+
+    def _serves_crisis(self, name: str, view: PluginView, state: str) -> bool:
+        """In CRISIS, the plugin the last critical event names as `target`, or one reading the
+        event's sensor or the sensor it targets."""
+        event = self._critical if state == MetabolicState.CRISIS.value else None
+        if event is None:
+            return False
+        return event["target"] == name or event["target"] in view.sensors or event["sensor"] in view.sensors
 
     def _grant(self, name: str, ask: float, offline: bool) -> float:
         granted = self.ledger.grant(max(ask, 0.0))

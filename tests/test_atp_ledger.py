@@ -121,9 +121,10 @@ def test_focus_and_crisis_burst_and_rest_pays_back():
     assert net[MetabolicState.REST] > 0 and net[MetabolicState.DREAM] > 0  # pay it back
     ledger = AtpLedger(params)
     run(MetabolicState.FOCUS, 100, ledger)
-    assert ledger.level == 0.0
+    reserve = params.crisis_reserve * params.capacity_atp
+    assert ledger.level == pytest.approx(reserve)  # FOCUS stops at the crisis reserve
     run(MetabolicState.REST, 200, ledger)
-    assert ledger.level == pytest.approx(0.75 * 200 * 5.0)
+    assert ledger.level == pytest.approx(reserve + 0.75 * 200 * 5.0)
 
 
 def test_overrun_becomes_debt_paid_by_the_next_recharge():
@@ -162,3 +163,10 @@ def test_params_validate_and_name_the_field():
                          ({"start_fraction": -0.1}, "start_fraction")):
         with pytest.raises(ValueError, match=name):
             AtpParams(**kwargs)
+
+
+def test_crisis_reserve_is_spent_only_in_crisis():
+    ledger = AtpLedger(AtpParams(capacity_atp=100.0, duty_cycle=0.5, crisis_reserve=0.1))
+    ledger.settle(ledger.grant(95.0), 95.0)  # 5 ATP left, under the 10 ATP reserve
+    assert ledger.budget(4.0, 1.0) == 0.0
+    assert ledger.budget(4.0, 1.0, crisis=True) == pytest.approx(5.0)

@@ -118,6 +118,8 @@ def test_calm_focus_rest_crisis_dream_wake(tmp_path):
 
         # A critical event: CRISIS in the very tick that took it (the Echo plugin saw the event
         # in a result of the same tick number).
+        # REST pays the reservoir back; then a critical event.
+        wait_for(lambda: daemon.status()["atp"]["fraction"] > 0.2, timeout_s=20)
         pub.event("alarm", "collision", priority="critical")
         crisis = watch.until("CRISIS", lambda: None, timeout_s=5)
         assert "critical_event" in crisis["reason"]
