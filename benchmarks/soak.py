@@ -6,7 +6,9 @@ built-in plugin enabled. `--publishers` separate processes each publish one set 
 sockets at `--rate-multiplier` times the rate their sensors are declared at. Every `--interval`
 seconds it samples the daemon's RSS, open fds (/proc/<pid>/fd), threads (/proc/<pid>/status), CPU,
 and from `status` over the control socket: tick p99/max, overruns, per-sensor counters and
-rejections; a subscriber counts the results each plugin publishes.
+rejections; a subscriber counts the results each plugin publishes. Each sample also records the
+machine's load (1-minute load average, Linux CPU pressure) and how long the daemon's threads sat
+runnable waiting for a CPU, so a stall can be told apart from a box busy with other work.
 
 Criteria (exit code 1 when any fails; all measured after `--warmup` unless said otherwise):
 - RSS growth < 5% (largest sample vs the first sample after warmup);
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import threading
@@ -101,6 +104,28 @@ def proc_sample(pid: int) -> dict[str, Any]:
             "fds": len(list(Path(f"/proc/{pid}/fd").iterdir()))}
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the process's threads have spent runnable but waiting for a CPU (schedstat), summed:
+    when this grows about as fast as the wall clock, the machine, not the daemon, holds the ticks up."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that just ended, or no schedstat in this kernel
+    return total / 1e9
+
+
+def cpu_pressure() -> float | None:
+    """Share of the last 10 s in which some runnable task waited for a CPU (Linux PSI), in %: a
+    stall seen while this is high may be the machine's other load, not the daemon."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return float(dict(kv.split("=") for kv in line.split()[1:])["avg10"])
+
+
 def status_sample(status: dict[str, Any]) -> dict[str, Any]:
     """The figures the soak tracks from one `status` reply."""
     tick, ingest = status["tick"], status["ingest"]
@@ -117,7 +142,7 @@ def status_sample(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_max_ms: float, final: dict[str, Any],
-              sent: dict[str, int], exit_code: int) -> dict[str, Any]:
+              reports: list[dict[str, Any]], exit_code: int) -> dict[str, Any]:
     after = [s for s in samples if s["t_s"] >= warmup_s] or samples[-1:]
     base = after[0]
     rss_max = max(s["rss_mb"] for s in after)
@@ -129,9 +154,11 @@ def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_max_ms: fl
     for s in samples:
         cur = s["tick"]["max_ms"] or 0.0
         if cur > prev and cur > STALL_MS:
-            stalls.append({"t_s": s["t_s"], "tick_max_ms": cur})
+            stalls.append({"t_s": s["t_s"], "tick_max_ms": cur, "cpu_pressure_pct": s["cpu_pressure_pct"],
+                           "loadavg_1m": s["loadavg_1m"], "runqueue_wait": s["runqueue_wait"]})
         prev = max(prev, cur)
     sensors = final["sensors"]
+    sent = {sid: n for r in reports for sid, n in r["sent"].items()}
     drops = {
         "latest_superseded": sum(s["skipped"] for s in sensors.values()),
         "fifo_overflow_or_no_slot": sum(s["dropped"] for s in sensors.values()),
@@ -153,6 +180,8 @@ def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_max_ms: fl
             "ok": not (drops["fifo_overflow_or_no_slot"] or drops["rejected"] or drops["seq_gaps"]
                        or drops["results_not_published"])},
         "every_plugin_published": {"value": results_after, "ok": all(results_after.values())},
+        "publishers_ok": {"value": [r["error"] for r in reports if r["error"]],
+                          "ok": bool(reports) and not any(r["error"] for r in reports)},
         "clean_exit": {"value": exit_code, "ok": exit_code == 0},
     }
     return {
@@ -170,6 +199,10 @@ def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_max_ms: fl
         "plugin_hangs": {n: p["hangs"] for n, p in final["plugins"].items()},
         "states_seen": sorted({s["state"] for s in samples if s["state"]}),
         "cpu_share_of_one_core_mean": round(sum(s["cpu"] for s in after) / len(after), 3),
+        "machine_load": {"loadavg_1m_max": max(s["loadavg_1m"] for s in samples),
+                         "daemon_runqueue_wait_mean": round(sum(s["runqueue_wait"] for s in after) / len(after), 3),
+                         "cpu_pressure_pct_max": max((s["cpu_pressure_pct"] or 0.0 for s in samples), default=None),
+                         "cpu_count": os.cpu_count()},
     }
 
 
@@ -180,15 +213,24 @@ def plot(samples: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> 
     import matplotlib.pyplot as plt
 
     t = [s["t_s"] for s in samples]
-    fig, axes = plt.subplots(3, 2, figsize=(12, 10), sharex=True)
+    fig, axes = plt.subplots(4, 2, figsize=(12, 13), sharex=True)
     panels = [
         ("RSS (MiB)", {"rss": [s["rss_mb"] for s in samples]}),
-        ("open fds / threads", {"fds": [s["fds"] for s in samples], "threads": [s["threads"] for s in samples]}),
-        ("tick (ms)", {"p99": [s["tick"]["p99_ms"] for s in samples], "max (all-time)": [s["tick"]["max_ms"] for s in samples]}),
+        ("machine (other load makes stalls too)", {"load avg 1 min": [s["loadavg_1m"] for s in samples],
+                                                   "CPU pressure % / 10": [None if s["cpu_pressure_pct"] is None
+                                                                           else s["cpu_pressure_pct"] / 10
+                                                                           for s in samples],
+                                                   "daemon runqueue wait (s/s)": [s["runqueue_wait"]
+                                                                                  for s in samples]}),
+        ("open fds", {"fds": [s["fds"] for s in samples]}),
+        ("threads", {"threads": [s["threads"] for s in samples]}),
+        ("tick (ms)", {"p99": [s["tick"]["p99_ms"] for s in samples],
+                       "max (all-time)": [s["tick"]["max_ms"] for s in samples]}),
         ("per second", {"overruns": _rate(samples, lambda s: s["tick"]["overruns"]),
                         "ticks": _rate(samples, lambda s: s["tick"]["count"])}),
         ("frames per second", {"received": _rate(samples, lambda s: sum(x["received"] for x in s["sensors"].values())),
-                               "latest superseded": _rate(samples, lambda s: sum(x["skipped"] for x in s["sensors"].values())),
+                               "latest superseded": _rate(samples,
+                                                          lambda s: sum(x["skipped"] for x in s["sensors"].values())),
                                "dropped": _rate(samples, lambda s: sum(x["dropped"] for x in s["sensors"].values()))}),
         ("results per second", {p: _rate(samples, lambda s, p=p: s["results"].get(p, 0)) for p in BUILTIN_PLUGINS}),
     ]
@@ -199,10 +241,11 @@ def plot(samples: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> 
         ax.set_title(title)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    axes[1, 0].axhline(STALL_MS, color="red", linestyle="--", linewidth=1)
+    axes[2, 0].axhline(STALL_MS, color="red", linestyle="--", linewidth=1)
     for ax in axes[-1]:
         ax.set_xlabel("seconds under load (dotted: end of warmup)")
-    verdict = "PASS" if summary["passed"] else "FAIL: " + ", ".join(k for k, c in summary["criteria"].items() if not c["ok"])
+    failed = [k for k, c in summary["criteria"].items() if not c["ok"]]
+    verdict = "PASS" if summary["passed"] else "FAIL: " + ", ".join(failed)
     fig.suptitle(f"sage-runtime soak: {verdict}; RSS growth {summary['criteria']['rss_growth_pct']['value']}% "
                  f"after warmup, stalls {len(summary['stalls'])}")
     fig.tight_layout()
@@ -247,9 +290,9 @@ def main() -> int:
         counter = ResultCounter(d.results)
         counter.start()
         ready, go, stop, sent_q = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue()
-        pubs = [ctx.Process(target=publish, args=(d.ingest, rate, i, p, ready, go, stop, sent_q), name=p, daemon=True)
-                for i, p in enumerate(prefixes)]
-        sent: dict[str, int] = {}
+        pubs = [ctx.Process(target=publish, args=(d.ingest, rate, i, p, ready, go, stop, sent_q), name=p,
+                            daemon=True) for i, p in enumerate(prefixes)]
+        reports: list[dict[str, Any]] = []
         final = None
         try:
             pid = d.status()["pid"]
@@ -260,9 +303,10 @@ def main() -> int:
                 ready.get(timeout=120)
             go.set()
             # Time zero: every publisher's first frames reached the daemon.
-            wait_for(lambda: len(d.status()["ingest"]["sensors"]) == len(STREAMS) * len(prefixes), timeout_s=60, interval_s=0.2)
+            wait_for(lambda: len(d.status()["ingest"]["sensors"]) == len(STREAMS) * len(prefixes), timeout_s=60,
+                     interval_s=0.2)
             t0 = time.monotonic()
-            cpu_prev, t_prev = cpu_seconds(pid), t0
+            cpu_prev, wait_prev, t_prev = cpu_seconds(pid), runqueue_wait_s(pid), t0
             k = 0
             while True:
                 now = time.monotonic() - t0
@@ -271,16 +315,19 @@ def main() -> int:
                     time.sleep(target - now)
                 if d.proc.poll() is not None:
                     raise RuntimeError(f"daemon exited with {d.proc.returncode} during the soak:\n{d.log()[-4000:]}")
-                sample = {"t_s": round(time.monotonic() - t0, 2), **proc_sample(pid)}
-                cpu, tn = cpu_seconds(pid), time.monotonic()
+                sample = {"t_s": round(time.monotonic() - t0, 2), **proc_sample(pid),
+                          "cpu_pressure_pct": cpu_pressure(), "loadavg_1m": os.getloadavg()[0]}
+                cpu, wait, tn = cpu_seconds(pid), runqueue_wait_s(pid), time.monotonic()
                 sample["cpu"] = round((cpu - cpu_prev) / max(tn - t_prev, 1e-9), 3)
-                cpu_prev, t_prev = cpu, tn
+                sample["runqueue_wait"] = round((wait - wait_prev) / max(tn - t_prev, 1e-9), 3)
+                cpu_prev, wait_prev, t_prev = cpu, wait, tn
                 sample.update(status_sample(d.status()))
                 sample["results"], sample["result_errors"] = dict(counter.counts), dict(counter.errors)
                 samples.append(sample)
                 t = sample["tick"]
                 print(f"t={sample['t_s']:>6.1f}s rss {sample['rss_mb']:>7.1f} MiB fds {sample['fds']:>3} "
-                      f"threads {sample['threads']:>3} cpu {sample['cpu']:.2f} tick p99 {t['p99_ms']} max {t['max_ms']} "
+                      f"threads {sample['threads']:>3} cpu {sample['cpu']:.2f} tick p99 {t['p99_ms']} "
+                      f"max {t['max_ms']} "
                       f"overruns {t['overruns']} state {sample['state']} results {sum(counter.counts.values())}",
                       flush=True)
                 if target >= args.duration:
@@ -290,29 +337,31 @@ def main() -> int:
             reports = [sent_q.get(timeout=30) for _ in pubs]
             for proc in pubs:
                 proc.join(10)
-            sent = {sid: n for r in reports for sid, n in r["sent"].items()}
             run["publishers"] = reports
+            total = sum(n for r in reports for n in r["sent"].values())
             try:  # let what is in flight arrive before the final count
-                wait_for(lambda: sum(s["received"] for s in d.status()["ingest"]["sensors"].values())
-                         >= sum(sent.values()), timeout_s=5, interval_s=0.1)
+                wait_for(lambda: sum(s["received"] for s in d.status()["ingest"]["sensors"].values()) >= total,
+                         timeout_s=5, interval_s=0.1)
             except TimeoutError:
                 pass  # the shortfall is reported as drops.sent_not_received
         finally:
             stop.set()
-            if d.proc.poll() is None:
-                final = status_sample(d.status())
-                final["stage_max_ms"] = {k: v["max_ms"] for k, v in d.control().call("stats")["stages"].items()}
-            counter.stop()
-            exit_code, took = d.stop()
-            for proc in pubs:
-                if proc.is_alive():
-                    proc.kill()
+            try:
+                if d.proc.poll() is None:
+                    final = status_sample(d.status())
+                    final["stage_max_ms"] = {k: v["max_ms"] for k, v in d.control().call("stats")["stages"].items()}
+                counter.stop()
+            finally:  # never leave a daemon or a publisher behind
+                exit_code, took = d.stop()
+                for proc in pubs:
+                    if proc.is_alive():
+                        proc.kill()
             run["shutdown"] = {"exit_code": exit_code, "seconds": round(took, 3)}
             run["daemon_log_tail"] = d.log()[-4000:]
     if final is None:
         print("soak aborted: the daemon was gone at the end", file=sys.stderr)
         return 2
-    summary = summarise(samples, warmup, startup_max, final, sent, exit_code)
+    summary = summarise(samples, warmup, startup_max, final, reports, exit_code)
     run.update(summary=summary, final=final, samples=samples)
     if args.out is None:
         path = save("soak", run)
@@ -322,7 +371,9 @@ def main() -> int:
         path.write_text(json.dumps(run, indent=2))
     png = path.with_suffix(".png")
     plot(samples, summary, png)
-    print(json.dumps({k: summary[k] for k in ("passed", "criteria", "rss_mb", "fds", "threads", "tick", "drops")}, indent=2))
+    print(json.dumps({k: summary[k] for k in ("passed", "criteria", "rss_mb", "fds", "threads", "tick", "drops",
+                                              "stalls", "machine_load")},
+                     indent=2))
     print(f"saved {path} and {png}")
     return 0 if summary["passed"] else 1
 
