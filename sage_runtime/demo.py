@@ -6,14 +6,14 @@ ingest path, so `sagectl status` and a results subscriber have something true to
 
 Streams (rates are multiples of `rate_hz`, the config's `demo.rate_hz`):
 
-| sensor          | kind   | what                                                        | rate     | consumer   |
-|-----------------|--------|-------------------------------------------------------------|----------|------------|
-| `<p>.camera`    | tensor | 48x64 RGB + validity alpha, uint8: a disc moving over a     | 1x       | vision     |
-|                 |        | gradient, pixel noise, now and then a block of dropped pixels |        |            |
-| `<p>.imu`       | tensor | 6 float32 (accel xyz, gyro xyz) following the disc's motion | 2x       | memory     |
-| `<p>.speech`    | text   | a command from the language plugin's grammar, ASR-garbled   | 1/5x     | language   |
-|                 |        | at 10% CER by its own noise model (meta `clean`: the truth) |          |            |
-| `<p>.puzzle`    | tensor | a 4x4 Sudoku (int32, 0 = blank; meta `solution`)            | 1/20x    | reasoning  |
+| sensor       | kind   | what                                                             | rate  | for       |
+|--------------|--------|------------------------------------------------------------------|-------|-----------|
+| `<p>.camera` | tensor | 48x64 RGB + validity alpha, uint8: a disc moving over a gradient,| 1x    | vision    |
+|              |        | pixel noise, now and then a block of dropped pixels (alpha 0)    |       |           |
+| `<p>.imu`    | tensor | 6 float32 (accel xyz, gyro xyz) following the disc's motion      | 2x    | memory    |
+| `<p>.speech` | text   | a command from the language plugin's grammar, garbled at 10% CER | 1/5x  | language  |
+|              |        | by the plugin's own ASR noise model (meta `clean`: the truth)    |       |           |
+| `<p>.puzzle` | tensor | a 4x4 Sudoku, int32, 0 = blank (meta `solution`)                 | 1/20x | reasoning |
 
 Content is a pure function of the seed and the frame index; only the timing is wall-clock.
 Importing this module is cheap (no torch): the generators and the ZeroMQ client are imported in
