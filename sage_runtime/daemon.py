@@ -5,7 +5,6 @@ The CLI here only parses; `Daemon` owns every resource and shuts them down in re
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import contextlib
@@ -37,7 +36,7 @@ from sage_runtime.orchestrator import Orchestrator
 from sage_runtime.plugin_host import PluginHost
 from sage_runtime.plugin_registry import load_plugin_class
 from sage_runtime.publish import ResultPublisher
-from sage_runtime.security import EdgeSecurity, check_exposure, load_keys
+from sage_runtime.security import EdgeSecurity, load_keys
 from sage_runtime.telemetry import open_telemetry
 
 log = logging.getLogger("sage.daemon")
@@ -402,35 +401,10 @@ def _daemon_answers(endpoint: str, timeout_ms: int = 300) -> bool:
         sock.close(linger=0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sage-runtime", description="On-device cognition daemon.")
-    p.add_argument("--version", action="version", version=f"sage-runtime {__version__}")
-    p.add_argument("--config", metavar="PATH", help="YAML file overlaid on the embedded default")
-    p.add_argument("--demo", action="store_true",
-                   help="enable the built-in plugins and synthetic camera/text/IMU sources over ZeroMQ")
-    p.add_argument("--check-config", action="store_true", help="validate the configuration, print it, exit")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        if args.demo:
-            from sage_runtime.demo import demo_overlay
-
-            cfg = demo_overlay(cfg)
-        check_exposure(cfg, args.config)
-    except ConfigError as exc:
-        print(f"sage-runtime: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    if args.check_config:
-        import yaml
-
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
-        return 0
+def serve(cfg: SageConfig, config_path: str | None, *, demo: bool = False) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the exit code for the CLI."""
     setup_logging(cfg.runtime.log_level)
-    daemon = Daemon(cfg, args.config, demo=args.demo)
+    daemon = Daemon(cfg, config_path, demo=demo)
     if cfg.runtime.uvloop:
         with contextlib.suppress(ImportError):
             import uvloop
@@ -446,7 +420,3 @@ def main(argv: list[str] | None = None) -> int:
     except (LookupError, TypeError, ImportError) as exc:
         log.error("cannot load plugins: %s", exc)
         return EXIT_CONFIG
-
-
-if __name__ == "__main__":
-    sys.exit(main())

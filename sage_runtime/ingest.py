@@ -21,7 +21,7 @@ from sage_runtime.config import IngestSection, SensorSection
 from sage_runtime.irp import Frame
 from sage_runtime.mailbox import Lease, Mailbox, WriteStatus
 from sage_runtime.security import EdgeSecurity, is_tcp
-from sage_runtime.wire import DTYPES, IngestMessage, WireError, decode_ingest
+from sage_runtime.wire import DTYPES, IngestMessage, WireError, decode_ingest, torch_dtype
 
 log = logging.getLogger("sage.ingest")
 
@@ -131,7 +131,7 @@ class SensorTable:
         """Allocate the sensor's channel and add it to the table: only once its first frame fits."""
         if shape is not None:
             sensor.channel = self.mailbox.register(
-                f"sensor/{sensor.sensor_id}", kind="focus", dtype=DTYPES[sensor.dtype], max_shape=shape,
+                f"sensor/{sensor.sensor_id}", kind="focus", dtype=torch_dtype(sensor.dtype), max_shape=shape,
                 policy="latest" if sensor.policy == "latest" else "fifo",
                 depth=LATEST_DEPTH if sensor.policy == "latest" else sensor.depth)
         self.sensors[sensor.sensor_id] = sensor

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import numpy as np
-import torch
 
 PROTOCOL_VERSION = 1
 SENSOR_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
@@ -23,17 +23,33 @@ EVENT_PRIORITIES = ("info", "warning", "critical")
 MAX_META_BYTES = 4096
 MAX_NDIM = 8
 
-#: Wire dtype name -> torch dtype (numpy has no bfloat16, torch has them all).
-DTYPES: dict[str, torch.dtype] = {
-    "uint8": torch.uint8, "int8": torch.int8, "int16": torch.int16, "int32": torch.int32,
-    "int64": torch.int64, "float16": torch.float16, "bfloat16": torch.bfloat16,
-    "float32": torch.float32, "float64": torch.float64,
+#: Wire dtype name -> bytes per element. The names are torch's and numpy's (numpy has no
+#: bfloat16). This module imports no torch, so a client process never pays for it.
+ITEMSIZE: dict[str, int] = {
+    "uint8": 1, "int8": 1, "int16": 2, "int32": 4, "int64": 8,
+    "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8,
 }
+DTYPES: tuple[str, ...] = tuple(ITEMSIZE)
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 #: numpy dtype used to view each wire dtype's bytes (bfloat16 as raw uint16 bits).
-NUMPY_VIEW = {name: (np.uint16 if name == "bfloat16" else np.dtype(name)) for name in DTYPES}
-ITEMSIZE = {name: torch.empty((), dtype=dt).element_size() for name, dt in DTYPES.items()}
-TORCH_TO_WIRE = {dt: name for name, dt in DTYPES.items()}
+NUMPY_VIEW = {name: (np.dtype(np.uint16) if name == "bfloat16" else np.dtype(name)) for name in DTYPES}
+
+
+def torch_dtype(name: str) -> Any:
+    """The torch dtype of a wire dtype name (imports torch: daemon side only)."""
+    import torch
+
+    return getattr(torch, name)
+
+
+def _torch_tensor(value: Any) -> bool:
+    """A torch tensor can only exist if torch is already imported; never import it to check."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _wire_name(tensor: Any) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 #: Every reason a message can be rejected for. Counters are keyed by these.
 REJECT_REASONS = (
@@ -198,11 +214,11 @@ def encode_ingest(sensor: str, seq: int, kind: str, payload: Any, *, ts_ns: int,
     if meta:
         header["meta"] = dict(meta)
     if kind == "tensor":
-        if isinstance(payload, torch.Tensor):
+        if _torch_tensor(payload):
             tensor = payload.detach().cpu().contiguous()
-            header["dtype"] = TORCH_TO_WIRE[tensor.dtype]
+            header["dtype"] = _wire_name(tensor)
             header["shape"] = list(tensor.shape)
-            body: Any = tensor.view(torch.uint8).numpy() if tensor.numel() else b""
+            body: Any = tensor.view(-1).view(sys.modules["torch"].uint8).numpy() if tensor.numel() else b""
         else:
             array = np.ascontiguousarray(payload)
             header["dtype"] = array.dtype.name
@@ -221,14 +237,14 @@ def encode_ingest(sensor: str, seq: int, kind: str, payload: Any, *, ts_ns: int,
 
 # ---------------------------------------------------------------- results and state (daemon -> clients)
 
-def tensor_bytes(value: torch.Tensor | np.ndarray) -> tuple[dict[str, Any], Any]:
-    """Output tensor -> (descriptor without name, buffer to send)."""
-    if isinstance(value, torch.Tensor):
+def tensor_bytes(value: Any) -> tuple[dict[str, Any], Any]:
+    """Output tensor (torch or numpy) -> (descriptor without name, buffer to send)."""
+    if _torch_tensor(value):
         tensor = value.detach().to("cpu").contiguous()
-        if tensor.dtype not in TORCH_TO_WIRE:
+        if _wire_name(tensor) not in ITEMSIZE:
             tensor = tensor.float()
-        desc = {"dtype": TORCH_TO_WIRE[tensor.dtype], "shape": list(tensor.shape)}
-        return desc, (tensor.view(torch.uint8).numpy() if tensor.numel() else b"")
+        desc = {"dtype": _wire_name(tensor), "shape": list(tensor.shape)}
+        return desc, (tensor.view(-1).view(sys.modules["torch"].uint8).numpy() if tensor.numel() else b"")
     array = np.ascontiguousarray(value)
     if array.dtype.name not in DTYPES:
         array = array.astype(np.float32)
@@ -253,7 +269,7 @@ def encode_result(header: dict[str, Any], outputs: Mapping[str, Any]) -> list[An
     described: list[dict[str, Any]] = []
     payloads: list[Any] = []
     for name, value in outputs.items():
-        if isinstance(value, (torch.Tensor, np.ndarray)):
+        if isinstance(value, np.ndarray) or _torch_tensor(value):
             desc, buf = tensor_bytes(value)
             described.append({"name": name, **desc})
             payloads.append(buf)
@@ -286,11 +302,10 @@ def decode_published(parts: Sequence[Any]) -> ResultMessage:
     payload_iter = iter(parts[2:])
     for desc in header.get("outputs", []):
         if "dtype" in desc:
-            buf = bytes(_buffer(next(payload_iter)))
-            tensor = torch.frombuffer(bytearray(buf), dtype=DTYPES[desc["dtype"]]) if buf else \
-                torch.empty(0, dtype=DTYPES[desc["dtype"]])
-            tensor = tensor.view(desc["shape"])
-            outputs[desc["name"]] = tensor.float().numpy() if desc["dtype"] == "bfloat16" else tensor.numpy()
+            array = np.frombuffer(bytearray(_buffer(next(payload_iter))), dtype=NUMPY_VIEW[desc["dtype"]])
+            if desc["dtype"] == "bfloat16":  # the high half of a float32's bits
+                array = (array.astype(np.uint32) << 16).view(np.float32)
+            outputs[desc["name"]] = array.reshape(desc["shape"])
         elif "text" in desc:
             outputs[desc["name"]] = desc["text"]
         else:

@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 from sage_runtime.config import IngestSection
 from sage_runtime.ingest import SensorTable
 from sage_runtime.mailbox import Mailbox
-from sage_runtime.wire import DTYPES, FLOAT_DTYPES, ITEMSIZE, REJECT_REASONS, WireError, decode_ingest, encode_ingest
+from sage_runtime.wire import (
+    DTYPES, FLOAT_DTYPES, ITEMSIZE, REJECT_REASONS, WireError, decode_ingest, encode_ingest, torch_dtype,
+)
 
 CORPUS = Path(__file__).parent / "fuzz_corpus" / "wire"
 MAX_ELEMENTS = 1 << 12
@@ -62,8 +64,8 @@ def valid_messages(draw, kinds: tuple[str, ...] = ("tensor", "text", "event", "r
         shape = draw(st.lists(st.integers(1 if min_numel else 0, 6), min_size=1, max_size=4))
         numel = math.prod(shape)
         raw = draw(st.binary(min_size=numel * ITEMSIZE[dtype], max_size=numel * ITEMSIZE[dtype]))
-        payload = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(DTYPES[dtype]).view(shape) \
-            if numel else torch.empty(shape, dtype=DTYPES[dtype])
+        payload = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(torch_dtype(dtype)).view(shape) \
+            if numel else torch.empty(shape, dtype=torch_dtype(dtype))
         if dtype in FLOAT_DTYPES:
             payload = torch.nan_to_num(payload, nan=0.0, posinf=1.0, neginf=-1.0)
     elif kind == "text":
@@ -172,7 +174,7 @@ def test_mutated_messages_decode_or_are_rejected_with_a_reason(parts):
        st.sampled_from([math.nan, math.inf, -math.inf]), st.data())
 def test_non_finite_floats_are_rejected_as_non_finite(parts, bad, data):
     dtype = msgpack.unpackb(parts[1])["dtype"]
-    values = torch.frombuffer(bytearray(parts[2]), dtype=torch.uint8).view(DTYPES[dtype]).clone()
+    values = torch.frombuffer(bytearray(parts[2]), dtype=torch.uint8).view(torch_dtype(dtype)).clone()
     values[data.draw(st.integers(0, values.numel() - 1))] = bad
     parts = [parts[0], parts[1], values.view(torch.uint8).numpy().tobytes()]
     assert outcome(parts) == "non_finite"

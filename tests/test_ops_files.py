@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sage_runtime import daemon, sagectl
+from sage_runtime import daemon, main, sagectl
 from sage_runtime.config import SageConfig, load_config
 from sage_runtime.telemetry import TelemetryParams
 
@@ -117,7 +117,7 @@ def test_dockerfile_references_exist(dockerfile):
     for path in (a for a in commands.get("CMD", []) if a.startswith("/")):
         assert path in installed, f"{dockerfile.name}: CMD names {path}, which no RUN installs"
     if commands.get("CMD"):
-        daemon.build_parser().parse_args(commands["CMD"])  # the daemon accepts the CMD arguments
+        main.build_parser().parse_args(commands["CMD"])  # the daemon accepts the CMD arguments
 
 
 def test_healthcheck_script_runs_real_sagectl_arguments():
@@ -191,7 +191,7 @@ def test_unit_commands_exist():
     svc = unit()["Service"]
     start = shlex.split(svc["ExecStart"])
     assert Path(start[0]).name in console_scripts()
-    daemon.build_parser().parse_args(start[1:])
+    main.build_parser().parse_args(start[1:])
     reload_exe = shlex.split(svc["ExecReload"])[0]
     assert Path(reload_exe).exists() or shutil.which(Path(reload_exe).name), reload_exe
 

@@ -25,7 +25,7 @@ def parts(h, payload=b"\0" * 4, topic=b"sensor/cam0"):
 
 @pytest.mark.parametrize("dtype", sorted(wire.DTYPES))
 def test_tensor_round_trip_every_dtype(dtype):
-    t = (torch.arange(12, dtype=torch.float32) - 3).to(wire.DTYPES[dtype]).view(3, 4)
+    t = (torch.arange(12, dtype=torch.float32) - 3).to(wire.torch_dtype(dtype)).view(3, 4)
     msg = decode_ingest(encode_ingest("imu.0", 7, "tensor", t, ts_ns=99))
     assert (msg.sensor, msg.seq, msg.ts_ns, msg.dtype, msg.shape) == ("imu.0", 7, 99, dtype, (3, 4))
     back = torch.from_numpy(msg.array().copy())
