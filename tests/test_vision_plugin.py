@@ -207,8 +207,25 @@ def test_quality_noise_refinement_improves_on_held_out_photos(noise_gain: tuple[
     assert gain > 0.0 and all(g > 0 for g in rep["per_image_gain_db"]), rep
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (README.md, quality.json): the clean-trained encoder already "
-                   "rejects most of the noise, refinement adds well under 2 dB for sigma = 0.1")
+def test_noise_gain_is_capped_by_the_decoder_not_lost_to_late_noise_fitting(held_out: torch.Tensor) -> None:
+    """The diagnosis behind the xfail below, checked on the held-out crops with the default
+    settings: PSNR against the clean crop still rises at step 50 (no early peak that a different
+    halting rule could keep), never beats the same descent aimed at the clean image itself (the
+    oracle), and that oracle gains under 2 dB: with these weights no energy on the noisy image
+    reaches the bar within 50 steps. If new weights lift the oracle over 2 dB, this fails on
+    purpose: re-measure and revisit the xfail."""
+    from plugins.vision.evaluate import trajectory
+
+    model, cfg = load_pretrained(), refine.RefineConfig()
+    traj = trajectory(model, held_out, "noise10", 101, cfg, steps=50)
+    oracle = trajectory(model, held_out, "noise10", 101, cfg, steps=50, oracle=True)
+    assert traj[50] >= max(traj) - 0.02 and traj[50] > traj[10], traj
+    assert traj[50] <= oracle[50] + 0.02, (traj[50], oracle[50])
+    assert 0.5 < traj[50] - traj[0] < oracle[50] - oracle[0] < 2.0, (traj, oracle)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (README.md, quality.json 'diagnosis'): even the same descent aimed at "
+                   "the clean image gains < 2 dB from the noisy step-0 code in 50 steps; refinement adds ~0.8 dB")
 def test_quality_noise_meets_the_2db_bar_on_held_out_photos(noise_gain: tuple[float, dict[str, Any]]) -> None:
     gain, rep = noise_gain
     assert gain >= 2.0, rep

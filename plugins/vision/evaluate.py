@@ -8,8 +8,10 @@ until its own halting rule (early stop, at most 50 steps), and for exactly 50 st
 against the CLEAN crop. The uncorrupted crops are run the same way as a reference (the part of
 any gain that is the encoder's amortisation gap, not repair). Writes quality.json next to this file.
 
-`--tune` instead sweeps the prior weight lam on crops of TRAINING photos (held-out photos are
-never used to pick settings).
+`--tune` instead sweeps the prior weight lam on VALIDATION crops (training photos, a seed not used
+for anything else; held-out photos are never used to pick settings). `--diagnose` measures PSNR
+against the clean crop along the refinement trajectory (does it peak and then fall as z fits the
+noise?) and an oracle bound, on the validation crops and on the held-out crops; it picks nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ import torch
 
 from plugins.vision import refine
 from plugins.vision.data import HELD_OUT_PHOTOS, TRAIN_PHOTOS, add_noise, drop_pixels, load_photos, random_crops
-from plugins.vision.images import psnr
+from plugins.vision.images import fill_invalid, psnr
 from plugins.vision.model import WEIGHTS, load_pretrained
 from plugins.vision.plugin import VisionPlugin
 from sage_runtime.conformance import FAR_FUTURE_NS, make_context
@@ -36,6 +39,8 @@ from sage_runtime.irp import Frame, PluginInputs, RunResult, StepCost, run_plugi
 QUALITY = Path(__file__).resolve().parent / "quality.json"
 CONDITIONS = ("drop30", "noise10")
 FIXED_STEPS = 50
+VALIDATION_SEED = 777  # validation crops of training photos (never the held-out photos)
+TRAJECTORY_MARKS = (0, 1, 2, 5, 10, 20, 30, 40, 50)
 
 
 class FixedStepsVision(VisionPlugin):
@@ -136,12 +141,65 @@ def evaluate_condition(clean: torch.Tensor, condition: str, seed: int, config: d
     return out
 
 
+def trajectory(model: torch.nn.Module, clean: torch.Tensor, condition: str, seed: int,
+               cfg: refine.RefineConfig, steps: int = FIXED_STEPS, oracle: bool = False) -> list[float]:
+    """Mean PSNR against the clean crop after 0..steps refinement steps (batched, float).
+
+    oracle=True starts from the same step-0 code (the encoder's code of the CORRUPTED image) but
+    puts the CLEAN image, all pixels, in the data term: the same descent aimed at the ground truth
+    itself. An energy that sees only the corrupted image is not expected to beat it, so it is the
+    practical ceiling of what `steps` steps of this descent through this decoder can add (not a
+    proof: another optimiser or more steps could go further)."""
+    x, valid = corrupt(clean, condition, seed)
+    if not oracle:
+        r = refine.start(model, x, valid, cfg)
+    else:
+        ones = torch.ones_like(valid)
+        with torch.no_grad():
+            z0 = model.encode(fill_invalid(x, valid) if cfg.fill == "mean" else x * valid)
+        with torch.enable_grad():
+            z = z0.clone().requires_grad_(True)
+            e, rec = refine.energy_of(model, z, clean, ones, cfg.lam)
+            (g,) = torch.autograd.grad(e.sum(), z)
+        r = replace(refine.start(model, clean, ones, cfg), z=z0, energy=e.detach(), grad=g, recon=rec.detach())
+    out = [float(psnr(r.recon, clean).mean())]
+    for _ in range(steps):
+        r = refine.step(model, r, cfg)
+        out.append(float(psnr(r.recon, clean).mean()))
+    return out
+
+
+def diagnose(per_photo_val: int, per_photo_test: int, weights: Path = WEIGHTS) -> dict[str, Any]:
+    """PSNR vs clean along the trajectory (own energy, default config) and the oracle bound, for
+    both conditions and the clean reference, on validation and held-out crops (batched float
+    reconstructions, so a few hundredths of a dB off the uint8 figures). Picks nothing."""
+    model = load_pretrained(weights)
+    cfg = refine.RefineConfig()
+    out: dict[str, Any] = {"marks": list(TRAJECTORY_MARKS)}
+    for split, clean in (("validation", crops(TRAIN_PHOTOS, per_photo_val, seed=VALIDATION_SEED)),
+                         ("held_out", crops(HELD_OUT_PHOTOS, per_photo_test, seed=2024))):
+        rows: dict[str, Any] = {"images": int(clean.shape[0])}
+        for condition in CONDITIONS + ("clean",):
+            x, valid = corrupt(clean, condition, VALIDATION_SEED + 1)
+            traj = trajectory(model, clean, condition, VALIDATION_SEED + 1, cfg)
+            row = {"input_psnr_db": round(float(psnr(x * valid + (1 - valid) * 0.5, clean).mean()), 2),
+                   "psnr_db_at_step": [round(traj[i], 2) for i in TRAJECTORY_MARKS],
+                   "peak_step": max(range(len(traj)), key=traj.__getitem__)}
+            if condition != "clean":
+                orc = trajectory(model, clean, condition, VALIDATION_SEED + 1, cfg, oracle=True)
+                row["oracle_psnr_db_at_step"] = [round(orc[i], 2) for i in TRAJECTORY_MARKS]
+            rows[condition] = row
+            print(f"{split} {condition}: {json.dumps(row)}", flush=True)
+        out[split] = rows
+    return out
+
+
 def tune(lams: list[float], per_photo: int, steps: int, weights: Path = WEIGHTS) -> None:
     """Mean PSNR gain after `steps` refinement steps per lam, on TRAINING-photo crops (batched)."""
     model = load_pretrained(weights)
-    clean = crops(TRAIN_PHOTOS, per_photo, seed=777)
+    clean = crops(TRAIN_PHOTOS, per_photo, seed=VALIDATION_SEED)
     for condition in CONDITIONS:
-        x, valid = corrupt(clean, condition, seed=778)
+        x, valid = corrupt(clean, condition, seed=VALIDATION_SEED + 1)
         for lam in lams:
             r, _ = refine.refine(model, x, valid, refine.RefineConfig(lam=lam), steps)
             r0 = refine.start(model, x, valid, refine.RefineConfig(lam=lam))
@@ -158,11 +216,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=QUALITY)
     ap.add_argument("--tune", type=float, nargs="*", help="sweep these lam values on training photos instead")
     ap.add_argument("--tune-steps", type=int, default=30)
+    ap.add_argument("--diagnose", action="store_true", help="trajectory + oracle bound (validation and held-out)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.tune is not None:
         tune(args.tune or [0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2], args.per_photo, args.tune_steps, args.weights)
         return {}
+    if args.diagnose:
+        return diagnose(2, args.per_photo, args.weights)
     clean = crops(HELD_OUT_PHOTOS, args.per_photo, args.seed)
     t0 = time.time()
     config = {"weights": str(args.weights)}
@@ -175,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report[condition] = evaluate_condition(clean, condition, args.seed + 1 + i, config)
         print(f"{condition}: {json.dumps({k: v for k, v in report[condition].items() if k != 'per_image_gain_db'})}",
               flush=True)
+    report["diagnosis"] = diagnose(2, args.per_photo, args.weights)
     report["eval_wall_s"] = round(time.time() - t0, 1)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}", flush=True)

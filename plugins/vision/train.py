@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from plugins.vision.data import TRAIN_PHOTOS, load_photos, random_crops, scenes
-from plugins.vision.images import psnr
+from plugins.vision.images import fill_invalid, psnr
 from plugins.vision.model import WEIGHTS, ConvAutoencoder, param_count, save_weights
 
 
@@ -30,6 +30,22 @@ def batch(photos: list[torch.Tensor], n: int, size: int, photo_share: float, rng
     x = torch.cat(parts)
     gain = torch.from_numpy(rng.uniform(0.8, 1.2, (n, 1, 1, 1)).astype(np.float32))
     return (x * gain).clamp(0.0, 1.0)
+
+
+def corrupt_batch(x: torch.Tensor, rng: np.random.Generator, g: torch.Generator,
+                  max_sigma: float, max_drop: float) -> torch.Tensor:
+    """Denoising objective's encoder input: per image, a third stay clean, a third get Gaussian
+    noise sigma ~ U(0, max_sigma) (clipped), a third lose a share ~ U(0, max_drop) of pixels, filled
+    with the mean of the valid ones (what the plugin's encoder sees). The target stays clean."""
+    n = x.shape[0]
+    kind = torch.from_numpy(rng.integers(0, 3, n))
+    sigma = torch.from_numpy(rng.uniform(0, max_sigma, n).astype(np.float32)).view(n, 1, 1, 1)
+    share = torch.from_numpy(rng.uniform(0, max_drop, n).astype(np.float32)).view(n, 1, 1, 1)
+    noisy = (x + sigma * torch.randn(x.shape, generator=g)).clamp(0.0, 1.0)
+    valid = (torch.rand(n, 1, *x.shape[2:], generator=g) >= share).float()
+    dropped = fill_invalid(x, valid)
+    k = kind.view(n, 1, 1, 1)
+    return torch.where(k == 1, noisy, torch.where(k == 2, dropped, x))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--denoise", action="store_true",
+                    help="denoising objective: corrupted encoder input (noise / dropped pixels), clean target")
+    ap.add_argument("--max-sigma", type=float, default=0.15)
+    ap.add_argument("--max-drop", type=float, default=0.5)
     ap.add_argument("--out", type=Path, default=WEIGHTS)
     ap.add_argument("--no-eval", action="store_true")
     args = ap.parse_args(argv)
@@ -51,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
+    g = torch.Generator().manual_seed(args.seed + 1)
     photos = load_photos(TRAIN_PHOTOS, short_side=512)
     model = ConvAutoencoder(size=args.size, latent_ch=args.latent_ch, widths=tuple(args.widths))
     print(f"params {param_count(model):,}  training photos {len(photos)}", flush=True)
@@ -61,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     running = None
     for i in range(args.steps):
         x = batch(photos, args.batch, args.size, args.photo_share, rng)
-        z = model.encode(x)
+        z = model.encode(corrupt_batch(x, rng, g, args.max_sigma, args.max_drop) if args.denoise else x)
         recon = model.decode(z)
         rec = (recon - x).square().mean()
         loss = rec + args.beta * z.square().mean()
@@ -77,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{float(z.detach().square().mean().sqrt()):.3f}  {time.time() - t0:.0f}s", flush=True)
     wall = time.time() - t0
     meta = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "beta": args.beta, "seed": args.seed,
-            "photo_share": args.photo_share, "train_photos": list(TRAIN_PHOTOS), "wall_s": round(wall, 1),
+            "photo_share": args.photo_share, "denoise": args.denoise,
+            **({"max_sigma": args.max_sigma, "max_drop": args.max_drop} if args.denoise else {}), "train_photos": list(TRAIN_PHOTOS), "wall_s": round(wall, 1),
             "threads": args.threads, "params": param_count(model), "final_train_psnr_db": round(running or 0.0, 2)}
     save_weights(model, args.out, meta)
     size_mb = args.out.stat().st_size / 1e6
