@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -194,6 +195,10 @@ class Daemon:
             tasks.append(asyncio.create_task(self.control.run(), name="control"))
             tasks.append(asyncio.create_task(self.security.run(), name="security"))
             await self._warmup(hosts)
+            # Start-up objects (torch, weights, plugins) go to the permanent generation, so a full
+            # collection later walks only what the loop allocates: ~280 ms -> ~0 ms measured.
+            gc.collect()
+            gc.freeze()
             tasks.append(asyncio.create_task(self.ingest.run(), name="ingest"))
             tick_task = asyncio.create_task(self.orch.run(), name="tick")
             tasks.append(tick_task)
@@ -292,6 +297,10 @@ class Daemon:
         """Re-read the config; apply what can change live, report the rest; keep the old on error."""
         try:
             new = load_config(self.config_path)
+            if self.demo:
+                from sage_runtime.demo import demo_overlay
+
+                new = demo_overlay(new)
         except ConfigError as exc:
             self.last_reload = {"ok": False, "error": str(exc), "at": time.time()}
             log.error("reload refused, keeping the running config: %s", exc)

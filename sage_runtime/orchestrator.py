@@ -27,6 +27,9 @@ from sage_runtime.publish import ResultPublisher
 
 log = logging.getLogger("sage.tick")
 
+#: A tick this long is a stall (counted in status as tick.stalls_over_100ms), whatever the budget.
+STALL_MS = 100.0
+
 
 class Orchestrator:
     def __init__(self, cfg: SageConfig, table: SensorTable, hosts: list[PluginHost], publisher: ResultPublisher,
@@ -44,6 +47,7 @@ class Orchestrator:
         self.lateness_ms = LatencyWindow(4096)
         self.tick_count = 0
         self.overruns = 0
+        self.stalls = 0
         self.missed_periods = 0
         self.input_ticks = 0
         self._input = asyncio.Event()
@@ -176,6 +180,8 @@ class Orchestrator:
         self._misses.append(missed)
         if missed:
             self.overruns += 1
+        if elapsed_ms > STALL_MS:
+            self.stalls += 1
         if self.on_tick is not None:
             self.on_tick()
         if not self.first_full_tick.is_set():
@@ -237,6 +243,7 @@ class Orchestrator:
             "rate_hz": round(self.rate_hz, 3), "count": self.tick_count, "input_ticks": self.input_ticks,
             "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "max_ms": s["max_ms"],
             "budget_ms": round(1e3 / self.rate_hz, 3), "overruns": self.overruns,
+            "stalls_over_100ms": self.stalls,
             "missed_periods": self.missed_periods, "lateness_p50_ms": late["p50_ms"],
             "lateness_p99_ms": late["p99_ms"], "deadline_miss_rate": round(self.deadline_miss_rate(), 4),
         }
