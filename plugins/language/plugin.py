@@ -10,10 +10,11 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from plugins.language.grammar import Grammar, normalize
+from plugins.language.grammar import MAX_NORMALIZED, Grammar, normalize
 from plugins.language.model import Denoiser, load_checkpoint
 from plugins.language.noise import corrupt
-from plugins.language.refine import RefineState, advance, converged, energies, first_pass, texts
+from plugins.language.refine import (RefineState, advance, converged, energies, first_pass, grammar_projection,
+                                     texts)
 from sage_runtime.irp import Frame, IRPPlugin, PluginContext, PluginInputs
 
 WEIGHTS = Path(__file__).with_name("weights.pt")
@@ -31,7 +32,10 @@ class LanguagePlugin(IRPPlugin):
 
     Config: `weights` (path, default the packaged weights.pt), `refine_steps` (T of mask-predict,
     default 10), `max_reads` (3), `max_steps` (40), `max_batch` (newest commands refined together per run, default 16), `sample_cer`
-    (noise of sample_inputs, default 0.1).
+    (noise of sample_inputs, default 0.1), `grammar_constraint` (default true: `project` snaps a
+    converged text that is not a command to the nearest command, and the intent is the
+    edit-distance-tolerant parse; false: the model's text and the exact parser, model only),
+    `max_normalized` (how far from a command a text may be and still be read as it, default 0.3).
     """
 
     name: ClassVar[str] = "language"
@@ -47,6 +51,10 @@ class LanguagePlugin(IRPPlugin):
         self.max_batch = int(cfg.get("max_batch", 16))
         self.sample_cer = float(cfg.get("sample_cer", 0.1))
         self.grammar = Grammar.load()
+        self.constrained = bool(cfg.get("grammar_constraint", True))
+        self.max_normalized = float(cfg.get("max_normalized", MAX_NORMALIZED))
+        self._project = (grammar_projection(self.model, self.grammar, self.max_normalized, self.max_reads)
+                         if self.constrained else None)
         self._latest: LanguageState | None = None
 
     def accepts(self, frame: Frame) -> bool:
@@ -76,6 +84,21 @@ class LanguagePlugin(IRPPlugin):
         self._latest = state
         return state
 
+    def project(self, state: LanguageState) -> LanguageState:
+        """The grammar constraint (refine.grammar_projection): when refinement would halt, texts
+        that are not commands are snapped to the nearest command, re-scored by the model; the
+        halting rule then asks for one more read of what changed."""
+        if self._project is None:
+            return state
+        state = replace(state, refine=self._project(state.refine))
+        self._latest = state
+        return state
+
+    def intent(self, text: str) -> dict[str, Any] | None:
+        if self.constrained:
+            return self.grammar.parse_fuzzy(text, self.max_normalized)
+        return self.grammar.parse(text)
+
     def energy(self, state: LanguageState) -> float:
         return float(energies(state.refine).mean())
 
@@ -89,7 +112,7 @@ class LanguagePlugin(IRPPlugin):
     def outputs(self, state: LanguageState) -> dict[str, Any]:
         corrected = texts(state.refine)
         energy = energies(state.refine).tolist()
-        commands = [{"sensor": f.sensor, "seq": f.seq, "input": x, "text": t, "intent": self.grammar.parse(t),
+        commands = [{"sensor": f.sensor, "seq": f.seq, "input": x, "text": t, "intent": self.intent(t),
                      "confidence": math.exp(-e)}
                     for f, x, t, e in zip(state.frames, state.inputs, corrected, energy)]
         newest = commands[-1]

@@ -12,15 +12,23 @@ texts are read again as a new, less noisy input (a new first pass, counted as a 
 was trained on inputs from clean to 25% CER, and a second look fixes errors the first left. The
 batch has converged when a read returns exactly what it read (a fixed point of the denoiser) or
 after `max_reads` reads.
+
+Grammar constraint (optional, `project`): when refinement would halt, each text that is not a
+command of the grammar is snapped to the nearest one (grammar.Grammar.nearest) if it is close
+enough, written back onto the slot canvas aligned to its input the way training targets are, and
+the changed slots are scored by the model, so the energy stays the mean NLL of the text on the
+canvas. What changed is read once more (within `max_reads`), as any corrected text is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
-from plugins.language.canvas import decode_slots, encode_bytes
+from plugins.language.canvas import decode_slots, encode_bytes, slot_targets
+from plugins.language.grammar import Grammar
 from plugins.language.model import MASK, PAD, Denoiser
 
 
@@ -126,15 +134,68 @@ def texts(state: RefineState) -> list[str]:
     return [" ".join(decode_slots(row).split()) for row in state.canvas.tolist()]
 
 
+@torch.inference_mode()
+def write_texts(model: Denoiser, state: RefineState, targets: list[str | None]) -> RefineState:
+    """Put `targets[i]` (None: leave as is) on text i's canvas, aligned to its input as training
+    targets are (canvas.slot_targets). The changed slots are scored by one forward pass with them
+    masked: each gets the model's probability of its new token (not of its argmax), so `energies`
+    stays the mean NLL of the text on the canvas. A text the canvas cannot spell stays as it is."""
+    canvas = state.canvas.clone()
+    slots = model.cfg.slots
+    for i, target in enumerate(targets):
+        if target is None:
+            continue
+        src = bytes(t for t in state.src[i].tolist() if t != PAD)
+        row = slot_targets(target.encode(), src, slots)
+        if row is not None:
+            canvas[i, :len(row)] = torch.tensor(row, dtype=canvas.dtype, device=canvas.device)
+    changed = (canvas != state.canvas) & state.valid
+    if not changed.any():
+        return state
+    logits, emb = model(state.src, torch.where(changed, MASK, canvas))
+    scored = logits.float().softmax(-1).gather(-1, canvas.clamp_max(logits.shape[-1] - 1)[..., None])[..., 0]
+    rows = changed.any(1)
+    return replace(state, canvas=canvas, probs=torch.where(changed, scored, state.probs),
+                   embedding=torch.where(rows[:, None], emb.float(), state.embedding),
+                   changed=state.changed + changed.sum(1))
+
+
+def grammar_projection(model: Denoiser, grammar: Grammar, max_normalized: float, max_reads: int
+                       ) -> Callable[[RefineState], RefineState]:
+    """The grammar constraint as a projection, applied when refinement would halt (`converged`: a
+    fixed point of the denoiser, or reads used up): a text that is not a command is replaced by the
+    nearest command when that is within `max_normalized` edits per character (else it is left
+    alone: text far from every command is not made one). Snapping earlier, after every read, was
+    worse on validation (the model's later reads fix more than the snap of a rougher text)."""
+    def project(state: RefineState) -> RefineState:
+        if not converged(state, max_reads):
+            return state
+        targets: list[str | None] = []
+        for text in texts(state):
+            near = grammar.nearest(text)
+            close = near is not None and near.distance > 0 and near.normalized(text) <= max_normalized
+            targets.append(near.text if close else None)
+        return write_texts(model, state, targets) if any(t is not None for t in targets) else state
+    return project
+
+
 def refine(model: Denoiser, noisy: list[str], total: int = 10, max_reads: int = 3, max_steps: int = 40,
-           freeze: bool = True) -> RefineState:
-    """Refine a batch until it converges or `max_steps` steps ran. freeze=False runs every read's
-    full schedule of T re-mask steps and all `max_reads` reads (the no-early-halt comparison)."""
-    state = first_pass(model, noisy, total)
+           freeze: bool = True, project: Callable[[RefineState], RefineState] | None = None,
+           start: RefineState | None = None) -> RefineState:
+    """Refine a batch until it converges or `max_steps` steps ran, applying `project` after each
+    step as the IRP runner does. freeze=False runs every read's full schedule of T re-mask steps
+    and all `max_reads` reads (the no-early-halt comparison). `start`: continue from this state of
+    the same texts instead of a first pass (projecting it first), e.g. a model-only run, whose
+    steps a constrained run repeats exactly up to the projection."""
+    state = first_pass(model, noisy, total) if start is None else start
+    if project is not None:
+        state = project(state)
     while state.step < max_steps:
         if freeze and converged(state, max_reads):
             break
         if not freeze and state.read_step >= total and state.reads >= max_reads:
             break
         state = advance(model, state, freeze)
+        if project is not None:
+            state = project(state)
     return state

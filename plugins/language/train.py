@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"lr {lr_at(step, args.steps, args.lr):.2e} {time.perf_counter() - t0:.0f}s", flush=True)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             model.eval()
-            q = evaluate(model, n=200, seed=VALIDATION_SEED)
+            q = evaluate(model, n=200, seed=VALIDATION_SEED, grammar_only=False)
             print(f"step {step + 1} validation {json.dumps(q['refined'])}", flush=True)
             torch.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng.getstate(),
                         "step": step + 1, "elapsed_s": time.perf_counter() - t0}, last)
