@@ -1,0 +1,138 @@
+"""Cognition as the tick uses it: salience and events move the state, fusion goes into the mailbox,
+the selector picks which plugins run, the allocator splits ATP, grants never exceed the ledger."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from sage_runtime.cognition import Cognition, PluginView
+from sage_runtime.config import SageConfig
+from sage_runtime.irp import Frame, RunResult
+from sage_runtime.mailbox import Mailbox
+
+PLUGINS = ["vision", "imu_filter", "planner"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def mailbox():
+    box = Mailbox(torch.device("cpu"))
+    yield box
+    box.close()
+
+
+def make(tmp_path, mailbox, **overrides) -> tuple[Cognition, Clock]:
+    clock = Clock()
+    cfg = SageConfig.model_validate(overrides)
+    return Cognition(cfg, PLUGINS, mailbox, tmp_path, torch.device("cpu"), clock=clock), clock
+
+
+def frames(rng, event: str | None = None) -> dict[str, list[Frame]]:
+    ts = time.time_ns()
+    out = {"cam": [Frame("cam", 1, ts, "tensor", torch.from_numpy(rng.random((16, 16, 3), dtype=np.float32)))],
+           "imu": [Frame("imu", 1, ts, "tensor", torch.from_numpy(rng.standard_normal(6).astype(np.float32)))]}
+    if event:
+        out["bus"] = [Frame("bus", 1, ts, "event", {"type": "estop", "priority": event})]
+    return out
+
+
+SENSORS = {"cam": ("image", 10.0), "imu": ("vector", 100.0), "bus": ("event", None)}
+VIEWS = {"vision": PluginView(2.0, 0, ("cam",)), "imu_filter": PluginView(0.5, 0, ("imu",)),
+         "planner": PluginView(1.0, 0, ("bus",))}
+
+
+def tick(cog: Cognition, clock: Clock, n: int, got: dict, pending: dict | None = None, budget_ms: float = 8.0):
+    clock.t += 0.01
+    views = {k: v for k, v in VIEWS.items() if any(s in got for s in v.sensors)}
+    plan = cog.plan(n, got, views, {s: SENSORS[s] for s in got}, budget_ms, 0.01, 0.0, pending or {})
+    for name in plan.order:
+        cog.settle(name, plan.allocation[name],
+                   RunResult(name, "converged", 3, 0.1, [1.0, 0.5, 0.1], {}, 1.0, plan.allocation[name] / 2, 3))
+    cog.release_unused()
+    for lease in plan.leases:
+        lease.release()
+    return plan
+
+
+def test_fused_context_is_in_the_mailbox_and_depends_on_the_input(tmp_path, mailbox):
+    cog, clock = make(tmp_path, mailbox)
+    rng = np.random.default_rng(0)
+    first = tick(cog, clock, 1, frames(rng))
+    assert first.fused is not None and first.fused.shape == (256,)
+    a = first.fused.clone()
+    second = tick(cog, clock, 2, frames(rng))
+    assert not torch.equal(a, second.fused)
+    assert mailbox.get("context/fused").last_seq >= 1
+    weights = cog.status()["fusion"]["weights"]
+    assert set(weights) == {"cam", "imu"} and sum(weights.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_grants_never_exceed_the_ledger_and_debits_are_measured(tmp_path, mailbox):
+    cog, clock = make(tmp_path, mailbox, atp={"capacity_atp": 30.0, "duty_cycle": 0.5})
+    rng = np.random.default_rng(1)
+    for n in range(1, 300):
+        available = cog.ledger.available
+        plan = tick(cog, clock, n, frames(rng))
+        assert sum(plan.allocation.values()) <= available + 1e-9
+        books = cog.ledger.audit()
+        assert books["level"] == books["start"] + books["recharged"] - books["spilled"] - books["debited"] \
+            + books["debt"]
+        assert books["reserved"] == 0  # every grant was settled or released
+    assert cog.ledger.audit()["debited"] > 0
+
+
+def test_a_critical_event_is_crisis_in_the_same_tick_and_its_reader_runs_alone(tmp_path, mailbox):
+    cog, clock = make(tmp_path, mailbox)
+    rng = np.random.default_rng(2)
+    calm = tick(cog, clock, 1, frames(rng))
+    assert calm.state == "WAKE" and len(calm.order) >= 2
+    plan = tick(cog, clock, 2, frames(rng, event="critical"))
+    assert plan.state == "CRISIS" and plan.transitions and plan.transitions[0]["tick"] == 2
+    assert plan.order == ["planner"]  # CRISIS runs one plugin: the one reading the event's sensor
+    later = tick(cog, clock, 3, frames(rng))  # no new event, still CRISIS: planner has no input now
+    assert later.state == "CRISIS" and len(later.order) <= 1
+
+
+def test_the_selector_ranks_by_expert_trust_in_the_current_state(tmp_path):
+    one = {s: {"max_active_plugins": 1} for s in ("WAKE",)}
+    rng = np.random.default_rng(3)
+    picked = {}
+    for favourite in ("vision", "imu_filter"):
+        box = Mailbox(torch.device("cpu"))
+        cog, clock = make(tmp_path, box, metabolic={"policies": one}, attention={"selector_alpha": 1.0})
+        for _ in range(50):
+            cog.trust.update_expert("WAKE", favourite, 1.0)
+            cog.trust.update_expert("FOCUS", favourite, 0.0)
+        picked[favourite] = tick(cog, clock, 1, frames(rng)).order
+        box.close()
+    assert picked == {"vision": ["vision"], "imu_filter": ["imu_filter"]}
+
+
+def test_a_plugin_paused_by_trust_gets_no_atp(tmp_path, mailbox):
+    cog, clock = make(tmp_path, mailbox)
+    for _ in range(5):
+        cog.trust.record_plugin_error("vision")
+    assert cog.trust.plugin_paused("vision")
+    plan = tick(cog, clock, 1, frames(np.random.default_rng(4)))
+    assert "vision" not in plan.allocation and plan.order
+
+
+def test_dream_hands_its_budget_to_consolidation(tmp_path, mailbox):
+    cog, clock = make(tmp_path, mailbox)
+    cog.override("DREAM", 60.0)
+    plan = tick(cog, clock, 1, {}, pending={"vision": 0, "planner": 3})
+    assert plan.state == "DREAM" and plan.order == [] and set(plan.offline) == {"planner"}
+    cog.settle_offline("planner", 0.5, {"merged": 2})
+    cog.release_unused()
+    assert cog.status()["consolidation"]["runs"] == 1 and cog.ledger.audit()["reserved"] == 0
