@@ -31,6 +31,18 @@ CONFIG = {
 }
 
 
+def connected(pub: zmq.Socket, sub: zmq.Socket, timeout_s: float = 20.0) -> None:
+    """Wait out ZeroMQ's slow joiner: probe until the subscriber hears one, then drain."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pub.send_multipart(encode_ingest("probe", 0, "tensor", np.zeros(1, np.uint8), ts_ns=1))
+        if sub.poll(100):
+            while sub.poll(50):
+                sub.recv_multipart()
+            return
+    raise TimeoutError("PUB/SUB never connected")
+
+
 def raw_hop_latency(tmp: Path, nbytes: int, n: int) -> list[float]:
     """One PUB -> SUB hop over ipc, the same three-part message the daemon receives."""
     ctx = zmq.Context.instance()
@@ -41,11 +53,13 @@ def raw_hop_latency(tmp: Path, nbytes: int, n: int) -> list[float]:
     pub = ctx.socket(zmq.PUB)
     pub.connect(ep)
     frame = np.zeros(nbytes, np.uint8)
-    time.sleep(0.2)
+    connected(pub, sub)
     out = []
     for i in range(n + 5):
         t0 = time.perf_counter()
         pub.send_multipart(encode_ingest("raw", i, "tensor", frame, ts_ns=time.time_ns()), copy=False)
+        if not sub.poll(5000):
+            raise TimeoutError("raw hop: message lost")
         sub.recv_multipart(copy=False)
         if i >= 5:
             out.append((time.perf_counter() - t0) * 1e3)
@@ -83,7 +97,7 @@ def raw_throughput(tmp: Path, nbytes: int, n: int) -> float:
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.SNDHWM, 0)
     pub.connect(ep)
-    time.sleep(0.2)
+    connected(pub, sub)
     frame = np.zeros(nbytes, np.uint8)
     t0 = time.perf_counter()
     for i in range(n):

@@ -143,9 +143,13 @@ class Orchestrator:
                      for name, (latest, _) in wanting.items()}
             sensors = {sid: (s.modality, s.expected_hz) for sid in frames
                        if (s := self.table.sensors.get(sid)) is not None}
-            plan = await asyncio.get_running_loop().run_in_executor(
-                self.compute, self.cognition.plan, tick_no, frames, views, sensors, budget_ms, period_s,
-                self.deadline_miss_rate(), pending)
+            args = (tick_no, frames, views, sensors, budget_ms, period_s, self.deadline_miss_rate(), pending)
+            if frames or views:
+                plan = await asyncio.get_running_loop().run_in_executor(self.compute, self.cognition.plan, *args)
+            else:
+                # Nothing arrived: only the pure-logic bookkeeping runs (recharge, state), no tensor
+                # work, so it stays on the loop and an idle daemon skips the thread hop.
+                plan = self.cognition.plan(*args)
             for stage, ms in plan.timings_ms.items():
                 self.stages.record(stage, ms)
             for transition in plan.transitions:
