@@ -3,7 +3,8 @@
 E(z) = mean over valid pixels and channels of (decode(z) - x)^2 + lam * mean(z^2)
 
 The masked data term lets the decoder fill dropped pixels from what it learned of images; the
-prior keeps z where the decoder was trained, which is what stops it chasing noise. Directions
+prior keeps z where the decoder was trained. (Against sigma = 0.1 noise a larger lam does not
+help: measured on validation crops it only slows the descent; see README.md, "Diagnosis".) Directions
 are L-BFGS (a few curvature pairs per image; plain gradient descent crawls through a conv
 decoder's ill-conditioned Jacobian), tried at step 1 and halved until E does not rise, so the
 energy sequence never increases. Every tensor carries a batch dimension; images in a batch are
