@@ -140,6 +140,11 @@ class IRPPlugin(ABC):
     def outputs(self, state: Any) -> dict[str, Any]:
         """What the result message carries."""
 
+    def pending_input(self) -> int:
+        """Inputs accepted in earlier ticks and not processed yet (a plugin that bounds its batch
+        per run keeps the rest). While > 0 the tick schedules the plugin without new frames."""
+        return 0
+
     def pending_consolidation(self) -> int:
         """Items waiting for offline work (memory); DREAM is entered only when some exist."""
         return 0

@@ -135,9 +135,14 @@ class Orchestrator:
         plan: TickPlan | None = None
         try:
             now = time.monotonic()
-            wanting = {name: self._inputs_for(host, frames) for name, host in self.hosts.items()
-                       if host.available(now)}
-            wanting = {k: v for k, v in wanting.items() if v}
+            wanting = {}
+            for name, host in self.hosts.items():
+                if host.available(now):
+                    got = self._inputs_for(host, frames)
+                    if got is None and host.plugin.pending_input() > 0:
+                        got = ({}, {})  # work carried over from earlier ticks
+                    if got is not None:
+                        wanting[name] = got
             pending = self._pending(now)
             views = {name: PluginView(self.hosts[name].cost.ms, pending.get(name, 0), tuple(latest))
                      for name, (latest, _) in wanting.items()}

@@ -77,7 +77,7 @@ class _Element:
     max_words: int
 
 
-@lru_cache(maxsize=1 << 18)
+@lru_cache(maxsize=1 << 14)
 def _distance(a: str, b: str) -> int:
     return levenshtein(a, b)
 

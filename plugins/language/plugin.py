@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 from dataclasses import dataclass, replace
@@ -31,7 +32,10 @@ class LanguagePlugin(IRPPlugin):
     """Text frames in; corrected text, intent, 256-d meaning embedding and confidence out.
 
     Config: `weights` (path, default the packaged weights.pt), `refine_steps` (T of mask-predict,
-    default 10), `max_reads` (3), `max_steps` (40), `max_batch` (newest commands refined together per run, default 16), `sample_cer`
+    default 10), `max_reads` (3), `max_steps` (40), `max_batch` (oldest waiting commands refined
+    together per run, default 4: a run's cost grows with it and is not bounded by the step quota),
+    `max_queue` (commands waiting for a later run, default 256; beyond it the oldest are dropped
+    and counted in `dropped`), `sample_cer`
     (noise of sample_inputs, default 0.1), `grammar_constraint` (default true: `project` snaps a
     converged text that is not a command to the nearest command, and the intent is the
     edit-distance-tolerant parse; false: the model's text and the exact parser, model only),
@@ -48,7 +52,10 @@ class LanguagePlugin(IRPPlugin):
         self.total = int(cfg.get("refine_steps", 10))
         self.max_reads = int(cfg.get("max_reads", 3))
         self.max_steps = int(cfg.get("max_steps", 40))
-        self.max_batch = int(cfg.get("max_batch", 16))
+        self.max_batch = int(cfg.get("max_batch", 4))
+        self.max_queue = int(cfg.get("max_queue", 256))
+        self._waiting: collections.deque[Frame] = collections.deque()
+        self.dropped = 0
         self.sample_cer = float(cfg.get("sample_cer", 0.1))
         self.grammar = Grammar.load()
         self.constrained = bool(cfg.get("grammar_constraint", True))
@@ -67,13 +74,21 @@ class LanguagePlugin(IRPPlugin):
         frame = Frame("speech", seed, seed, "text", noisy, {"seed": seed})
         return PluginInputs(tick=seed, frames={"speech": frame}, salience={"speech": 0.5})
 
+    def pending_input(self) -> int:
+        return len(self._waiting)
+
     def init_state(self, inputs: PluginInputs) -> LanguageState | None:
-        frames = [f for sensor in sorted(inputs.frames)
-                  for f in (inputs.backlog.get(sensor) or [inputs.frames[sensor]])
-                  if self.accepts(f) and normalize(f.data)]
-        if not frames:
+        """Queue this tick's commands behind those still waiting, refine the oldest max_batch."""
+        fresh = [f for sensor in sorted(inputs.frames)
+                 for f in (inputs.backlog.get(sensor) or [inputs.frames[sensor]])
+                 if self.accepts(f) and normalize(f.data)]
+        self._waiting.extend(sorted(fresh, key=lambda f: (f.ts_ns, f.sensor, f.seq)))
+        while len(self._waiting) > self.max_queue:
+            self._waiting.popleft()
+            self.dropped += 1
+        if not self._waiting:
             return None
-        frames = sorted(frames, key=lambda f: (f.ts_ns, f.sensor, f.seq))[-self.max_batch:]
+        frames = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
         noisy = tuple(normalize(f.data) for f in frames)
         state = LanguageState(tuple(frames), noisy, first_pass(self.model, list(noisy), self.total))
         self._latest = state
@@ -123,6 +138,8 @@ class LanguagePlugin(IRPPlugin):
             "embedding": torch.nn.functional.normalize(state.refine.embedding[-1], dim=0).cpu(),
             "input": newest["input"],
             "commands": commands,
+            "queued": len(self._waiting),
+            "dropped": self.dropped,
         }
 
     def close(self) -> None:
