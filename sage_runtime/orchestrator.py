@@ -105,9 +105,11 @@ class Orchestrator:
             if self._stop.is_set():
                 break
             start = loop.time()
-            periodic = start >= next_deadline
+            # Woken without input means the timer fired; event-loop timers may fire up to a
+            # millisecond early, which must not turn into a burst of empty "input" ticks.
+            periodic = start >= next_deadline or not self._input.is_set()
             if periodic:
-                self.lateness_ms.record((start - next_deadline) * 1e3)
+                self.lateness_ms.record(max(start - next_deadline, 0.0) * 1e3)
             else:
                 self.input_ticks += 1
             self._input.clear()
