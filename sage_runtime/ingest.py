@@ -20,7 +20,7 @@ import zmq.asyncio
 from sage_runtime.config import IngestSection, SensorSection
 from sage_runtime.irp import Frame
 from sage_runtime.mailbox import Lease, Mailbox, WriteStatus
-from sage_runtime.security import EdgeSecurity, is_tcp
+from sage_runtime.security import EdgeSecurity, bind_edge
 from sage_runtime.wire import DTYPES, IngestMessage, WireError, decode_ingest, torch_dtype
 
 log = logging.getLogger("sage.ingest")
@@ -245,26 +245,10 @@ class IngestServer:
                  on_input: Callable[[], None], security: EdgeSecurity | None = None) -> None:
         self.table = table
         self.on_input = on_input
-        secured = security is not None and security.enabled
-        groups = [[ep for ep in endpoints if not (secured and is_tcp(ep))],
-                  [ep for ep in endpoints if secured and is_tcp(ep)]]
-        self.socks: list[zmq.asyncio.Socket] = []
-        self.endpoints: list[str] = []
-        for curve, group in enumerate(groups):
-            if not group:
-                continue
-            sock = ctx.socket(zmq.SUB)
-            cfg = table.cfg
-            sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes * LIBZMQ_LIMIT_FACTOR)
-            sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SUBSCRIBE, b"")
-            if curve:
-                security.secure(sock, "ingest")  # type: ignore[union-attr]
-            for ep in group:
-                sock.bind(ep)
-                self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
-            self.socks.append(sock)
+        cfg = table.cfg
+        self.socks, self.endpoints = bind_edge(ctx, zmq.SUB, endpoints, "ingest", {
+            zmq.MAXMSGSIZE: cfg.max_message_bytes * LIBZMQ_LIMIT_FACTOR, zmq.RCVHWM: cfg.rcvhwm,
+            zmq.LINGER: 0, zmq.SUBSCRIBE: b""}, security)
         self.messages = 0
         self.internal_errors = 0
         self.paused = False

@@ -12,7 +12,7 @@ from typing import Any
 import zmq
 
 from sage_runtime.irp import RunResult
-from sage_runtime.security import EdgeSecurity, is_tcp
+from sage_runtime.security import EdgeSecurity, bind_edge
 from sage_runtime.wire import encode_result, encode_state
 
 log = logging.getLogger("sage.publish")
@@ -24,23 +24,8 @@ class ResultPublisher:
 
     def __init__(self, ctx: zmq.Context, endpoints: list[str], sndhwm: int,
                  security: EdgeSecurity | None = None) -> None:
-        secured = security is not None and security.enabled
-        groups = [[ep for ep in endpoints if not (secured and is_tcp(ep))],
-                  [ep for ep in endpoints if secured and is_tcp(ep)]]
-        self.socks: list[zmq.Socket] = []
-        self.endpoints: list[str] = []
-        for curve, group in enumerate(groups):
-            if not group:
-                continue
-            sock = ctx.socket(zmq.PUB)
-            sock.setsockopt(zmq.SNDHWM, sndhwm)
-            sock.setsockopt(zmq.LINGER, 0)
-            if curve:
-                security.secure(sock, "results")  # type: ignore[union-attr]
-            for ep in group:
-                sock.bind(ep)
-                self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
-            self.socks.append(sock)
+        self.socks, self.endpoints = bind_edge(ctx, zmq.PUB, endpoints, "results",
+                                               {zmq.SNDHWM: sndhwm, zmq.LINGER: 0}, security)
         self.sent = 0
         self.failed = 0
 

@@ -186,3 +186,28 @@ class EdgeSecurity:
         if self.auth is not None:
             self.auth.stop()
             self.auth = None
+
+
+def bind_edge(ctx: zmq.Context, sock_type: int, endpoints: list[str], edge: str,
+              options: dict[int, Any], security: EdgeSecurity | None) -> tuple[list[Any], list[str]]:
+    """Bind an edge's endpoints: one plain socket, and with CurveZMQ keys a second, CURVE socket
+    for the TCP endpoints (a security option applies to every endpoint of a socket; ipc endpoints
+    stay plain, file modes guard them). Returns the sockets and the bound endpoints."""
+    secured = security is not None and security.enabled
+    groups = [[ep for ep in endpoints if not (secured and is_tcp(ep))],
+              [ep for ep in endpoints if secured and is_tcp(ep)]]
+    socks: list[Any] = []
+    bound: list[str] = []
+    for curve, group in enumerate(groups):
+        if not group:
+            continue
+        sock = ctx.socket(sock_type)
+        for option, value in options.items():
+            sock.setsockopt(option, value)
+        if curve:
+            security.secure(sock, edge)  # type: ignore[union-attr]
+        for ep in group:
+            sock.bind(ep)
+            bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        socks.append(sock)
+    return socks, bound
