@@ -55,7 +55,7 @@ def run(ticks: int, threads: int) -> dict:
         total, idle = [], []
         for tick in range(1, ticks + 1):
             frames = frames_for(tick, rng)
-            views = {p: PluginView(2.0, 0, tuple(s for s in READS[p] if s in frames)) for p in PLUGINS
+            views = {p: PluginView(2.0, tuple(s for s in READS[p] if s in frames)) for p in PLUGINS
                      if any(s in frames for s in READS[p])}
             sensors = {s: SENSORS[s] for s in frames}
             t0 = time.perf_counter()

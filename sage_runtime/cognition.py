@@ -33,7 +33,9 @@ import torch
 
 from sage_runtime import statefile
 from sage_runtime.atp import AtpLedger
-from sage_runtime.attention import AtpAllocator, Sensor, SensorFusion, TrustWeightedExpertSelector, build_features
+from sage_runtime.attention import (
+    AtpAllocator, Features, Sensor, SensorFusion, TrustWeightedExpertSelector, build_features,
+)
 from sage_runtime.config import SageConfig
 from sage_runtime.control import CommandError
 from sage_runtime.irp import Frame, RunResult
@@ -72,7 +74,6 @@ class PluginView:
     """What cognition needs to know about one loaded plugin this tick."""
 
     cost_ms: float
-    pending: int
     sensors: tuple[str, ...] = ()
 
 
@@ -83,7 +84,7 @@ class _SensorTrack:
     last_seen: float
     period_ema: float | None = None
     received: int = 0
-    data: Any = None
+    data: Features | None = None
 
 
 class Cognition:
@@ -122,6 +123,7 @@ class Cognition:
         self._critical: dict[str, Any] | None = None
         self._ticks = 0
         self.events = collections.Counter[str]()
+        self.fusion_errors = collections.Counter[str]()
         self.last_plan: dict[str, Any] = {}
         self.trust_saves = 0
         self.consolidation: dict[str, Any] = {"runs": 0, "spent_ms": 0.0, "last": None}
@@ -243,11 +245,18 @@ class Cognition:
 
     def _track_sensors(self, frames: Mapping[str, list[Frame]], sensors: Mapping[str, tuple[str, float | None]],
                        snarc: Mapping[str, Mapping[str, float]], now: float) -> None:
-        """Keep each fusable sensor's newest frame (a copy: mailbox slots are leased per tick) and
-        feed sensor trust: freshness against its expected period, agreement = 1 - conflict."""
+        """Keep each fusable sensor's newest input as fusion features (featurised once per frame;
+        the frame's mailbox slot is only leased for this tick) and feed sensor trust: freshness
+        against its expected period, agreement = 1 - conflict."""
         for sensor, got in frames.items():
             modality, hz = sensors.get(sensor, ("other", None))
             if modality not in FUSABLE:
+                continue
+            try:
+                features = self.fusion.features(modality, got[-1].data)
+            except ValueError as exc:  # e.g. a sensor declared `image` sending a vector
+                self.fusion_errors[sensor] += 1
+                log.debug("sensor %s not fused: %s", sensor, exc)
                 continue
             track = self._sensors.get(sensor)
             if track is None:
@@ -257,8 +266,7 @@ class Cognition:
                 track.period_ema = gap if track.period_ema is None else 0.9 * track.period_ema + 0.1 * gap
                 track.last_seen = now
             track.received += len(got)
-            data = got[-1].data
-            track.data = data.clone() if isinstance(data, torch.Tensor) else data
+            track.data = features
         for sensor, track in self._sensors.items():
             period = track.expected_period_s or track.period_ema or 1.0
             conflict = self._snarc.get(sensor, {}).get("conflict", 0.0)
@@ -454,7 +462,8 @@ class Cognition:
                 "atp": {**atp, "recharge_per_s": round(nominal * self._derate, 3), "nominal_recharge_per_s": nominal,
                         "derate": round(self._derate, 4), "last_plan": self.last_plan},
                 "salience": dict(self._snarc),
-                "fusion": {"goal": self.cfg.attention.goal, "weights": dict(self._fusion_weights)},
+                "fusion": {"goal": self.cfg.attention.goal, "weights": dict(self._fusion_weights),
+                           "errors": dict(self.fusion_errors)},
                 "events": dict(self.events),
                 "consolidation": dict(self.consolidation),
                 "trust_summary": {"plugins": {n: round(self.trust.plugin(n), 4) for n in self.names},

@@ -137,17 +137,16 @@ class Orchestrator:
         plan: TickPlan | None = None
         try:
             now = time.monotonic()
+            available = [host for host in self.hosts.values() if host.available(now)]
             wanting = {}
-            for name, host in self.hosts.items():
-                if host.available(now):
-                    got = self._inputs_for(host, frames)
-                    if got is None and host.plugin.pending_input() > 0:
-                        got = ({}, {})  # work carried over from earlier ticks
-                    if got is not None:
-                        wanting[name] = got
-            pending = self._pending(now)
-            views = {name: PluginView(self.hosts[name].cost.ms, pending.get(name, 0), tuple(latest))
-                     for name, (latest, _) in wanting.items()}
+            for host in available:
+                got = self._inputs_for(host, frames)
+                if got is None and self._count(host, "pending_input") > 0:
+                    got = ({}, {})  # work carried over from earlier ticks
+                if got is not None:
+                    wanting[host.name] = got
+            pending = {host.name: self._count(host, "pending_consolidation") for host in available}
+            views = {name: PluginView(self.hosts[name].cost.ms, tuple(latest)) for name, (latest, _) in wanting.items()}
             sensors = {sid: (s.modality, s.expected_hz) for sid in frames
                        if (s := self.table.sensors.get(sid)) is not None}
             args = (tick_no, frames, views, sensors, budget_ms, period_s, self.deadline_miss_rate(), pending)
@@ -233,17 +232,14 @@ class Orchestrator:
             spent = (time.perf_counter() - t0) * 1e3
             self.cognition.settle_offline(name, spent, summary)
 
-    def _pending(self, now: float) -> dict[str, int]:
-        """Items each available plugin has waiting for consolidation (DREAM's work)."""
-        pending = {}
-        for name, host in self.hosts.items():
-            if not host.available(now):
-                continue
-            try:
-                pending[name] = int(host.plugin.pending_consolidation())
-            except Exception as exc:  # noqa: BLE001 - a faulty plugin must not stop the tick
-                log.warning("pending_consolidation of %s failed: %s", name, exc)
-        return pending
+    @staticmethod
+    def _count(host: PluginHost, hook: str) -> int:
+        """A plugin's pending_input / pending_consolidation; a hook that raises counts as 0."""
+        try:
+            return int(getattr(host.plugin, hook)())
+        except Exception as exc:  # noqa: BLE001 - a faulty plugin must not stop the tick
+            log.warning("%s of %s failed: %s", hook, host.name, exc)
+            return 0
 
     # ---------------------------------------------------------------- reporting
 

@@ -167,3 +167,15 @@ def test_cuda_matches_cpu() -> None:
     ref, ref_w = FUSION("navigate", sensors)
     torch.testing.assert_close(fused.cpu(), ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(w.cpu(), ref_w, rtol=1e-4, atol=1e-6)
+
+
+def test_precomputed_features_fuse_exactly_like_the_raw_inputs():
+    fusion = SensorFusion(d=64, q_heads=4, kv_heads=2, seed=3)
+    rng = np.random.default_rng(5)
+    raw = [("image", rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)), ("vector", rng.standard_normal(6)),
+           ("text", "go to the dock")]
+    direct, w_direct = fusion("inspect", [Sensor(m, d, 0.8, 0.3) for m, d in raw])
+    pre, w_pre = fusion("inspect", [Sensor(m, fusion.features(m, d), 0.8, 0.3) for m, d in raw])
+    assert torch.equal(direct, pre) and torch.equal(w_direct, w_pre)
+    with pytest.raises(ValueError, match="given as"):
+        fusion("inspect", [Sensor("text", fusion.features("vector", raw[1][1]))])

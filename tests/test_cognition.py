@@ -48,8 +48,8 @@ def frames(rng, event: str | None = None) -> dict[str, list[Frame]]:
 
 
 SENSORS = {"cam": ("image", 10.0), "imu": ("vector", 100.0), "bus": ("event", None)}
-VIEWS = {"vision": PluginView(2.0, 0, ("cam",)), "imu_filter": PluginView(0.5, 0, ("imu",)),
-         "planner": PluginView(1.0, 0, ("bus",))}
+VIEWS = {"vision": PluginView(2.0, ("cam",)), "imu_filter": PluginView(0.5, ("imu",)),
+         "planner": PluginView(1.0, ("bus",))}
 
 
 def tick(cog: Cognition, clock: Clock, n: int, got: dict, pending: dict | None = None, budget_ms: float = 8.0):
@@ -136,3 +136,16 @@ def test_dream_hands_its_budget_to_consolidation(tmp_path, mailbox):
     cog.settle_offline("planner", 0.5, {"merged": 2})
     cog.release_unused()
     assert cog.status()["consolidation"]["runs"] == 1 and cog.ledger.audit()["reserved"] == 0
+
+
+def test_a_sensor_whose_data_does_not_fit_its_modality_is_counted_not_fused(tmp_path, mailbox):
+    cog, clock = make(tmp_path, mailbox)
+    got = frames(np.random.default_rng(5))
+    bad = {**SENSORS, "imu": ("image", 100.0)}  # declared image, sends a 6-vector
+    clock.t += 0.01
+    plan = cog.plan(1, got, {}, {s: bad[s] for s in got}, 8.0, 0.01, 0.0, {})
+    assert plan.fused is not None
+    fusion = cog.status()["fusion"]
+    assert fusion["errors"] == {"imu": 1} and set(fusion["weights"]) == {"cam"}
+    for lease in plan.leases:
+        lease.release()

@@ -4,7 +4,7 @@ All use ``torch.nn.functional.scaled_dot_product_attention``; see docs/attention
 """
 
 from .allocator import COL, FEATURES, STATES, AtpAllocator, StatePattern, build_features
-from .fusion import Sensor, SensorFusion
+from .fusion import Features, Sensor, SensorFusion
 from .selector import TrustWeightedExpertSelector, trust_for_context
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "FEATURES",
     "STATES",
     "AtpAllocator",
+    "Features",
     "Sensor",
     "SensorFusion",
     "StatePattern",

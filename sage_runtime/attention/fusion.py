@@ -31,11 +31,20 @@ def _unit(x: float) -> float:
     return min(max(x, 0.0), 1.0) if x == x else 0.0
 
 
+class Features(NamedTuple):
+    """A sensor's adapter output, from ``SensorFusion.features``. Passed as ``Sensor.data`` it is
+    used as is: a caller that keeps a sensor's last input between ticks keeps this small block
+    instead of the frame, and featurises each frame once."""
+
+    modality: str
+    block: np.ndarray
+
+
 class Sensor(NamedTuple):
     """One fusion input; a plain ``(modality, data, trust, salience, stale)`` tuple works too."""
 
     modality: str
-    data: object  # None means missing: the sensor gets weight 0
+    data: object  # None means missing: the sensor gets weight 0; a Features block skips the adapter
     trust: float = 1.0
     salience: float = 0.0
     stale: bool = False
@@ -102,16 +111,23 @@ class SensorFusion(torch.nn.Module):
             self._scratch[cap] = kv
         return cap, self._scratch[cap]
 
+    def features(self, modality: str, data: object) -> Features:
+        """The modality adapter's output for one input (raises ValueError for a shape it cannot read)."""
+        if modality == "image":
+            return Features(modality, image_features(data, self.grid))
+        if modality == "text":
+            return Features(modality, text_features(data, self.text_buckets))
+        if modality == "vector":
+            return Features(modality, vector_features(data, self.vector_len))
+        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+
     def _featurise(self, row: np.ndarray, modality: str, data: object) -> None:
         """Write one sensor's raw features (its modality block + one-hot) into ``row``."""
-        if modality == "image":
-            feats = image_features(data, self.grid)
-        elif modality == "text":
-            feats = text_features(data, self.text_buckets)
-        elif modality == "vector":
-            feats = vector_features(data, self.vector_len)
-        else:
-            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+        if not isinstance(data, Features):
+            data = self.features(modality, data)
+        elif data.modality != modality:
+            raise ValueError(f"features of a {data.modality} sensor given as {modality}")
+        feats = data.block
         off = self._offsets[modality]
         row[:] = 0.0
         row[off : off + feats.size] = feats
