@@ -26,9 +26,9 @@ def default_runtime_dir() -> Path:
     """Where a daemon with default settings puts its sockets (DESIGN section 4). When that has no
     control socket but the systemd service's /run/sage has one, that one: `sagectl` run by an
     operator finds the installed daemon without flags."""
-    if os.environ.get("SAGE_RUNTIME_DIR") or os.environ.get("RUNTIME_DIRECTORY"):
-        name = "SAGE_RUNTIME_DIR" if os.environ.get("SAGE_RUNTIME_DIR") else "RUNTIME_DIRECTORY"
-        return Path(os.environ[name].split(":")[0])
+    for name in ("SAGE_RUNTIME_DIR", "RUNTIME_DIRECTORY"):
+        if os.environ.get(name):
+            return Path(os.environ[name].split(":")[0])
     own = Path(os.environ["XDG_RUNTIME_DIR"]) / "sage" if os.environ.get("XDG_RUNTIME_DIR") \
         else Path(f"/tmp/sage-{os.getuid()}")
     if not (own / "control.sock").exists() and (SYSTEM_RUNTIME_DIR / "control.sock").exists():

@@ -137,9 +137,9 @@ class Cognition:
     def plan(self, tick: int, frames: Mapping[str, list[Frame]], wanting: Mapping[str, PluginView],
              sensors: Mapping[str, tuple[str, float | None]], budget_ms: float, period_s: float,
              miss_rate: float, pending: Mapping[str, int]) -> TickPlan:
-        """tick: the orchestrator's tick number; frames: this tick's frames per sensor; wanting: plugins with input this tick;
-        sensors: (modality, expected_hz) of each sensor in `frames`; budget_ms: the wall time
-        plugins may use; pending: items waiting for consolidation per plugin."""
+        """tick: the orchestrator's tick number; frames: this tick's frames per sensor; wanting:
+        plugins with input this tick; sensors: (modality, expected_hz) of each sensor in `frames`;
+        budget_ms: the wall time plugins may use; pending: items waiting for consolidation."""
         with self._lock:
             self._ticks = tick
             return self._plan(frames, wanting, sensors, budget_ms, period_s, miss_rate, pending)

@@ -31,6 +31,7 @@ from sage_runtime.config import (
 from sage_runtime.control import CommandError, ControlServer
 from sage_runtime.ingest import IngestServer, SensorTable
 from sage_runtime.irp import PluginContext
+from sage_runtime.main import EXIT_CONFIG, EXIT_RUNNING
 from sage_runtime.mailbox import Mailbox
 from sage_runtime.notify import SystemdNotifier
 from sage_runtime.orchestrator import Orchestrator
@@ -43,8 +44,6 @@ from sage_runtime.telemetry import open_telemetry
 log = logging.getLogger("sage.daemon")
 
 STATUS_SCHEMA_VERSION = 1
-EXIT_CONFIG = 2
-EXIT_RUNNING = 3
 STOP_TIMEOUT_S = 4.0
 STATE_PROBE_INTERVAL_S = 5.0
 

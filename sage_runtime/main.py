@@ -12,7 +12,9 @@ import sys
 from sage_runtime import __version__
 from sage_runtime.config import ConfigError, load_config
 
+#: Exit codes: 2 a configuration (or plugin set) that cannot run, 3 another daemon already running.
 EXIT_CONFIG = 2
+EXIT_RUNNING = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
