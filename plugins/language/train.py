@@ -1,4 +1,4 @@
-"""Train the denoiser: `python -m plugins.language.train` (CPU, one thread, about 25 min here).
+"""Train the denoiser: `python -m plugins.language.train` (CPU, one thread, about 67 min here).
 
 Data is generated on the fly from the grammar's training split (held-out command texts are never
 drawn), corrupted by the ASR noise model at a CER drawn per text from [0.05, 0.25] (clean 10% of
@@ -106,7 +106,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--hidden", type=int, default=128)
