@@ -6,6 +6,9 @@ saves everything to benchmarks/results/plugins.json. The per-plugin scripts docu
 ground truth and the baseline they run in the same process.
 
 Run: .venv/bin/python benchmarks/bench_plugins.py [--quick] [--only vision,memory]
+
+With --only, the other plugins' entries of an existing results file of the same kind (full or
+quick) are kept, each with the time it was measured, so one plugin can be re-measured alone.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, save  # noqa: E402
+from benchmarks.common import RESULTS, machine, save  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "plugins"
 PLUGINS = ("vision", "language", "memory", "reasoning")
@@ -50,16 +53,30 @@ def summary_line(name: str, data: dict[str, Any]) -> str:
     return f"{name:<10} " + ("  ".join(parts) if parts else f"keys: {', '.join(sorted(data))[:160]}")
 
 
+def kept_results(quick: bool, rerun: list[str]) -> dict[str, Any]:
+    """Entries of the saved results for plugins not re-run now, when they are of the same kind."""
+    path = RESULTS / "plugins.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    if old.get("quick") != quick:
+        return {}
+    when = old.get("machine", {}).get("when")
+    return {name: {"measured_at": when, **data} for name, data in old.get("plugins", {}).items()
+            if name not in rerun and name in PLUGINS}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller ground-truth sets, for a smoke run")
     ap.add_argument("--only", default=",".join(PLUGINS), help="comma-separated plugin names")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n]
-    results: dict[str, Any] = {"benchmark": "plugins", "machine": machine(), "quick": args.quick, "plugins": {}}
+    results: dict[str, Any] = {"benchmark": "plugins", "machine": machine(), "quick": args.quick,
+                               "plugins": kept_results(args.quick, names)}
     for name in names:
         print(f"running {name} ...", flush=True)
-        results["plugins"][name] = run_one(name, args.quick)
+        results["plugins"][name] = {**run_one(name, args.quick), "measured_at": results["machine"]["when"]}
         print(summary_line(name, results["plugins"][name]), flush=True)
     print("saved", save("plugins", results))
     return 1 if any("error" in d for d in results["plugins"].values()) else 0
