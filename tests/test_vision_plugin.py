@@ -203,30 +203,29 @@ def noise_gain(held_out: torch.Tensor) -> tuple[float, dict[str, Any]]:
 
 def test_quality_noise_refinement_improves_on_held_out_photos(noise_gain: tuple[float, dict[str, Any]]) -> None:
     """With Gaussian noise sigma = 0.1, refinement improves on the encoder against the clean crop,
-    on every crop (measured: +0.5 dB on these 6, +0.4..0.5 dB on the 48 of quality.json)."""
+    on every crop (measured: +1.3 dB on the 48 crops of quality.json, bar 2 dB: see the xfail)."""
     gain, rep = noise_gain
-    assert gain >= 0.3 and all(g > 0 for g in rep["per_image_gain_db"]), rep
+    assert gain >= 0.8 and all(g > 0 for g in rep["per_image_gain_db"]), rep
 
 
-def test_noise_gain_is_capped_by_the_decoder_not_lost_to_late_noise_fitting(held_out: torch.Tensor) -> None:
-    """The diagnosis behind the xfail below, checked on the held-out crops with the default
-    settings: PSNR against the clean crop still rises at step 50 (no early peak that a different
-    halting rule could keep), never beats the same descent aimed at the clean image itself (the
-    oracle), and that oracle gains under 2 dB: with these weights no energy on the noisy image
-    reaches the bar within 50 steps. If new weights lift the oracle over 2 dB, this fails on
-    purpose: re-measure and revisit the xfail."""
+def test_noise_gain_is_lost_to_fitting_the_noise_not_capped_by_the_decoder(held_out: torch.Tensor) -> None:
+    """The diagnosis behind the xfail below, on the held-out crops with the default settings: the
+    same descent aimed at the clean image (the oracle) gains more than 2 dB from the same step-0
+    code, so the decoder could draw the better image; the descent on the noisy image gains about
+    1.3 dB and then levels off (the latent absorbs the noise with the signal). If new weights or
+    a new energy lift the noisy descent over 2 dB, the xfail fails on purpose: re-measure."""
     from plugins.vision.evaluate import trajectory
 
     model, cfg = load_pretrained(), refine.RefineConfig()
     traj = trajectory(model, held_out, "noise10", 101, cfg, steps=50)
     oracle = trajectory(model, held_out, "noise10", 101, cfg, steps=50, oracle=True)
-    assert traj[50] >= max(traj) - 0.02 and traj[50] > traj[10], traj
-    assert traj[50] <= oracle[50] + 0.02, (traj[50], oracle[50])
-    assert 0.3 < traj[50] - traj[0] < oracle[50] - oracle[0] < 2.0, (traj, oracle)
+    assert oracle[50] - oracle[0] > 2.0, oracle
+    assert 0.8 < traj[50] - traj[0] < 2.0 and traj[50] < oracle[50] - 1.0, (traj, oracle)
+    assert traj[50] - traj[20] < 0.1, traj  # levelled off: more steps would not reach the bar
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (README.md, quality.json 'diagnosis'): even the same descent aimed at "
-                   "the clean image gains < 2 dB from the noisy step-0 code in 50 steps; refinement adds ~0.5 dB")
+@pytest.mark.xfail(strict=True, reason="known gap (README.md, quality.json 'diagnosis'): refinement on the noisy image "
+                   "adds ~1.3 dB over the encoder (the oracle aimed at the clean image adds > 3 dB)")
 def test_quality_noise_meets_the_2db_bar_on_held_out_photos(noise_gain: tuple[float, dict[str, Any]]) -> None:
     gain, rep = noise_gain
     assert gain >= 2.0, rep

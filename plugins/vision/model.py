@@ -1,8 +1,8 @@
 """The vision plugin's convolutional autoencoder and how its shipped weights are loaded.
 
 A 64x64 RGB image in [0, 1] maps to a 16x16x16 latent (4,096 numbers, a third of the pixel
-values) and back. No normalisation
-layers, so every image in a batch is independent (batched refinement in evaluation gives the same
+values) and back. A variational model's encoder also gives a log-variance (used in training only;
+refinement starts from the mean). No normalisation layers, so every image in a batch is independent (batched refinement in evaluation gives the same
 per-image result as the plugin's single-image path). The decoder output is linear (not squashed):
 refinement takes gradients through it, and a sigmoid would flatten them at saturated pixels.
 """
@@ -31,16 +31,17 @@ def _up(cin: int, cout: int, refine: bool) -> nn.Sequential:
 class ConvAutoencoder(nn.Module):
     """size x size x 3 image <-> latent_ch x size/2^k x size/2^k latent (k = len(widths) - 1)."""
 
-    def __init__(self, size: int = 64, latent_ch: int = 16, widths: tuple[int, ...] = (16, 32, 64)) -> None:
+    def __init__(self, size: int = 64, latent_ch: int = 16, widths: tuple[int, ...] = (32, 64, 128),
+                 variational: bool = False) -> None:
         super().__init__()
-        self.size, self.latent_ch, self.widths = size, latent_ch, tuple(widths)
+        self.size, self.latent_ch, self.widths, self.variational = size, latent_ch, tuple(widths), variational
         w = self.widths  # channels at full, 1/2, 1/4 (and 1/8) resolution: len(widths) - 1 halvings
         n = len(w) - 1
         # Full resolution is the costly one: a single conv there, extra 3x3 convs only at lower ones.
         self.encoder = nn.Sequential(
             nn.Conv2d(3, w[0], 3, 1, 1), nn.SiLU(),
             *[_down(w[i], w[i + 1], i + 1 < n or n < 3) for i in range(n)],
-            nn.Conv2d(w[n], latent_ch, 1),
+            nn.Conv2d(w[n], 2 * latent_ch if variational else latent_ch, 1),
         )
         self.decoder = nn.Sequential(
             nn.Conv2d(latent_ch, w[n], 3, 1, 1), nn.SiLU(),
@@ -53,8 +54,14 @@ class ConvAutoencoder(nn.Module):
         side = self.size >> (len(self.widths) - 1)
         return (self.latent_ch, side, side)
 
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean, log-variance) of q(z|x) for a variational model; (code, None) otherwise."""
+        h = self.encoder(x)
+        return (h[:, :self.latent_ch], h[:, self.latent_ch:]) if self.variational else (h, None)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        """The code refinement starts from: the posterior mean of a variational model."""
+        return self.posterior(x)[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
@@ -63,7 +70,8 @@ class ConvAutoencoder(nn.Module):
         return self.decode(self.encode(x))
 
     def hparams(self) -> dict[str, Any]:
-        return {"size": self.size, "latent_ch": self.latent_ch, "widths": list(self.widths)}
+        return {"size": self.size, "latent_ch": self.latent_ch, "widths": list(self.widths),
+                "variational": self.variational}
 
 
 def param_count(model: nn.Module) -> int:
