@@ -2,8 +2,9 @@
 
 A 64x64 RGB image in [0, 1] maps to a 16x16x16 latent (4,096 numbers, a third of the pixel
 values) and back. A variational model's encoder also gives a log-variance (used in training only;
-refinement starts from the mean). No normalisation layers, so every image in a batch is independent (batched refinement in evaluation gives the same
-per-image result as the plugin's single-image path). The decoder output is linear (not squashed):
+refinement starts from the mean). No normalisation layers, so every image in a batch is
+independent (batched refinement in evaluation gives the same per-image result as the plugin's
+single-image path). The decoder output is linear (not squashed):
 refinement takes gradients through it, and a sigmoid would flatten them at saturated pixels.
 """
 

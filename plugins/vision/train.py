@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     g = torch.Generator().manual_seed(args.seed + 1)
     photos = load_photos(TRAIN_PHOTOS, short_side=512)
-    model = ConvAutoencoder(size=args.size, latent_ch=args.latent_ch, widths=tuple(args.widths), variational=args.kl > 0)
+    model = ConvAutoencoder(size=args.size, latent_ch=args.latent_ch, widths=tuple(args.widths),
+                            variational=args.kl > 0)
     print(f"params {param_count(model):,}  training photos {len(photos)}", flush=True)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
