@@ -224,9 +224,8 @@ def test_noise_gain_is_lost_to_fitting_the_noise_not_capped_by_the_decoder(held_
     assert traj[50] - traj[20] < 0.1, traj  # levelled off: more steps would not reach the bar
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (README.md, quality.json 'diagnosis'): refinement on the noisy image "
-                   "adds ~1.4 dB over the encoder (the oracle aimed at the clean image adds > 3 dB); "
-                   "README.md, Diagnosis, items 3-4")
+@pytest.mark.xfail(strict=True, reason="known gap (README.md 'Diagnosis', quality.json 'diagnosis'): refinement on the "
+                   "noisy image adds ~1.4 dB over the encoder (the oracle aimed at the clean image adds > 3 dB)")
 def test_quality_noise_meets_the_2db_bar_on_held_out_photos(noise_gain: tuple[float, dict[str, Any]]) -> None:
     gain, rep = noise_gain
     assert gain >= 2.0, rep

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -34,7 +35,11 @@ from plugins.vision.model import WEIGHTS, ConvAutoencoder, load_pretrained
 MARKS = (0, 5, 10, 20, 30, 50)
 
 
-def coarse_energy(k: int):
+Energy = Callable[[ConvAutoencoder, torch.Tensor, torch.Tensor, torch.Tensor, float],
+                  tuple[torch.Tensor, torch.Tensor]]
+
+
+def coarse_energy(k: int) -> Energy:
     """E(z) with the masked squared error measured after k x k average pooling of the residual."""
 
     def energy_of(model: ConvAutoencoder, z: torch.Tensor, x: torch.Tensor, valid: torch.Tensor,
@@ -79,7 +84,7 @@ def classic(model: ConvAutoencoder, weights: list[float], steps: int = 50) -> di
     print(f"TV weight on validation: {json.dumps({f'{w:g}': round(p, 2) for w, p in by_weight.items()})}"
           f" -> {best:g}", flush=True)
     test = crops(HELD_OUT_PHOTOS, 16, seed=2024)
-    x, valid = corrupt(test, "noise10", VALIDATION_SEED + 1)
+    x, _ = corrupt(test, "noise10", VALIDATION_SEED + 1)
     traj = trajectory(model, test, "noise10", VALIDATION_SEED + 1, refine.RefineConfig(), steps=steps)
     row = {"input": round(float(psnr(x, test).mean()), 2), "tv": round(float(psnr(_tv(x, best), test).mean()), 2),
            "tv_weight": best, "step0": round(traj[0], 2), f"refined_{steps}": round(traj[steps], 2)}
