@@ -10,12 +10,13 @@ into a `halt="error"` result instead of letting them escape into the tick.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -41,13 +42,18 @@ class Frame:
     data: Any
     meta: Mapping[str, Any] = field(default_factory=dict)
 
+    def detached(self) -> "Frame":
+        """This frame with its tensor copied out of the mailbox, safe to keep past this tick."""
+        return replace(self, data=self.data.clone()) if isinstance(self.data, torch.Tensor) else self
+
 
 @dataclass(frozen=True)
 class PluginInputs:
     """Everything a plugin may read in one tick.
 
     frames: the newest frame per sensor this plugin accepts (`IRPPlugin.accepts`) that it has not
-        seen yet; fifo sensors deliver their queued frames in order in `backlog`.
+        seen yet; fifo sensors deliver their queued frames in order in `backlog`, including
+        frames that arrived in earlier ticks while the plugin was not scheduled.
     salience: SNARC total per sensor, in [0, 1].
     fused: the tick's fused context vector (multi-sensor fusion), or None.
     upstream: outputs of plugins that already ran this tick, by plugin name (memory reads
@@ -61,6 +67,40 @@ class PluginInputs:
     salience: Mapping[str, float] = field(default_factory=dict)
     fused: torch.Tensor | None = None
     upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def every_frame(self) -> list[Frame]:
+        """Every frame this run brings, backlog included, oldest first."""
+        got = [f for sensor, newest in self.frames.items() for f in (self.backlog.get(sensor) or [newest])]
+        return sorted(got, key=lambda f: (f.ts_ns, f.sensor, f.seq))
+
+
+class InputQueue:
+    """Inputs a plugin accepted and has not processed yet, oldest first, at most `limit`.
+
+    A plugin that serves fewer inputs per run than arrive keeps the rest here and reports
+    `len()` as `pending_input`, so the tick schedules it again; past the limit the oldest are
+    dropped and counted. Tensor frames are copied out of the mailbox on the way in."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.dropped = 0
+        self._frames: collections.deque[Frame] = collections.deque()
+
+    def add(self, frames: Iterable[Frame]) -> None:
+        self._frames.extend(f.detached() for f in frames)
+        while len(self._frames) > self.limit:
+            self._frames.popleft()
+            self.dropped += 1
+
+    def take(self, n: int) -> list[Frame]:
+        """The oldest `n` (or fewer), removed from the queue."""
+        return [self._frames.popleft() for _ in range(min(n, len(self._frames)))]
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def clear(self) -> None:
+        self._frames.clear()
 
 
 @dataclass(frozen=True)

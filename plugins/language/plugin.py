@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import math
 import random
 from dataclasses import dataclass, replace
@@ -16,7 +15,7 @@ from plugins.language.model import Denoiser, load_checkpoint
 from plugins.language.noise import corrupt
 from plugins.language.refine import (RefineState, advance, converged, energies, first_pass, grammar_projection,
                                      texts)
-from sage_runtime.irp import Frame, IRPPlugin, PluginContext, PluginInputs
+from sage_runtime.irp import Frame, InputQueue, IRPPlugin, PluginContext, PluginInputs
 
 WEIGHTS = Path(__file__).with_name("weights.pt")
 
@@ -53,9 +52,7 @@ class LanguagePlugin(IRPPlugin):
         self.max_reads = int(cfg.get("max_reads", 3))
         self.max_steps = int(cfg.get("max_steps", 40))
         self.max_batch = int(cfg.get("max_batch", 4))
-        self.max_queue = int(cfg.get("max_queue", 256))
-        self._waiting: collections.deque[Frame] = collections.deque()
-        self.dropped = 0
+        self._waiting = InputQueue(int(cfg.get("max_queue", 256)))
         self.sample_cer = float(cfg.get("sample_cer", 0.1))
         self.grammar = Grammar.load()
         self.constrained = bool(cfg.get("grammar_constraint", True))
@@ -79,16 +76,10 @@ class LanguagePlugin(IRPPlugin):
 
     def init_state(self, inputs: PluginInputs) -> LanguageState | None:
         """Queue this tick's commands behind those still waiting, refine the oldest max_batch."""
-        fresh = [f for sensor in sorted(inputs.frames)
-                 for f in (inputs.backlog.get(sensor) or [inputs.frames[sensor]])
-                 if self.accepts(f) and normalize(f.data)]
-        self._waiting.extend(sorted(fresh, key=lambda f: (f.ts_ns, f.sensor, f.seq)))
-        while len(self._waiting) > self.max_queue:
-            self._waiting.popleft()
-            self.dropped += 1
-        if not self._waiting:
+        self._waiting.add(f for f in inputs.every_frame() if self.accepts(f) and normalize(f.data))
+        frames = self._waiting.take(self.max_batch)
+        if not frames:
             return None
-        frames = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
         noisy = tuple(normalize(f.data) for f in frames)
         state = LanguageState(tuple(frames), noisy, first_pass(self.model, list(noisy), self.total))
         self._latest = state
@@ -139,7 +130,7 @@ class LanguagePlugin(IRPPlugin):
             "input": newest["input"],
             "commands": commands,
             "queued": len(self._waiting),
-            "dropped": self.dropped,
+            "dropped": self._waiting.dropped,
         }
 
     def close(self) -> None:

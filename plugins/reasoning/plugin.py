@@ -6,7 +6,8 @@ folded into the energy, so calibration stays testable. A row halts at the first 
 halt (P(halt) >= tau, or q_halt > q_continue for q_learning models), an unchanged prediction for
 `stable_steps` segments, or the trained M_max; the runner adds quota and deadline. A run cut short
 by the runner is kept (carry included) and continued when the same puzzle arrives again, so pause
-and resume gives the same answer as one uninterrupted run.
+and resume gives the same answer as one uninterrupted run. Puzzles that arrive together are
+solved one per run, oldest first; the rest wait in a queue (`pending_input`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sage_runtime.irp import Frame, IRPPlugin, PluginContext, PluginInputs
+from sage_runtime.irp import Frame, InputQueue, IRPPlugin, PluginContext, PluginInputs
 
 from plugins.reasoning import sudoku
 from plugins.reasoning.checkpoint import load_checkpoint
@@ -50,6 +51,7 @@ class ReasoningState:
     q_continue: torch.Tensor  # [B]
     token_conf: torch.Tensor  # [B] mean max-probability over cells
     solution: torch.Tensor  # [B, S] digits, givens enforced (project)
+    source: tuple[str, int] = ("", -1)  # sensor and seq of the frame the puzzle came in
     segments: int = 0  # step() calls that ran at least one row
     energy_trace: tuple[float, ...] = ()  # energy after 0, 1, ..., segments
 
@@ -57,7 +59,8 @@ class ReasoningState:
 class ReasoningPlugin(IRPPlugin):
     """Config keys: checkpoint_4 / checkpoint_9 (paths), tau (halting threshold on P(halt); default:
     the one chosen on validation data at training time, stored in the checkpoint), stable_steps (2; 0 disables),
-    resume (True), resume_slots (16), allow_extra_segments (0: stop at the trained M_max)."""
+    resume (True), resume_slots (16), allow_extra_segments (0: stop at the trained M_max),
+    max_queue (puzzles waiting for a later run, 64; beyond it the oldest are dropped and counted)."""
 
     name = "reasoning"
     accepts_kinds = frozenset({"tensor", "text"})
@@ -86,6 +89,7 @@ class ReasoningPlugin(IRPPlugin):
         self.segment_limit = {n: m.cfg.halt_max_steps + extra for n, m in self.models.items()}
         self.max_steps = max(self.segment_limit.values())
         self._paused: OrderedDict[bytes, ReasoningState] = OrderedDict()
+        self._waiting = InputQueue(int(cfg.get("max_queue", 64)))
         self._current: ReasoningState | None = None
         self._trace: list[float] = []
 
@@ -118,12 +122,18 @@ class ReasoningPlugin(IRPPlugin):
         return PluginInputs(tick=seed, frames={"puzzle": frame})
 
     # -- refinement ------------------------------------------------------------------------------
+    def pending_input(self) -> int:
+        return len(self._waiting)
+
     def init_state(self, inputs: PluginInputs) -> ReasoningState | None:
-        frames = sorted(inputs.frames.values(), key=lambda f: (f.ts_ns, f.sensor))
-        grids = [(f, g) for f in frames if (g := self._grid_from_frame(f)) is not None]
-        if not grids:
+        """Queue this run's puzzles behind those still waiting and start (or resume) the oldest."""
+        self._waiting.add(f for f in inputs.every_frame() if self._grid_from_frame(f) is not None)
+        taken = self._waiting.take(1)
+        if not taken:
             return None
-        frame, grid = grids[-1]
+        frame = taken[0]
+        grid = self._grid_from_frame(frame)
+        assert grid is not None  # checked on the way into the queue
         n = grid.shape[-1]
         data = frame.data
         batched = frame.kind == "tensor" and (data.ndim == 3 or (data.ndim == 2 and tuple(data.shape) != (n, n)))
@@ -132,6 +142,7 @@ class ReasoningPlugin(IRPPlugin):
             state = self._paused.pop(key)
         else:
             state = self.fresh_state(grid, batched)
+        state = replace(state, source=(frame.sensor, frame.seq))
         self._current = state
         self._trace = list(state.energy_trace)
         return state
@@ -251,10 +262,15 @@ class ReasoningPlugin(IRPPlugin):
             "energy_trace": list(state.energy_trace),
             "board_size": n,
             "segment_flops": segment_flops(model, n * n),
+            "sensor": state.source[0],
+            "seq": state.source[1],
+            "queued": len(self._waiting),
+            "dropped": self._waiting.dropped,
         }
 
     def close(self) -> None:
         self._paused.clear()
+        self._waiting.clear()
         self._current = None
 
 

@@ -85,6 +85,23 @@ def _hard_puzzle(plugin, held_out, min_steps: int = 3) -> np.ndarray:
     pytest.skip("no held-out puzzle needs several segments")
 
 
+def test_puzzles_that_arrive_together_are_each_solved_once_oldest_first(plugin, held_out) -> None:
+    grids = [sudoku.from_tokens(held_out.inputs[i], 4) for i in range(3)]
+    alone = [run(plugin, tensor_inputs(g)).outputs["solution"] for g in grids]
+    frames = [Frame("puzzle", seq, 100 + seq, "tensor", torch.as_tensor(g)) for seq, g in enumerate(grids)]
+    chat = Frame("chat", 0, 99, "text", "hello")  # not a puzzle: never queued
+    together = PluginInputs(frames={"puzzle": frames[-1], "chat": chat}, backlog={"puzzle": frames})
+    got = [run(plugin, together)]
+    assert plugin.pending_input() == 2
+    while plugin.pending_input():
+        got.append(run(plugin, PluginInputs()))  # what the tick does for pending_input
+    assert [(r.outputs["sensor"], r.outputs["seq"]) for r in got] == [("puzzle", 0), ("puzzle", 1), ("puzzle", 2)]
+    assert [r.outputs["queued"] for r in got] == [2, 1, 0]
+    for result, expected in zip(got, alone):
+        assert torch.equal(result.outputs["solution"], expected)
+    assert run(plugin, PluginInputs()).detail == "no input"  # the queue is empty
+
+
 def test_pause_and_resume_through_the_runner_equals_one_run(held_out) -> None:
     single = ReasoningPlugin()
     single.setup(make_context({"resume": False}))
