@@ -75,6 +75,7 @@ class PluginView:
 
     cost_ms: float
     sensors: tuple[str, ...] = ()
+    waiting_s: float = 0.0  # how long it has wanted to run without being scheduled
 
 
 @dataclass
@@ -196,8 +197,12 @@ class Cognition:
         if candidates and policy.max_active_plugins > 0 and online_budget > 0:
             relevance = self._relevance(plan.fused, state)
             crisis = {n: self._serves_crisis(n, wanting[n], state) for n in candidates}
-            # The crisis target first (CRISIS runs one plugin), then the selector's ranking.
-            ranked = sorted(candidates, key=lambda n: (-crisis[n], -relevance.get(n, 0.0), n)
+            # The crisis target first (CRISIS runs one plugin), then plugins that have waited
+            # max_wait_s or more, longest first (a low-ranked plugin is delayed, never starved),
+            # then the selector's ranking.
+            overdue = {n: wanting[n].waiting_s if wanting[n].waiting_s >= self.cfg.cognition.max_wait_s else 0.0
+                       for n in candidates}
+            ranked = sorted(candidates, key=lambda n: (-crisis[n], -overdue[n], -relevance.get(n, 0.0), n)
                             )[:policy.max_active_plugins]
             shares = self._allocate(state, ranked, wanting, snarc, relevance, crisis, pending, online_budget)
             self._last_spend = now

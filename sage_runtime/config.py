@@ -139,6 +139,9 @@ class CognitionSection(Section):
     error_window_s: float = Field(10.0, gt=0)
     #: The trust ledger is saved (atomically) this often, and at shutdown.
     trust_save_interval_s: float = Field(30.0, gt=0)
+    #: A plugin that has wanted to run this long without being scheduled ranks ahead of the
+    #: selector's picks (longest wait first), so with few active slots it is delayed, not starved.
+    max_wait_s: float = Field(1.0, gt=0)
 
 
 class SecuritySection(Section):

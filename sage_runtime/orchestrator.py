@@ -55,6 +55,12 @@ class Orchestrator:
         self._misses: collections.deque[bool] = collections.deque(maxlen=cfg.tick.miss_window)
         self.first_full_tick = asyncio.Event()
         self.started = time.monotonic()
+        # Requests outlive a tick that does not serve them: fifo frames a plugin was offered but not
+        # run for wait here (copied out of the mailbox) until it runs; and since when each plugin
+        # has wanted to run without being scheduled, which cognition ranks by.
+        self._held: dict[str, dict[str, list[Frame]]] = {}
+        self._held_dropped: collections.Counter[str] = collections.Counter()
+        self._waiting_since: dict[str, float] = {}
 
     # ---------------------------------------------------------------- control from outside
 
@@ -138,15 +144,21 @@ class Orchestrator:
         try:
             now = time.monotonic()
             available = [host for host in self.hosts.values() if host.available(now)]
+            offered = {}  # every plugin's input, available or not: what is not served is held
+            for host in self.hosts.values():
+                if (got := self._inputs_for(host, frames)) is not None:
+                    offered[host.name] = got
             wanting = {}
             for host in available:
-                got = self._inputs_for(host, frames)
+                got = offered.get(host.name)
                 if got is None and self._count(host, "pending_input") > 0:
-                    got = ({}, {})  # work carried over from earlier ticks
+                    got = ({}, {})  # work the plugin queued itself in earlier ticks
                 if got is not None:
                     wanting[host.name] = got
             pending = {host.name: self._count(host, "pending_consolidation") for host in available}
-            views = {name: PluginView(self.hosts[name].cost.ms, tuple(latest)) for name, (latest, _) in wanting.items()}
+            views = {name: PluginView(self.hosts[name].cost.ms, tuple(latest),
+                                      waiting_s=now - self._waiting_since.get(name, now))
+                     for name, (latest, _) in wanting.items()}
             sensors = {sid: (s.modality, s.expected_hz) for sid in frames
                        if (s := self.table.sensors.get(sid)) is not None}
             args = (tick_no, frames, views, sensors, budget_ms, period_s, self.deadline_miss_rate(), pending)
@@ -162,11 +174,13 @@ class Orchestrator:
                 self.publisher.state(transition)
             upstream: dict[str, dict[str, Any]] = {}
             ts_ns = time.time_ns()
+            served = set()
             for name in plan.order:
                 host = self.hosts[name]
                 atp = plan.allocation[name]
                 if not host.available(time.monotonic()):
                     continue
+                served.add(name)
                 inputs = PluginInputs(tick=tick_no, state=plan.state, frames=wanting[name][0],
                                       backlog=wanting[name][1], salience=plan.salience, fused=plan.fused,
                                       upstream=upstream)
@@ -180,6 +194,7 @@ class Orchestrator:
                 self.publisher.result(result, tick=tick_no, ts_ns=ts_ns, state=plan.state,
                                       inputs={s: f.seq for s, f in inputs.frames.items()})
                 self.stages.record("publish", (time.perf_counter() - tp) * 1e3)
+            self._hold_unserved(offered, wanting, served, now)
             await self._offline_work(plan)
         finally:
             self.cognition.release_unused()
@@ -200,19 +215,46 @@ class Orchestrator:
     def _inputs_for(self, host: PluginHost, frames: dict[str, list[Frame]]
                     ) -> tuple[dict[str, Frame], dict[str, list[Frame]]] | None:
         """The newest accepted frame per sensor (of those `plugins.inputs` routes to it), plus the
-        in-order backlog for fifo sensors."""
+        in-order backlog for fifo sensors, behind the frames held for this plugin from earlier ticks."""
         latest: dict[str, Frame] = {}
         backlog: dict[str, list[Frame]] = {}
         routed = self.cfg.plugins.inputs.get(host.name)
-        for sensor, got in frames.items():
+        held = self._held.get(host.name, {})
+        for sensor in dict.fromkeys([*held, *frames]):
             if routed is not None and sensor not in routed:
                 continue
-            mine = [f for f in got if host.plugin.accepts(f)]
+            mine = held.get(sensor, []) + [f for f in frames.get(sensor, ()) if host.plugin.accepts(f)]
             if mine:
                 latest[sensor] = mine[-1]
                 if len(mine) > 1:
                     backlog[sensor] = mine
         return (latest, backlog) if latest else None
+
+    def _hold_unserved(self, offered: dict[str, tuple[dict[str, Frame], dict[str, list[Frame]]]],
+                       wanting: dict[str, Any], served: set[str], now: float) -> None:
+        """Keep the fifo frames of every plugin that was offered input but not run, up to each
+        sensor's fifo depth (older ones are dropped and counted), and start its waiting clock."""
+        for name in served:
+            self._held.pop(name, None)
+            self._waiting_since.pop(name, None)
+        for name in wanting.keys() - served:
+            self._waiting_since.setdefault(name, now)
+        for name, (latest, backlog) in offered.items():
+            if name in served:
+                continue
+            before = {id(f) for frames in self._held.get(name, {}).values() for f in frames}
+            kept = {}
+            for sensor, newest in latest.items():
+                spec = self.table.sensors.get(sensor)
+                if spec is None or spec.policy != "fifo":
+                    continue  # `latest` sensors: the next frame supersedes this one anyway
+                frames = [f if id(f) in before else f.detached() for f in backlog.get(sensor) or [newest]]
+                self._held_dropped[name] += max(len(frames) - spec.depth, 0)
+                kept[sensor] = frames[-spec.depth:]
+            if kept:
+                self._held[name] = kept
+            else:
+                self._held.pop(name, None)
 
     async def _offline_work(self, plan: TickPlan) -> None:
         """DREAM/REST consolidation with whatever ATP the plan set aside for it."""
@@ -256,5 +298,11 @@ class Orchestrator:
         }
 
     def plugins_summary(self) -> dict[str, Any]:
-        return {name: host.summary() for name, host in self.hosts.items()}
+        """Each plugin's host summary, plus the frames held for its next run and those it lost
+        because more arrived than its sensors' fifo depth while it was not scheduled."""
+        now = time.monotonic()
+        return {name: {**host.summary(), "held_frames": sum(map(len, self._held.get(name, {}).values())),
+                       "held_dropped": self._held_dropped[name],
+                       "waiting_s": round(now - self._waiting_since.get(name, now), 3)}
+                for name, host in self.hosts.items()}
 

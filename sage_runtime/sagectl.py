@@ -49,10 +49,11 @@ def render_status(s: dict[str, Any]) -> str:
     lines.append(f"plugins   {len(plugins)}")
     if plugins:
         lines.append(f"  {'name':<12} {'status':<9} {'runs':>7} {'errors':>7} {'p50_ms':>8} {'p99_ms':>8}"
-                     f" {'step_ms':>8} {'last_halt':<10}")
+                     f" {'step_ms':>8} {'last_halt':<10} {'held':>5} {'wait_s':>7}")
         for name, p in sorted(plugins.items()):
             lines.append(f"  {name:<12} {p['status']:<9} {p['runs']:>7} {p['errors']:>7} {_fmt(p['p50_ms']):>8}"
-                         f" {_fmt(p['p99_ms']):>8} {_fmt(p['step_ms']):>8} {_fmt(p['last_halt']):<10}")
+                         f" {_fmt(p['p99_ms']):>8} {_fmt(p['step_ms']):>8} {_fmt(p['last_halt']):<10}"
+                         f" {p['held_frames']:>5} {p['waiting_s']:>7}")
     tel = s.get("telemetry")
     if tel:
         lines.append(f"telemetry {tel.get('provider', '-')}: {tel.get('summary', '')}")

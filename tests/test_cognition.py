@@ -4,6 +4,7 @@ the selector picks which plugins run, the allocator splits ATP, grants never exc
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -52,9 +53,11 @@ VIEWS = {"vision": PluginView(2.0, ("cam",)), "imu_filter": PluginView(0.5, ("im
          "planner": PluginView(1.0, ("bus",))}
 
 
-def tick(cog: Cognition, clock: Clock, n: int, got: dict, pending: dict | None = None, budget_ms: float = 8.0):
+def tick(cog: Cognition, clock: Clock, n: int, got: dict, pending: dict | None = None, budget_ms: float = 8.0,
+         waiting: dict | None = None):
     clock.t += 0.01
-    views = {k: v for k, v in VIEWS.items() if any(s in got for s in v.sensors)}
+    views = {k: replace(v, waiting_s=(waiting or {}).get(k, 0.0)) for k, v in VIEWS.items()
+             if any(s in got for s in v.sensors)}
     plan = cog.plan(n, got, views, {s: SENSORS[s] for s in got}, budget_ms, 0.01, 0.0, pending or {})
     for name in plan.order:
         cog.settle(name, plan.allocation[name],
@@ -117,6 +120,24 @@ def test_the_selector_ranks_by_expert_trust_in_the_current_state(tmp_path):
         picked[favourite] = tick(cog, clock, 1, frames(rng)).order
         box.close()
     assert picked == {"vision": ["vision"], "imu_filter": ["imu_filter"]}
+
+
+def test_a_plugin_kept_waiting_max_wait_s_runs_ahead_of_the_selectors_favourite(tmp_path, mailbox):
+    one = {s: {"max_active_plugins": 1} for s in ("WAKE", "FOCUS")}
+    cog, clock = make(tmp_path, mailbox, metabolic={"policies": one}, attention={"selector_alpha": 1.0},
+                      cognition={"max_wait_s": 1.0})
+    for _ in range(50):
+        cog.trust.update_expert("WAKE", "vision", 1.0)
+        cog.trust.update_expert("FOCUS", "vision", 1.0)
+        cog.trust.update_expert("WAKE", "imu_filter", 0.0)
+        cog.trust.update_expert("FOCUS", "imu_filter", 0.0)
+    rng = np.random.default_rng(5)
+    assert tick(cog, clock, 1, frames(rng)).order == ["vision"]
+    assert tick(cog, clock, 2, frames(rng), waiting={"imu_filter": 0.9}).order == ["vision"]
+    assert tick(cog, clock, 3, frames(rng), waiting={"imu_filter": 1.0}).order == ["imu_filter"]
+    # Two overdue: the longer wait first.
+    assert tick(cog, clock, 4, frames(rng), waiting={"imu_filter": 1.5, "vision": 2.5}).order == ["vision"]
+    assert tick(cog, clock, 5, frames(rng), waiting={"imu_filter": 3.0, "vision": 2.5}).order == ["imu_filter"]
 
 
 def test_a_plugin_paused_by_trust_gets_no_atp(tmp_path, mailbox):

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
 
 import msgpack
 import numpy as np
 import pytest
 
+from sage_runtime import statefile
 from sage_runtime.client import ResultSubscriber, SensorPublisher
+from sage_runtime.cognition import TRUST_FILE
+from sage_runtime.trust import TrustLedger
 from tests.harness import SAGECTL, DaemonProcess, wait_for
 
 ECHO = {"plugins": {"enabled": ["tests.plugins_for_tests:Echo"]}, "tick": {"rate_hz": 100}}
@@ -95,6 +99,71 @@ def test_three_sensors_flow_to_results_and_counters_add_up(daemon):
     sub.close()
     code, took = daemon.stop()
     assert code == 0 and took < 5.0, daemon.log()
+
+
+ONE_SLOT = {
+    "plugins": {"enabled": ["tests.plugins_for_tests:Echo", "tests.plugins_for_tests:Recorder"],
+                "inputs": {"echo": ["cam"], "recorder": ["cmd"]}},
+    "ingest": {"sensors": {"cmd": {"kind": "text", "policy": "fifo:16"}}},
+    "metabolic": {"policies": {s: {"max_active_plugins": 1} for s in ("WAKE", "FOCUS", "REST")}},
+    "attention": {"selector_alpha": 1.0},  # rank by trust alone: the seeded ledger decides
+    "cognition": {"max_wait_s": 0.2},
+    "tick": {"rate_hz": 100, "max_rate_hz": 100},  # the camera (500 Hz) brings echo a frame every tick
+}
+
+
+def test_requests_wait_for_a_plugin_that_is_not_scheduled_and_each_is_served_once(tmp_path):
+    """One plugin slot per tick, a camera feeding `echo` every tick, commands (a fifo sensor)
+    feeding `recorder`, and a trust ledger that makes the selector prefer echo: the commands
+    must wait for recorder's turn (max_wait_s), not vanish in the ticks echo wins."""
+    d = DaemonProcess(tmp_path, ONE_SLOT)
+    ledger = TrustLedger()
+    for _ in range(50):
+        for state in ("WAKE", "FOCUS", "REST"):
+            ledger.update_expert(state, "echo", 1.0)
+            ledger.update_expert(state, "recorder", 0.0)
+    d.state_dir.mkdir(parents=True, exist_ok=True)
+    statefile.write_atomic(d.state_dir / TRUST_FILE, ledger.snapshot(), kind="trust")
+    d.start()
+    streaming = threading.Event()
+
+    def camera() -> None:
+        cam = SensorPublisher(d.ingest)  # its own socket: ZeroMQ sockets stay in one thread
+        rng = np.random.default_rng(0)
+        while streaming.is_set():
+            cam.tensor("cam", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+            time.sleep(0.002)
+        cam.close()
+
+    streaming.set()
+    feeder = threading.Thread(target=camera, daemon=True)
+    try:
+        assert d.control().call("trust")["restore"] == "restored"
+        feeder.start()
+        pub = connect_publisher(d)
+        n = 40
+        for i in range(n):
+            pub.text("cmd", f"command {i}")
+            time.sleep(0.05)
+
+        def served():
+            status = d.status()
+            return status if status["plugins"]["recorder"]["held_frames"] == 0 \
+                and status["ingest"]["sensors"]["cmd"]["accepted"] == n else None
+        status = wait_for(served, timeout_s=10)  # while the camera still streams
+        delivered = [int(line.split()[1]) for line in
+                     (d.state_dir / "plugins" / "recorder" / "delivered.txt").read_text().splitlines()
+                     if line.startswith("cmd ")]
+        assert sorted(delivered) == list(range(n)), "every command reaches the plugin exactly once"
+        assert status["plugins"]["recorder"]["held_dropped"] == 0
+        assert status["plugins"]["echo"]["runs"] > 0  # the camera kept its plugin busy meanwhile
+        pub.close()
+    finally:
+        streaming.clear()
+        if feeder.is_alive():
+            feeder.join(5)
+        code, _ = d.stop()
+    assert code == 0, d.log()
 
 
 def test_sagectl_commands_and_not_running_exit_code(daemon, tmp_path):
