@@ -16,7 +16,8 @@ Criteria (exit code 1 when any fails; all measured after `--warmup` unless said 
 - no tick-loop stall over 100 ms while under load: the daemon's `tick.stalls_over_100ms` counter
   must not rise after the publishers start;
 - drops only where a `latest` sensor superseded a frame: no fifo overflow, no rejection, no seq
-  gap, no result the daemon failed to publish;
+  gap, no result the daemon failed to publish, no request dropped while it waited for its plugin
+  to be scheduled or in a plugin's own queue;
 - every built-in plugin published results, and the daemon exits 0 on SIGTERM.
 
 Run: .venv/bin/python benchmarks/soak.py [--duration 600] [--rate-multiplier 3] [--interval 5]
@@ -71,13 +72,15 @@ def publish(endpoint: str, rate_hz: float, seed: int, prefix: str, ready: Any, g
 
 
 class ResultCounter(threading.Thread):
-    """Reads every result the daemon publishes (so none back up) and counts them per plugin."""
+    """Reads every result the daemon publishes (so none back up) and counts them per plugin, with
+    the largest `dropped` a plugin that queues its own input (language, reasoning) reported."""
 
     def __init__(self, endpoint: str) -> None:
         super().__init__(name="results", daemon=True)
         self.sub = ResultSubscriber(endpoint, topics=("result/",))
         self.counts: dict[str, int] = {}
         self.errors: dict[str, int] = {}
+        self.queue_dropped: dict[str, int] = {}
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -89,6 +92,8 @@ class ResultCounter(threading.Thread):
             self.counts[name] = self.counts.get(name, 0) + 1
             if msg.header["halt"] == "error":
                 self.errors[name] = self.errors.get(name, 0) + 1
+            if isinstance(dropped := msg.outputs.get("dropped"), int):
+                self.queue_dropped[name] = max(self.queue_dropped.get(name, 0), dropped)
 
     def stop(self) -> None:
         self._halt.set()
@@ -136,7 +141,8 @@ def status_sample(status: dict[str, Any]) -> dict[str, Any]:
                                       "lateness_p99_ms", "deadline_miss_rate")},
         "sensors": sensors, "rejected": dict(ingest["rejected"]),
         "results_failed": status["results"]["failed"],
-        "plugins": {n: {k: p[k] for k in ("status", "runs", "errors", "hangs")} for n, p in status["plugins"].items()},
+        "plugins": {n: {k: p[k] for k in ("status", "runs", "errors", "hangs", "held_frames", "held_dropped", "waiting_s")}
+                    for n, p in status["plugins"].items()},
     }
 
 
@@ -165,6 +171,8 @@ def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_stalls: in
         "rejected": final["rejected"],
         "seq_gaps": sum(s["seq_gaps"] for s in sensors.values()),
         "results_not_published": final["results_failed"],
+        "held_past_fifo_depth": sum(p["held_dropped"] for p in final["plugins"].values()),
+        "plugin_queue_overflow": sum(samples[-1]["queue_dropped"].values()),
         "sent_not_received": sum(sent.values()) - sum(s["received"] for s in sensors.values()),
     }
     results_after = {p: after[-1]["results"].get(p, 0) - base["results"].get(p, 0) for p in BUILTIN_PLUGINS}
@@ -178,7 +186,8 @@ def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_stalls: in
         "drops_only_latest_superseded": {
             "value": {k: v for k, v in drops.items() if k not in ("latest_superseded", "sent_not_received")},
             "ok": not (drops["fifo_overflow_or_no_slot"] or drops["rejected"] or drops["seq_gaps"]
-                       or drops["results_not_published"])},
+                       or drops["results_not_published"] or drops["held_past_fifo_depth"]
+                       or drops["plugin_queue_overflow"])},
         "every_plugin_published": {"value": results_after, "ok": all(results_after.values())},
         "publishers_ok": {"value": [r["error"] for r in reports if r["error"]],
                           "ok": bool(reports) and not any(r["error"] for r in reports)},
@@ -323,6 +332,7 @@ def main() -> int:
                 cpu_prev, wait_prev, t_prev = cpu, wait, tn
                 sample.update(status_sample(d.status()))
                 sample["results"], sample["result_errors"] = dict(counter.counts), dict(counter.errors)
+                sample["queue_dropped"] = dict(counter.queue_dropped)
                 samples.append(sample)
                 t = sample["tick"]
                 print(f"t={sample['t_s']:>6.1f}s rss {sample['rss_mb']:>7.1f} MiB fds {sample['fds']:>3} "
