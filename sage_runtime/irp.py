@@ -92,6 +92,10 @@ class InputQueue:
             self._frames.popleft()
             self.dropped += 1
 
+    def requeue(self, frame: Frame) -> None:
+        """Put a frame whose processing was cut short back at the head, to continue next run."""
+        self._frames.appendleft(frame)
+
     def take(self, n: int) -> list[Frame]:
         """The oldest `n` (or fewer), removed from the queue."""
         return [self._frames.popleft() for _ in range(min(n, len(self._frames)))]

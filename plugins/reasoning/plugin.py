@@ -4,10 +4,11 @@ energy = 1 - sigmoid(q_halt), the model's own estimate that its current answer i
 Sudoku verifier's violation count is reported separately (`verified_violations`) and never
 folded into the energy, so calibration stays testable. A row halts at the first of: the learned
 halt (P(halt) >= tau, or q_halt > q_continue for q_learning models), an unchanged prediction for
-`stable_steps` segments, or the trained M_max; the runner adds quota and deadline. A run cut short
-by the runner is kept (carry included) and continued when the same puzzle arrives again, so pause
-and resume gives the same answer as one uninterrupted run. Puzzles that arrive together are
-solved one per run, oldest first; the rest wait in a queue (`pending_input`).
+`stable_steps` segments, or the trained M_max; the runner adds quota and deadline. Puzzles that
+arrive together are solved one per run, oldest first; the rest wait in a queue (`pending_input`).
+A run cut short by the runner is kept (carry included) and its puzzle goes back to the head of the
+queue, so the plugin's next run continues it: a tight budget delays the answer but does not
+change it (the final result equals one uninterrupted run).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class ReasoningState:
     q_continue: torch.Tensor  # [B]
     token_conf: torch.Tensor  # [B] mean max-probability over cells
     solution: torch.Tensor  # [B, S] digits, givens enforced (project)
-    source: tuple[str, int] = ("", -1)  # sensor and seq of the frame the puzzle came in
+    frame: Frame | None = None  # the frame the puzzle came in (copied out of the mailbox)
     segments: int = 0  # step() calls that ran at least one row
     energy_trace: tuple[float, ...] = ()  # energy after 0, 1, ..., segments
 
@@ -142,7 +143,7 @@ class ReasoningPlugin(IRPPlugin):
             state = self._paused.pop(key)
         else:
             state = self.fresh_state(grid, batched)
-        state = replace(state, source=(frame.sensor, frame.seq))
+        state = replace(state, frame=frame)
         self._current = state
         self._trace = list(state.energy_trace)
         return state
@@ -241,6 +242,8 @@ class ReasoningPlugin(IRPPlugin):
                 self._paused[state.key] = state
                 while len(self._paused) > self.resume_slots:
                     self._paused.popitem(last=False)
+                if state.frame is not None:
+                    self._waiting.requeue(state.frame)  # continued on the next run
         n = state.n
         sol = state.solution.to("cpu", torch.int64).reshape(-1, n, n)
         givens = state.givens.cpu().numpy().reshape(-1, n, n)
@@ -262,8 +265,8 @@ class ReasoningPlugin(IRPPlugin):
             "energy_trace": list(state.energy_trace),
             "board_size": n,
             "segment_flops": segment_flops(model, n * n),
-            "sensor": state.source[0],
-            "seq": state.source[1],
+            "sensor": state.frame.sensor if state.frame is not None else None,
+            "seq": state.frame.seq if state.frame is not None else None,
             "queued": len(self._waiting),
             "dropped": self._waiting.dropped,
         }

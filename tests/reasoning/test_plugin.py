@@ -73,6 +73,10 @@ def test_quota_of_one_runs_exactly_one_segment(plugin, held_out) -> None:
     cost = StepCost(5.0, alpha=0.0)
     res = run(plugin, tensor_inputs(grid), atp_ms=5.0, cost=cost)
     assert res.steps == 1 and res.outputs["steps"] == 1 and len(res.energies) == 2 and res.energies[0] == 1.0
+    if not res.outputs["finished"]:  # the cut-short puzzle waits at the head of the queue
+        assert plugin.pending_input() == 1
+        assert run(plugin, PluginInputs()).outputs["finished"]
+    assert plugin.pending_input() == 0
 
 
 def _hard_puzzle(plugin, held_out, min_steps: int = 3) -> np.ndarray:
@@ -113,8 +117,10 @@ def test_pause_and_resume_through_the_runner_equals_one_run(held_out) -> None:
     cost = StepCost(5.0, alpha=0.0)
     first = run(paused, tensor_inputs(grid, seq=1), atp_ms=5.0, cost=cost)  # quota: 1 segment
     assert first.halt == "quota" and first.outputs["halt_detail"] == "paused" and not first.outputs["finished"]
-    second = run(paused, tensor_inputs(grid, seq=2))  # same puzzle again: continues the carry
-    assert first.steps + second.steps == whole.steps
+    assert paused.pending_input() == 1  # back at the head of the queue: the tick runs the plugin again
+    second = run(paused, PluginInputs())  # what the tick does for pending_input: continues the carry
+    assert (second.outputs["sensor"], second.outputs["seq"]) == ("puzzle", 1)
+    assert first.steps + second.steps == whole.steps and paused.pending_input() == 0
     for key in ("solution", "steps", "halt_detail", "confidence", "verified_violations", "energy_trace"):
         a, b = whole.outputs[key], second.outputs[key]
         assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), key
