@@ -19,6 +19,7 @@ Criteria (exit code 1 when any fails; all measured after `--warmup` unless said 
   gap, no result the daemon failed to publish, no request dropped while it waited for its plugin
   to be scheduled or in a plugin's own queue;
 - every built-in plugin published results, and the daemon exits 0 on SIGTERM.
+Also reported: puzzles sent and reasoning answers that are final (`summary.puzzles`).
 
 Run: .venv/bin/python benchmarks/soak.py [--duration 600] [--rate-multiplier 3] [--interval 5]
 Writes benchmarks/results/soak.json and soak.png (or --out PATH and the .png beside it).
@@ -73,7 +74,8 @@ def publish(endpoint: str, rate_hz: float, seed: int, prefix: str, ready: Any, g
 
 class ResultCounter(threading.Thread):
     """Reads every result the daemon publishes (so none back up) and counts them per plugin, with
-    the largest `dropped` a plugin that queues its own input (language, reasoning) reported."""
+    the largest `dropped` a plugin that queues its own input (language, reasoning) reported, and
+    the reasoning answers that are final (`finished`; a cut-short run is continued later)."""
 
     def __init__(self, endpoint: str) -> None:
         super().__init__(name="results", daemon=True)
@@ -81,6 +83,7 @@ class ResultCounter(threading.Thread):
         self.counts: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.queue_dropped: dict[str, int] = {}
+        self.puzzles_finished = 0
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -94,6 +97,8 @@ class ResultCounter(threading.Thread):
                 self.errors[name] = self.errors.get(name, 0) + 1
             if isinstance(dropped := msg.outputs.get("dropped"), int):
                 self.queue_dropped[name] = max(self.queue_dropped.get(name, 0), dropped)
+            if name == "reasoning" and msg.outputs.get("finished") is True:
+                self.puzzles_finished += 1
 
     def stop(self) -> None:
         self._halt.set()
@@ -204,6 +209,8 @@ def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_stalls: in
                  "missed_periods": final["tick"]["missed_periods"], "ticks": final["tick"]["count"]},
         "stalls": stalls, "startup_stalls": startup_stalls, "drops": drops,
         "results_by_plugin": samples[-1]["results"], "result_errors_by_plugin": samples[-1]["result_errors"],
+        "puzzles": {"sent": sum(n for sid, n in sent.items() if sid.endswith(".puzzle")),
+                    "finished_answers": samples[-1]["puzzles_finished"]},
         "plugin_errors": {n: p["errors"] for n, p in final["plugins"].items()},
         "plugin_hangs": {n: p["hangs"] for n, p in final["plugins"].items()},
         "states_seen": sorted({s["state"] for s in samples if s["state"]}),
@@ -333,6 +340,7 @@ def main() -> int:
                 sample.update(status_sample(d.status()))
                 sample["results"], sample["result_errors"] = dict(counter.counts), dict(counter.errors)
                 sample["queue_dropped"] = dict(counter.queue_dropped)
+                sample["puzzles_finished"] = counter.puzzles_finished
                 samples.append(sample)
                 t = sample["tick"]
                 print(f"t={sample['t_s']:>6.1f}s rss {sample['rss_mb']:>7.1f} MiB fds {sample['fds']:>3} "
