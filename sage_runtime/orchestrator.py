@@ -30,6 +30,9 @@ log = logging.getLogger("sage.tick")
 #: A tick this long is a stall (counted in status as tick.stalls_over_100ms), whatever the budget.
 STALL_MS = 100.0
 
+#: What a plugin is offered in a tick: the newest frame per sensor, and the fifo backlog per sensor.
+Offer = tuple[dict[str, Frame], dict[str, list[Frame]]]
+
 
 class Orchestrator:
     def __init__(self, cfg: SageConfig, table: SensorTable, hosts: list[PluginHost], publisher: ResultPublisher,
@@ -144,11 +147,11 @@ class Orchestrator:
         try:
             now = time.monotonic()
             available = [host for host in self.hosts.values() if host.available(now)]
-            offered = {}  # every plugin's input, available or not: what is not served is held
+            offered: dict[str, Offer] = {}  # every plugin's input, available or not: what is not served is held
             for host in self.hosts.values():
                 if (got := self._inputs_for(host, frames)) is not None:
                     offered[host.name] = got
-            wanting = {}
+            wanting: dict[str, Offer] = {}
             for host in available:
                 got = offered.get(host.name)
                 if got is None and self._count(host, "pending_input") > 0:
@@ -174,7 +177,7 @@ class Orchestrator:
                 self.publisher.state(transition)
             upstream: dict[str, dict[str, Any]] = {}
             ts_ns = time.time_ns()
-            served = set()
+            served: set[str] = set()
             for name in plan.order:
                 host = self.hosts[name]
                 atp = plan.allocation[name]
@@ -212,8 +215,7 @@ class Orchestrator:
         if not self.first_full_tick.is_set():
             self.first_full_tick.set()
 
-    def _inputs_for(self, host: PluginHost, frames: dict[str, list[Frame]]
-                    ) -> tuple[dict[str, Frame], dict[str, list[Frame]]] | None:
+    def _inputs_for(self, host: PluginHost, frames: dict[str, list[Frame]]) -> Offer | None:
         """The newest accepted frame per sensor (of those `plugins.inputs` routes to it), plus the
         in-order backlog for fifo sensors, behind the frames held for this plugin from earlier ticks."""
         latest: dict[str, Frame] = {}
@@ -230,8 +232,8 @@ class Orchestrator:
                     backlog[sensor] = mine
         return (latest, backlog) if latest else None
 
-    def _hold_unserved(self, offered: dict[str, tuple[dict[str, Frame], dict[str, list[Frame]]]],
-                       wanting: dict[str, Any], served: set[str], now: float) -> None:
+    def _hold_unserved(self, offered: dict[str, Offer], wanting: dict[str, Offer], served: set[str],
+                       now: float) -> None:
         """Keep the fifo frames of every plugin that was offered input but not run, up to each
         sensor's fifo depth (older ones are dropped and counted), and start its waiting clock."""
         for name in served:
