@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sage_runtime.irp import Frame, IRPPlugin, PluginInputs
+from sage_runtime.plugin.contract import IRPPlugin, PluginInputs
+from sage_runtime.records import Frame
 
 
 class Ack(IRPPlugin):

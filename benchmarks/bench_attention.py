@@ -28,7 +28,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, pct, save  # noqa: E402
 
-from sage_runtime.attention import (  # noqa: E402
+from sage_runtime.cognition.attention import (  # noqa: E402
     FEATURES,
     STATES,
     AtpAllocator,
@@ -36,7 +36,7 @@ from sage_runtime.attention import (  # noqa: E402
     SensorFusion,
     TrustWeightedExpertSelector,
 )
-from sage_runtime.attention.reference import NumpyAllocator, NumpyFusion, NumpySelector  # noqa: E402
+from sage_runtime.cognition.attention.reference import NumpyAllocator, NumpyFusion, NumpySelector  # noqa: E402
 
 TARGET_MODULE_P99_MS = 0.5
 TARGET_PIPELINE_P99_MS = 1.0

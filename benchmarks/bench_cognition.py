@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, pct, save  # noqa: E402
-from sage_runtime.cognition import Cognition, PluginView  # noqa: E402
+from sage_runtime.cognition.plan import Cognition, PluginView  # noqa: E402
 from sage_runtime.config import SageConfig  # noqa: E402
-from sage_runtime.irp import Frame, RunResult  # noqa: E402
+from sage_runtime.records import Frame, RunResult  # noqa: E402
 from sage_runtime.mailbox import Mailbox  # noqa: E402
 
 PLUGINS = ["vision", "language", "memory", "reasoning"]

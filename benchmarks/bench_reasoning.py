@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, save  # noqa: E402
 
 from benchmarks.plugins.reasoning import plugin_runs, solver_baseline, step_latency, test_split  # noqa: E402
-from plugins.reasoning import ReasoningPlugin  # noqa: E402
-from plugins.reasoning.evaluate import calibration, expected_calibration_error, summarize, trace_segments  # noqa: E402
+from sage_plugins.reasoning import ReasoningPlugin  # noqa: E402
+from sage_plugins.reasoning.evaluate import calibration, expected_calibration_error, summarize, trace_segments  # noqa: E402
 from sage_runtime.conformance import make_context  # noqa: E402
 
 

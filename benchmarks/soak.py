@@ -2,7 +2,7 @@
 
 The daemon runs as a subprocess in its own temporary runtime dir (ipc endpoints only) with every
 built-in plugin enabled. `--publishers` separate processes each publish one set of demo streams
-(camera, IMU, garbled speech commands, Sudoku puzzles; `sage_runtime.demo`) through real ZeroMQ PUB
+(camera, IMU, garbled speech commands, Sudoku puzzles; `sage_plugins.demo`) through real ZeroMQ PUB
 sockets at `--rate-multiplier` times the rate their sensors are declared at. Every `--interval`
 seconds it samples the daemon's RSS, open fds (/proc/<pid>/fd), threads (/proc/<pid>/status), CPU,
 and from `status` over the control socket: tick p99/max, overruns, per-sensor counters and
@@ -44,7 +44,7 @@ from benchmarks.bench_transport import cpu_seconds  # noqa: E402
 from benchmarks.common import machine, save  # noqa: E402
 from sage_runtime.client import ResultSubscriber  # noqa: E402
 from sage_runtime.config import SageConfig  # noqa: E402
-from sage_runtime.demo import BUILTIN_PLUGINS, STREAMS, DemoSources, sensor_declarations  # noqa: E402
+from sage_plugins.demo import BUILTIN_PLUGINS, STREAMS, DemoSources, sensor_declarations  # noqa: E402
 from tests.harness import DaemonProcess, wait_for  # noqa: E402
 
 STALL_MS = 100.0
@@ -57,8 +57,8 @@ def publish(endpoint: str, rate_hz: float, seed: int, prefix: str, ready: Any, g
 
     The generators' imports (torch among them) happen before `ready`, so the publishers' own start
     does not compete with the daemon for CPU once the load is on."""
-    import plugins.language  # noqa: F401
-    import plugins.reasoning.sudoku  # noqa: F401
+    import sage_plugins.language  # noqa: F401
+    import sage_plugins.reasoning.sudoku  # noqa: F401
     import sage_runtime.client  # noqa: F401
 
     src = DemoSources(endpoint, rate_hz, seed=seed, prefix=prefix)

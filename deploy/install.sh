@@ -167,7 +167,7 @@ else
         STAGE="$(mktemp -d)"
         trap 'rm -rf "$STAGE"' EXIT
     fi
-    for item in pyproject.toml README.md LICENSE sage_runtime plugins; do
+    for item in pyproject.toml README.md LICENSE sage_runtime sage_plugins; do
         if [[ -e "$SOURCE/$item" ]]; then
             run cp -r "$SOURCE/$item" "$STAGE/"
         fi

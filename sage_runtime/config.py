@@ -16,11 +16,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sage_runtime.atp import AtpParams
-from sage_runtime.metabolic import MetabolicParams
-from sage_runtime.salience import SalienceParams
+from sage_runtime.cognition.atp import AtpParams
+from sage_runtime.cognition.metabolic import MetabolicParams
+from sage_runtime.cognition.salience import SalienceParams
 from sage_runtime.telemetry import TelemetryParams
-from sage_runtime.trust import TrustParams
+from sage_runtime.cognition.trust import TrustParams
 
 ENV_PREFIX = "SAGE_"
 _POLICY_RE = re.compile(r"latest|fifo:([1-9][0-9]{0,5})\Z")

@@ -17,7 +17,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sage_runtime.irp import HALT_REASONS, IRPPlugin, PluginContext, RunResult, StepCost, run_plugin
+from sage_runtime.plugin.contract import HALT_REASONS, IRPPlugin, PluginContext
+from sage_runtime.plugin.runner import StepCost, run_plugin
+from sage_runtime.records import RunResult
 
 FAR_FUTURE_NS = 1 << 62
 

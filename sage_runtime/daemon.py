@@ -24,21 +24,21 @@ import zmq.asyncio
 
 from sage_runtime import __version__
 from sage_runtime.capabilities import capability_report
-from sage_runtime.cognition import Cognition
+from sage_runtime.cognition.plan import Cognition
 from sage_runtime.config import (
     ConfigError, SageConfig, expand_endpoint, load_config, resolve_runtime_dir, resolve_state_dir, split_reload,
 )
-from sage_runtime.control import CommandError, ControlServer
-from sage_runtime.ingest import IngestServer, SensorTable
-from sage_runtime.irp import PluginContext
-from sage_runtime.main import EXIT_CONFIG, EXIT_RUNNING
+from sage_runtime.edges.control import CommandError, ControlServer
+from sage_runtime.edges.ingest import IngestServer, SensorTable
+from sage_runtime.plugin.contract import PluginContext
+from sage_runtime.cli import EXIT_CONFIG, EXIT_RUNNING
 from sage_runtime.mailbox import Mailbox
-from sage_runtime.notify import SystemdNotifier
-from sage_runtime.orchestrator import Orchestrator
-from sage_runtime.plugin_host import PluginHost
-from sage_runtime.plugin_registry import load_plugin_class
-from sage_runtime.publish import ResultPublisher
-from sage_runtime.security import EdgeSecurity, load_keys
+from sage_runtime.edges.notify import SystemdNotifier
+from sage_runtime.tick import Orchestrator
+from sage_runtime.plugin.host import PluginHost
+from sage_runtime.plugin.registry import load_plugin_class
+from sage_runtime.edges.publish import ResultPublisher
+from sage_runtime.edges.security import EdgeSecurity, load_keys
 from sage_runtime.telemetry import open_telemetry
 
 log = logging.getLogger("sage.daemon")
@@ -203,7 +203,7 @@ class Daemon:
             tasks.append(tick_task)
             tasks.append(asyncio.create_task(self._save_trust_periodically(compute), name="trust"))
             if self.demo:
-                from sage_runtime.demo import DemoSources
+                from sage_plugins.demo import DemoSources
 
                 self._demo = DemoSources(self.ingest.endpoints[0], rate_hz=self.cfg.demo.rate_hz)
                 self._demo.start()
@@ -297,7 +297,7 @@ class Daemon:
         try:
             new = load_config(self.config_path)
             if self.demo:
-                from sage_runtime.demo import demo_overlay
+                from sage_plugins.demo import demo_overlay
 
                 new = demo_overlay(new)
         except ConfigError as exc:

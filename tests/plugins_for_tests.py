@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from sage_runtime.irp import Frame, IRPPlugin, PluginInputs
+from sage_runtime.plugin.contract import IRPPlugin, PluginInputs
+from sage_runtime.records import Frame
 
 
 class Echo(IRPPlugin):

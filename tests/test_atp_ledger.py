@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from sage_runtime.atp import UNITS_PER_ATP, AtpLedger, AtpParams
-from sage_runtime.metabolic import MetabolicParams, MetabolicState
+from sage_runtime.cognition.atp import UNITS_PER_ATP, AtpLedger, AtpParams
+from sage_runtime.cognition.metabolic import MetabolicParams, MetabolicState
 
 POLICIES = MetabolicParams().policies
 

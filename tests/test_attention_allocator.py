@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from sage_runtime.attention import COL, FEATURES, STATES, AtpAllocator, build_features
-from sage_runtime.attention.allocator import SALIENCE, StatePattern
-from sage_runtime.attention.reference import NumpyAllocator
+from sage_runtime.cognition.attention import COL, FEATURES, STATES, AtpAllocator, build_features
+from sage_runtime.cognition.attention.allocator import SALIENCE, StatePattern
+from sage_runtime.cognition.attention.reference import NumpyAllocator
 
 F = len(FEATURES)
 ALLOC = AtpAllocator()

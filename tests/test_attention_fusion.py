@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sage_runtime.attention import Sensor, SensorFusion
-from sage_runtime.attention.reference import NumpyFusion
-from sage_runtime.attention.sdpa import HAS_ENABLE_GQA
+from sage_runtime.cognition.attention import Sensor, SensorFusion
+from sage_runtime.cognition.attention.reference import NumpyFusion
+from sage_runtime.cognition.attention.sdpa import HAS_ENABLE_GQA
 
 FUSION = SensorFusion()
 RNG = np.random.default_rng(0)

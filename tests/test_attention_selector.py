@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sage_runtime.attention import TrustWeightedExpertSelector, trust_for_context
-from sage_runtime.attention.reference import NumpySelector
-from sage_runtime.attention.sdpa import HAS_ENABLE_GQA
+from sage_runtime.cognition.attention import TrustWeightedExpertSelector, trust_for_context
+from sage_runtime.cognition.attention.reference import NumpySelector
+from sage_runtime.cognition.attention.sdpa import HAS_ENABLE_GQA
 
 SEL = TrustWeightedExpertSelector()
 N, K = SEL.n_experts, SEL.top_k

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from sage_runtime.cognition import Cognition, PluginView
+from sage_runtime.cognition.plan import Cognition, PluginView
 from sage_runtime.config import SageConfig
-from sage_runtime.irp import Frame, RunResult
+from sage_runtime.records import Frame, RunResult
 from sage_runtime.mailbox import Mailbox
 
 PLUGINS = ["vision", "imu_filter", "planner"]

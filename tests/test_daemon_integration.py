@@ -14,8 +14,8 @@ import pytest
 
 from sage_runtime import statefile
 from sage_runtime.client import ResultSubscriber, SensorPublisher
-from sage_runtime.cognition import TRUST_FILE
-from sage_runtime.trust import TrustLedger
+from sage_runtime.cognition.plan import TRUST_FILE
+from sage_runtime.cognition.trust import TrustLedger
 from tests.harness import SAGECTL, DaemonProcess, wait_for
 
 ECHO = {"plugins": {"enabled": ["tests.plugins_for_tests:Echo"]}, "tick": {"rate_hz": 100}}

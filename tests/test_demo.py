@@ -11,7 +11,7 @@ import numpy as np
 
 from sage_runtime.client import ResultSubscriber
 from sage_runtime.config import load_config
-from sage_runtime.demo import BUILTIN_PLUGINS, STREAMS, DemoSources, demo_overlay, sensor_declarations
+from sage_plugins.demo import BUILTIN_PLUGINS, STREAMS, DemoSources, demo_overlay, sensor_declarations
 from tests.harness import SAGECTL, DaemonProcess, wait_for
 
 DEMO_SENSORS = [f"demo.{name}" for name in STREAMS]

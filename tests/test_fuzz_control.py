@@ -18,7 +18,7 @@ import zmq.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sage_runtime.control import CommandError, ControlServer
+from sage_runtime.edges.control import CommandError, ControlServer
 from sage_runtime.wire import REJECT_REASONS, WireError, decode_reply, decode_request, encode_request
 
 CORPUS = Path(__file__).parent / "fuzz_corpus" / "control"

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sage_runtime.config import IngestSection
-from sage_runtime.ingest import SensorTable
+from sage_runtime.edges.ingest import SensorTable
 from sage_runtime.mailbox import Mailbox
 from sage_runtime.wire import (
     DTYPES, FLOAT_DTYPES, ITEMSIZE, REJECT_REASONS, WireError, decode_ingest, encode_ingest, torch_dtype,

@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sage_runtime.irp import IRPPlugin, PluginInputs, StepCost, run_plugin
+from sage_runtime.plugin.contract import IRPPlugin, PluginInputs
+from sage_runtime.plugin.runner import StepCost, run_plugin
 
 FAR = 1 << 62
 

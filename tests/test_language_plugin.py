@@ -8,17 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.language import LanguagePlugin
-from plugins.language.evaluate import evaluate, heldout_set
-from plugins.language.grammar import MAX_NORMALIZED, Grammar, is_heldout, normalize
-from plugins.language.canvas import decode_slots, slot_targets
-from plugins.language.model import load_checkpoint
-from plugins.language.noise import corrupt, levenshtein
-from plugins.language.plugin import WEIGHTS
-from plugins.language.refine import converged, energies, first_pass, grammar_projection, refine, texts, write_texts
+from sage_plugins.language import LanguagePlugin
+from sage_plugins.language.evaluate import evaluate, heldout_set
+from sage_plugins.language.grammar import MAX_NORMALIZED, Grammar, is_heldout, normalize
+from sage_plugins.language.canvas import decode_slots, slot_targets
+from sage_plugins.language.model import load_checkpoint
+from sage_plugins.language.noise import corrupt, levenshtein
+from sage_plugins.language.plugin import WEIGHTS
+from sage_plugins.language.refine import converged, energies, first_pass, grammar_projection, refine, texts, write_texts
 from sage_runtime.conformance import check_plugin, make_context
-from sage_runtime.irp import Frame, PluginInputs, StepCost, run_plugin
-from sage_runtime.plugin_registry import load_plugin_class
+from sage_runtime.plugin.contract import PluginInputs
+from sage_runtime.plugin.runner import StepCost, run_plugin
+from sage_runtime.records import Frame
+from sage_runtime.plugin.registry import load_plugin_class
 
 FAR = 1 << 62
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plugins.memory import MemoryPlugin
+from sage_plugins.memory import MemoryPlugin
 from sage_runtime.conformance import make_context
 
 DIM = 256

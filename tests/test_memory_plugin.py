@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.memory import MemoryPlugin, hopfield
-from plugins.memory.store import SchemaError
+from sage_plugins.memory import MemoryPlugin, hopfield
+from sage_plugins.memory.store import SchemaError
 from sage_runtime.conformance import FAR_FUTURE_NS, check_plugin, make_context
-from sage_runtime.irp import Frame, PluginInputs, RunResult, StepCost, run_plugin
-from sage_runtime.plugin_registry import load_plugin_class
+from sage_runtime.plugin.contract import PluginInputs
+from sage_runtime.plugin.runner import StepCost, run_plugin
+from sage_runtime.records import Frame, RunResult
+from sage_runtime.plugin.registry import load_plugin_class
 
 
 def open_memory(state_dir: Path, **config: Any) -> MemoryPlugin:

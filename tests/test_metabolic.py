@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter
 
-from sage_runtime.metabolic import (
+from sage_runtime.cognition.metabolic import (
     CONDITIONS, DEFAULT_EDGES, Edge, MetabolicInputs, MetabolicMachine, MetabolicParams, MetabolicState,
     StatePolicy,
 )
-from sage_runtime.salience import SnarcScorer, featurize
+from sage_runtime.cognition.salience import SnarcScorer, featurize
 
 S = MetabolicState
 
@@ -277,9 +277,9 @@ def test_all_params_work_as_pydantic_config_fields():
     range errors name the field, and a dump round-trips."""
     from pydantic import BaseModel, ConfigDict, ValidationError
 
-    from sage_runtime.atp import AtpParams
-    from sage_runtime.salience import SalienceParams
-    from sage_runtime.trust import TrustParams
+    from sage_runtime.cognition.atp import AtpParams
+    from sage_runtime.cognition.salience import SalienceParams
+    from sage_runtime.cognition.trust import TrustParams
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -310,7 +310,7 @@ def test_shipped_config_carries_the_transition_table():
     import yaml
 
     from sage_runtime.config import default_config_text, load_config
-    from sage_runtime.metabolic import DEFAULT_POLICIES
+    from sage_runtime.cognition.metabolic import DEFAULT_POLICIES
 
     written = yaml.safe_load(default_config_text())["metabolic"]
     assert len(written["edges"]) == len(DEFAULT_EDGES)

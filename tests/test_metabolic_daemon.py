@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sage_runtime.client import ResultSubscriber, SensorPublisher
-from sage_runtime.metabolic import DEFAULT_EDGES, DEFAULT_POLICIES
+from sage_runtime.cognition.metabolic import DEFAULT_EDGES, DEFAULT_POLICIES
 from tests.harness import DaemonProcess, wait_for
 
 

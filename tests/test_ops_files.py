@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sage_runtime import daemon, main, sagectl
+from sage_runtime import cli, daemon, sagectl
 from sage_runtime.config import SageConfig, load_config
 from sage_runtime.telemetry import TelemetryParams
 
@@ -117,7 +117,7 @@ def test_dockerfile_references_exist(dockerfile):
     for path in (a for a in commands.get("CMD", []) if a.startswith("/")):
         assert path in installed, f"{dockerfile.name}: CMD names {path}, which no RUN installs"
     if commands.get("CMD"):
-        main.build_parser().parse_args(commands["CMD"])  # the daemon accepts the CMD arguments
+        cli.build_parser().parse_args(commands["CMD"])  # the daemon accepts the CMD arguments
 
 
 def test_healthcheck_script_runs_real_sagectl_arguments():
@@ -147,7 +147,7 @@ def test_l4t_image_is_pinned_and_never_installs_torch():
 
 def test_dockerignore_keeps_the_package_and_drops_local_state():
     for rel in ("pyproject.toml", "sage_runtime/daemon.py", "sage_runtime/configs/default.yaml",
-                "plugins/memory/__init__.py", "docker/healthcheck"):
+                "sage_plugins/memory/__init__.py", "docker/healthcheck"):
         assert not dockerignore_excludes(rel), rel
     for rel in (".venv/bin/python", ".git/HEAD", "tests/test_wire.py", "sage_runtime/__pycache__/x.pyc",
                 "benchmarks/results/attention.json"):
@@ -191,7 +191,7 @@ def test_unit_commands_exist():
     svc = unit()["Service"]
     start = shlex.split(svc["ExecStart"])
     assert Path(start[0]).name in console_scripts()
-    main.build_parser().parse_args(start[1:])
+    cli.build_parser().parse_args(start[1:])
     reload_exe = shlex.split(svc["ExecReload"])[0]
     assert Path(reload_exe).exists() or shutil.which(Path(reload_exe).name), reload_exe
 

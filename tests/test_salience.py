@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sage_runtime.salience import SalienceParams, Snarc, SnarcScorer, SnarcWeights, featurize
+from sage_runtime.cognition.salience import SalienceParams, Snarc, SnarcScorer, SnarcWeights, featurize
 
 DIMS = ("surprise", "novelty", "arousal", "reward", "conflict", "total")
 

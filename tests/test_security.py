@@ -17,7 +17,7 @@ import zmq
 import zmq.auth
 
 from sage_runtime.config import ConfigError, SageConfig
-from sage_runtime.security import check_exposure, is_loopback
+from sage_runtime.edges.security import check_exposure, is_loopback
 from sage_runtime.wire import decode_reply, encode_ingest, encode_request
 from tests.harness import REPO, SAGE_RUNTIME, DaemonProcess, ipc_only, wait_for
 
@@ -215,7 +215,7 @@ def test_per_sensor_element_limits(curve_daemon):
 
 UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "marshal", "shelve", "cloudpickle", "joblib"}
 #: Offline training scripts resume their own checkpoints; no daemon input reaches them.
-ALLOWED = {("plugins/language/train.py", "torch.load")}
+ALLOWED = {("sage_plugins/language/train.py", "torch.load")}
 
 
 def unsafe_calls(source: str) -> list[str]:

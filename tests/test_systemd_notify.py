@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from sage_runtime.notify import SystemdNotifier
+from sage_runtime.edges.notify import SystemdNotifier
 from tests.harness import DaemonProcess
 
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sage_runtime import statefile
-from sage_runtime.trust import SCHEMA, TrustLedger, TrustParams
+from sage_runtime.cognition.trust import SCHEMA, TrustLedger, TrustParams
 
 CONVERGING = [10.0, 6.0, 4.0, 3.5, 3.4, 3.4, 3.4]
 

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 import torch
 
-from plugins.vision import VisionPlugin, refine
-from plugins.vision.model import WEIGHTS, load_pretrained, param_count
+from sage_plugins.vision import VisionPlugin, refine
+from sage_plugins.vision.model import WEIGHTS, load_pretrained, param_count
 from sage_runtime.conformance import FAR_FUTURE_NS, check_plugin, make_context
-from sage_runtime.irp import Frame, PluginInputs, RunResult, StepCost, run_plugin
-from sage_runtime.plugin_registry import load_plugin_class
+from sage_runtime.plugin.contract import PluginInputs
+from sage_runtime.plugin.runner import StepCost, run_plugin
+from sage_runtime.records import Frame, RunResult
+from sage_runtime.plugin.registry import load_plugin_class
 
 torch.set_num_threads(1)
 
@@ -176,13 +178,13 @@ def test_most_salient_image_frame_is_refined(plugin: VisionPlugin) -> None:
 @pytest.fixture(scope="module")
 def held_out() -> torch.Tensor:
     pytest.importorskip("skimage")
-    from plugins.vision.evaluate import HELD_OUT_PHOTOS, crops
+    from sage_plugins.vision.evaluate import HELD_OUT_PHOTOS, crops
 
     return crops(HELD_OUT_PHOTOS, per_photo=2, seed=99)
 
 
 def _gain(clean: torch.Tensor, condition: str, seed: int) -> tuple[float, dict[str, Any]]:
-    from plugins.vision.evaluate import evaluate_condition
+    from sage_plugins.vision.evaluate import evaluate_condition
 
     rep: dict[str, Any] = evaluate_condition(clean, condition, seed, fixed=False)
     return rep["early_stop"]["psnr_db"] - rep["step0_psnr_db"], rep
@@ -214,7 +216,7 @@ def test_noise_gain_is_lost_to_fitting_the_noise_not_capped_by_the_decoder(held_
     code, so the decoder could draw the better image; the descent on the noisy image gains about
     1.3 dB and then levels off (the latent absorbs the noise with the signal). If new weights or
     a new energy lift the noisy descent over 2 dB, the xfail fails on purpose: re-measure."""
-    from plugins.vision.evaluate import trajectory
+    from sage_plugins.vision.evaluate import trajectory
 
     model, cfg = load_pretrained(), refine.RefineConfig()
     traj = trajectory(model, held_out, "noise10", 101, cfg, steps=50)
@@ -235,7 +237,7 @@ def test_ablation_coarse_data_term_is_the_energy_at_k1_and_blind_to_finer_detail
     """The README's data-scale ablation swaps in this energy: at k = 1 it is the plugin's own E(z);
     at k = 2 a residual alternating every pixel (finer than the pooling) costs nothing, while a
     uniform residual costs the same at every scale, and dropped pixels stay out of the term."""
-    from plugins.vision.ablation import coarse_energy
+    from sage_plugins.vision.ablation import coarse_energy
 
     model = load_pretrained()
     g = torch.Generator().manual_seed(5)

@@ -11,7 +11,7 @@ training), for the uncorrected noisy input (the baseline, same commands, same pr
 snapped to the grammar without the model, the first prediction, model-only refinement with early
 halting, the same with the grammar constraint, and the full fixed schedule of T steps.
 
-    python benchmarks/plugins/language.py [--quick]     # prints JSON
+    python benchmarks/sage_plugins/language.py [--quick]     # prints JSON
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from plugins.language import LanguagePlugin
-from plugins.language.evaluate import evaluate, heldout_set
+from sage_plugins.language import LanguagePlugin
+from sage_plugins.language.evaluate import evaluate, heldout_set
 from sage_runtime.conformance import FAR_FUTURE_NS, make_context
-from sage_runtime.irp import Frame, PluginInputs, StepCost, run_plugin
+from sage_runtime.plugin.contract import PluginInputs
+from sage_runtime.plugin.runner import StepCost, run_plugin
+from sage_runtime.records import Frame
 
 
 def _pct(values: list[float]) -> dict[str, float]:

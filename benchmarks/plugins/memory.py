@@ -9,7 +9,7 @@ through the real runner (init_state + Hopfield steps + outputs), one query per r
 (`latency_ms`, what the tick sees) and this thread's CPU time (`cpu_ms`, which leaves out time the
 OS gave to other processes: on a shared 2-core box the wall-time tail is mostly preemption).
 
-    python benchmarks/plugins/memory.py [--quick]     # prints JSON
+    python benchmarks/sage_plugins/memory.py [--quick]     # prints JSON
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from plugins.memory import MemoryPlugin
+from sage_plugins.memory import MemoryPlugin
 from sage_runtime.conformance import FAR_FUTURE_NS, make_context
-from sage_runtime.irp import Frame, PluginInputs, StepCost, run_plugin
+from sage_runtime.plugin.contract import PluginInputs
+from sage_runtime.plugin.runner import StepCost, run_plugin
+from sage_runtime.records import Frame
 
 DIM = 256
 

@@ -7,7 +7,7 @@ against the label, never early-exit output against full-run output. Latency is o
 tail on a shared CPU is mostly preemption); the baseline measured in the same process is the
 classical bitmask backtracking solver on the same puzzles.
 
-    python benchmarks/plugins/reasoning.py [--quick]     # prints JSON
+    python benchmarks/sage_plugins/reasoning.py [--quick]     # prints JSON
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from plugins.reasoning import ReasoningPlugin, sudoku  # noqa: E402
-from plugins.reasoning.data import SudokuSplit, build_test_split  # noqa: E402
-from plugins.reasoning.evaluate import halt_segment, summarize, trace_segments  # noqa: E402
+from sage_plugins.reasoning import ReasoningPlugin, sudoku  # noqa: E402
+from sage_plugins.reasoning.data import SudokuSplit, build_test_split  # noqa: E402
+from sage_plugins.reasoning.evaluate import halt_segment, summarize, trace_segments  # noqa: E402
 from sage_runtime.conformance import FAR_FUTURE_NS, make_context  # noqa: E402
-from sage_runtime.irp import Frame, PluginInputs, StepCost, run_plugin  # noqa: E402
+from sage_runtime.plugin.contract import PluginInputs  # noqa: E402
+from sage_runtime.plugin.runner import StepCost, run_plugin
+from sage_runtime.records import Frame
 
 
 def _pct(values: list[float]) -> dict[str, float]:

@@ -5,13 +5,13 @@ image at a time as in a tick, wall time and this thread's CPU time (the wall-tim
 2-core box is mostly preemption). Baselines measured in the same process: the encoder-only start
 (`init_state`: resize + encode + first energy/gradient) and one bare decoder forward.
 Steps to halt: the plugin's own halting rule through the real runner with an unlimited budget.
-Quality: `plugins.vision.evaluate` on held-out photos (30% dropped pixels, noise sigma = 0.1, and
+Quality: `sage_plugins.vision.evaluate` on held-out photos (30% dropped pixels, noise sigma = 0.1, and
 the clean crop as a reference): PSNR against the clean crop at step 0, after early stop and after a
 fixed 50 steps, with wall times, and an `early_stop_vs_fixed_50` summary per condition (wall-time
 saved, PSNR given up, whether the judged 2 dB bar is met). Needs scikit-image (the photos) for the
 quality part; without it that part is skipped.
 
-    python benchmarks/plugins/vision.py [--quick]     # prints JSON
+    python benchmarks/sage_plugins/vision.py [--quick]     # prints JSON
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.common import machine, pct  # noqa: E402
-from plugins.vision import VisionPlugin  # noqa: E402
+from sage_plugins.vision import VisionPlugin  # noqa: E402
 from sage_runtime.conformance import FAR_FUTURE_NS, make_context  # noqa: E402
-from sage_runtime.irp import StepCost, run_plugin  # noqa: E402
+from sage_runtime.plugin.runner import StepCost, run_plugin  # noqa: E402
 
 
 def _timed(fn: Any) -> tuple[Any, float, float]:
@@ -86,7 +86,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     except ImportError:
         result["quality"] = "skipped: scikit-image not installed"
         return result
-    from plugins.vision.evaluate import HELD_OUT_PHOTOS, crops, evaluate_condition
+    from sage_plugins.vision.evaluate import HELD_OUT_PHOTOS, crops, evaluate_condition
 
     clean = crops(HELD_OUT_PHOTOS, 2 if quick else 8, seed=2024)
     result["quality"] = {"held_out_photos": list(HELD_OUT_PHOTOS), "crops": int(clean.shape[0]),

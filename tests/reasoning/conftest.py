@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.reasoning.data import build_splits
-from plugins.reasoning.model import HRMACT, HRMConfig
+from sage_plugins.reasoning.data import build_splits
+from sage_plugins.reasoning.model import HRMACT, HRMConfig
 
 
 def tiny_config(**overrides) -> HRMConfig:

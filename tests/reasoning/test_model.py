@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.reasoning.checkpoint import load_checkpoint, save_checkpoint
-from plugins.reasoning.losses import (
+from sage_plugins.reasoning.checkpoint import load_checkpoint, save_checkpoint
+from sage_plugins.reasoning.losses import (
     IGNORE_INDEX, act_loss, labels_from_tokens, softmax_cross_entropy, stablemax_cross_entropy,
 )
-from plugins.reasoning.model import HRMACT, HRMConfig, count_parameters
-from plugins.reasoning.optim import AdamAtan2, lr_at
-from plugins.reasoning.sparse_embedding import SignSGD
+from sage_plugins.reasoning.model import HRMACT, HRMConfig, count_parameters
+from sage_plugins.reasoning.optim import AdamAtan2, lr_at
+from sage_plugins.reasoning.sparse_embedding import SignSGD
 
 from tests.reasoning.conftest import tiny_config
 

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from sage_runtime.conformance import FAR_FUTURE_NS, check_plugin, make_context
-from sage_runtime.irp import Frame, PluginInputs, StepCost, run_plugin
-from sage_runtime.plugin_registry import load_plugin_class
+from sage_runtime.plugin.contract import PluginInputs
+from sage_runtime.plugin.runner import StepCost, run_plugin
+from sage_runtime.records import Frame
+from sage_runtime.plugin.registry import load_plugin_class
 
-from plugins.reasoning import ReasoningPlugin, sudoku
-from plugins.reasoning.data import build_test_split
-from plugins.reasoning.plugin import DEFAULT_CHECKPOINTS
+from sage_plugins.reasoning import ReasoningPlugin, sudoku
+from sage_plugins.reasoning.data import build_test_split
+from sage_plugins.reasoning.plugin import DEFAULT_CHECKPOINTS
 
 
 @pytest.fixture(scope="module")

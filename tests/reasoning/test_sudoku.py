@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from plugins.reasoning import sudoku
-from plugins.reasoning.data import build_splits, build_test_split, write_upstream_layout
+from sage_plugins.reasoning import sudoku
+from sage_plugins.reasoning.data import build_splits, build_test_split, write_upstream_layout
 
 
 @pytest.mark.parametrize("n", [4, 9])

@@ -8,11 +8,11 @@ import json
 
 import torch
 
-from plugins.reasoning import train as train_mod
-from plugins.reasoning.checkpoint import load_checkpoint
-from plugins.reasoning.data import build_splits
-from plugins.reasoning.model import HRMACT
-from plugins.reasoning.train import TrainConfig, train_loop
+from sage_plugins.reasoning import train as train_mod
+from sage_plugins.reasoning.checkpoint import load_checkpoint
+from sage_plugins.reasoning.data import build_splits
+from sage_plugins.reasoning.model import HRMACT
+from sage_plugins.reasoning.train import TrainConfig, train_loop
 
 
 def test_ci_smoke_run_of_the_training_entry_point(tmp_path, capsys) -> None:

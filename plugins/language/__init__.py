@@ -1,5 +1,0 @@
-"""Language plugin: byte-level mask-predict denoiser for spoken commands (see README.md)."""
-
-from plugins.language.plugin import LanguagePlugin
-
-__all__ = ["LanguagePlugin"]

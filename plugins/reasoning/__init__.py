@@ -1,5 +1,0 @@
-"""The `reasoning` IRP plugin: HRM-ACT-v1 refining Sudoku, one ACT segment per IRP step."""
-
-from plugins.reasoning.plugin import ReasoningPlugin
-
-__all__ = ["ReasoningPlugin"]

@@ -1,0 +1,138 @@
+"""LanguagePlugin: denoise recognised speech commands by mask-predict, parse them into intents."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from sage_plugins.language.grammar import MAX_NORMALIZED, Grammar, normalize
+from sage_plugins.language.model import Denoiser, load_checkpoint
+from sage_plugins.language.noise import corrupt
+from sage_plugins.language.refine import (RefineState, advance, converged, energies, first_pass, grammar_projection,
+                                     texts)
+from sage_runtime.plugin.contract import InputQueue, IRPPlugin, PluginContext, PluginInputs
+from sage_runtime.records import Frame
+
+WEIGHTS = Path(__file__).with_name("weights.pt")
+
+
+@dataclass(frozen=True)
+class LanguageState:
+    frames: tuple[Frame, ...]   # the commands being refined, oldest first
+    inputs: tuple[str, ...]     # their normalized noisy text
+    refine: RefineState
+
+
+class LanguagePlugin(IRPPlugin):
+    """Text frames in; corrected text, intent, 256-d meaning embedding and confidence out.
+
+    Config: `weights` (path, default the packaged weights.pt), `refine_steps` (T of mask-predict,
+    default 10), `max_reads` (3), `max_steps` (40), `max_batch` (oldest waiting commands refined
+    together per run, default 4: a run's cost grows with it and is not bounded by the step quota),
+    `max_queue` (commands waiting for a later run, default 256; beyond it the oldest are dropped
+    and counted in `dropped`), `sample_cer`
+    (noise of sample_inputs, default 0.1), `grammar_constraint` (default true: `project` snaps a
+    converged text that is not a command to the nearest command, and the intent is the
+    edit-distance-tolerant parse; false: the model's text and the exact parser, model only),
+    `max_normalized` (how far from a command a text may be and still be read as it, default 0.3).
+    """
+
+    name: ClassVar[str] = "language"
+    accepts_kinds: ClassVar[frozenset[str]] = frozenset({"text"})
+
+    def setup(self, ctx: PluginContext) -> None:
+        super().setup(ctx)
+        cfg = ctx.config
+        self.model: Denoiser = load_checkpoint(Path(cfg.get("weights", WEIGHTS)), ctx.device)
+        self.total = int(cfg.get("refine_steps", 10))
+        self.max_reads = int(cfg.get("max_reads", 3))
+        self.max_steps = int(cfg.get("max_steps", 40))
+        self.max_batch = int(cfg.get("max_batch", 4))
+        self._waiting = InputQueue(int(cfg.get("max_queue", 256)))
+        self.sample_cer = float(cfg.get("sample_cer", 0.1))
+        self.grammar = Grammar.load()
+        self.constrained = bool(cfg.get("grammar_constraint", True))
+        self.max_normalized = float(cfg.get("max_normalized", MAX_NORMALIZED))
+        self._project = (grammar_projection(self.model, self.grammar, self.max_normalized, self.max_reads)
+                         if self.constrained else None)
+        self._latest: LanguageState | None = None
+
+    def accepts(self, frame: Frame) -> bool:
+        return frame.kind == "text" and isinstance(frame.data, str)
+
+    def sample_inputs(self, seed: int) -> PluginInputs:
+        """One grammar command, ASR-corrupted, as a text frame; different per seed."""
+        rng = random.Random(seed)
+        noisy = corrupt(self.grammar.sample(rng).text, self.sample_cer, rng)
+        frame = Frame("speech", seed, seed, "text", noisy, {"seed": seed})
+        return PluginInputs(tick=seed, frames={"speech": frame}, salience={"speech": 0.5})
+
+    def pending_input(self) -> int:
+        return len(self._waiting)
+
+    def init_state(self, inputs: PluginInputs) -> LanguageState | None:
+        """Queue this tick's commands behind those still waiting, refine the oldest max_batch."""
+        self._waiting.add(f for f in inputs.every_frame() if self.accepts(f) and normalize(f.data))
+        frames = self._waiting.take(self.max_batch)
+        if not frames:
+            return None
+        noisy = tuple(normalize(f.data) for f in frames)
+        state = LanguageState(tuple(frames), noisy, first_pass(self.model, list(noisy), self.total))
+        self._latest = state
+        return state
+
+    def step(self, state: LanguageState) -> LanguageState:
+        state = replace(state, refine=advance(self.model, state.refine))
+        self._latest = state
+        return state
+
+    def project(self, state: LanguageState) -> LanguageState:
+        """The grammar constraint (refine.grammar_projection): when refinement would halt, texts
+        that are not commands are snapped to the nearest command, re-scored by the model; the
+        halting rule then asks for one more read of what changed."""
+        if self._project is None:
+            return state
+        state = replace(state, refine=self._project(state.refine))
+        self._latest = state
+        return state
+
+    def intent(self, text: str) -> dict[str, Any] | None:
+        if self.constrained:
+            return self.grammar.parse_fuzzy(text, self.max_normalized)
+        return self.grammar.parse(text)
+
+    def energy(self, state: LanguageState) -> float:
+        return float(energies(state.refine).mean())
+
+    def halt(self, history: Sequence[float]) -> str | None:
+        """Converged when a read of the texts returns them unchanged (or reads are used up); else
+        the default energy-slope rule."""
+        if self._latest is not None and converged(self._latest.refine, self.max_reads):
+            return "converged"
+        return super().halt(history)
+
+    def outputs(self, state: LanguageState) -> dict[str, Any]:
+        corrected = texts(state.refine)
+        energy = energies(state.refine).tolist()
+        commands = [{"sensor": f.sensor, "seq": f.seq, "input": x, "text": t, "intent": self.intent(t),
+                     "confidence": math.exp(-e)}
+                    for f, x, t, e in zip(state.frames, state.inputs, corrected, energy)]
+        newest = commands[-1]
+        return {
+            "text": newest["text"],
+            "intent": newest["intent"],
+            "confidence": newest["confidence"],
+            "embedding": torch.nn.functional.normalize(state.refine.embedding[-1], dim=0).cpu(),
+            "input": newest["input"],
+            "commands": commands,
+            "queued": len(self._waiting),
+            "dropped": self._waiting.dropped,
+        }
+
+    def close(self) -> None:
+        self._latest = None

@@ -1,0 +1,120 @@
+"""The control edge: a ROUTER socket on a local ipc path answering one request with one reply.
+
+Handlers are plain callables registered by the daemon; this module knows the framing, not the
+commands. A malformed request gets an error reply and is counted; it never reaches a handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from sage_runtime.edges.security import EdgeSecurity
+from sage_runtime.wire import WireError, decode_request, encode_reply
+
+log = logging.getLogger("sage.control")
+
+#: ZMQ_MAXMSGSIZE of control sockets: requests are small maps; libzmq drops a peer that sends more.
+MAX_REQUEST_BYTES = 1 << 20
+
+Handler = Callable[[dict[str, Any]], Any | Awaitable[Any]]
+
+
+class CommandError(Exception):
+    """A handler's refusal, sent back as {"ok": false, "error": {code, message}}."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ControlServer:
+    """The ipc control socket (mode `socket_mode`), plus a CURVE-only TCP one when `tcp_endpoint` is set."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, socket_mode: int = 0o660, *,
+                 tcp_endpoint: str | None = None, security: EdgeSecurity | None = None) -> None:
+        self.sock = self._socket(ctx)
+        if endpoint.startswith("ipc://"):
+            path = endpoint[len("ipc://"):]
+            old = os.umask(0o777 & ~socket_mode)  # created with the right mode, no window
+            try:
+                self.sock.bind(endpoint)
+            finally:
+                os.umask(old)
+            os.chmod(path, socket_mode)
+        else:
+            if security is None or not security.enabled:
+                raise ValueError(f"control endpoint {endpoint} is not ipc:// and no CurveZMQ keys are configured")
+            security.secure(self.sock, "control")
+            self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.socks = [self.sock]
+        self.tcp_endpoint: str | None = None
+        if tcp_endpoint is not None:
+            if security is None or not security.enabled:
+                raise ValueError("control.tcp_endpoint needs CurveZMQ keys")
+            tcp = self._socket(ctx)
+            security.secure(tcp, "control")
+            tcp.bind(tcp_endpoint)
+            self.tcp_endpoint = tcp.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.socks.append(tcp)
+        self.handlers: dict[str, Handler] = {}
+        self.requests = 0
+        self.bad_requests = 0
+
+    @staticmethod
+    def _socket(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        return sock
+
+    def register(self, cmd: str, handler: Handler) -> None:
+        self.handlers[cmd] = handler
+
+    async def _answer(self, raw: bytes) -> bytes:
+        try:
+            cmd, args = decode_request(raw)
+        except WireError as exc:
+            self.bad_requests += 1
+            return encode_reply(error=("bad_request", str(exc)))
+        handler = self.handlers.get(cmd)
+        if handler is None:
+            self.bad_requests += 1
+            return encode_reply(error=("unknown_command", f"unknown command {cmd!r}; known: "
+                                       + ", ".join(sorted(self.handlers))))
+        try:
+            result = handler(args)
+            if inspect.isawaitable(result):
+                result = await result
+            return encode_reply(result)
+        except CommandError as exc:
+            return encode_reply(error=(exc.code, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not take the daemon down
+            log.exception("control command %s failed", cmd)
+            return encode_reply(error=("internal", f"{type(exc).__name__}: {exc}"))
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._serve(sock) for sock in self.socks))
+
+    async def _serve(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart()
+            self.requests += 1
+            if len(frames) < 2:
+                continue
+            # ROUTER: [identity, (empty delimiter from REQ/DEALER-with-envelope)..., body]
+            envelope, body = frames[:-1], frames[-1]
+            reply = await self._answer(body)
+            await sock.send_multipart([*envelope, reply])
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close(linger=0)
