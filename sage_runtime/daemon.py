@@ -35,7 +35,8 @@ from sage_runtime.cli import EXIT_CONFIG, EXIT_RUNNING
 from sage_runtime.mailbox import Mailbox
 from sage_runtime.edges.notify import SystemdNotifier
 from sage_runtime.tick import Orchestrator
-from sage_runtime.plugin.host import PluginHost
+from sage_runtime.plugin.host import PluginHost, job_policy
+from sage_runtime.plugin.priority import raise_tick_priority, scheduling_report
 from sage_runtime.plugin.registry import load_plugin_class
 from sage_runtime.edges.publish import ResultPublisher
 from sage_runtime.edges.security import EdgeSecurity, load_keys
@@ -140,7 +141,11 @@ class Daemon:
             cls = load_plugin_class(spec)
             plugin = cls()
             hosts.append(PluginHost(plugin, breaker_failures=self.cfg.plugins.breaker_failures,
-                                    breaker_cooldown_s=self.cfg.plugins.breaker_cooldown_s))
+                                    breaker_cooldown_s=self.cfg.plugins.breaker_cooldown_s,
+                                    policy=job_policy(self.cfg, plugin),
+                                    # ATP is compute time: a CPU thread's own CPU time (not the time
+                                    # other processes held its core); on CUDA the step's wall time.
+                                    cost_clock=time.perf_counter_ns if self.device.type == "cuda" else None))
         return hosts
 
     async def _warmup(self, hosts: list[PluginHost]) -> None:
@@ -160,6 +165,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         torch.set_num_threads(self.cfg.runtime.torch_threads)
+        sys.setswitchinterval(self.cfg.tick.gil_switch_interval_ms / 1e3)
+        raise_tick_priority()  # before any thread starts: plugin threads then know what the tick got
         self._prepare_dirs()
         actx = zmq.asyncio.Context()
         sctx = zmq.Context.shadow(actx.underlying)
@@ -352,6 +359,7 @@ class Daemon:
                 reasons.append(f"plugin {name} {p['status']}")
         if self.orch.deadline_miss_rate() > 0.2:
             reasons.append(f"deadline misses {self.orch.deadline_miss_rate():.0%}")
+        reasons += self.orch.health_reasons()
         reasons += self.cognition.health_reasons()
         state_dir_error = self._state_dir_error()
         if state_dir_error:
@@ -386,7 +394,7 @@ class Daemon:
                         "auth": self.security.stats("control")},
             "last_reload": self.last_reload,
             "telemetry": self.telemetry.status(self.cfg.telemetry),
-            "capabilities": self.capabilities,
+            "capabilities": {**self.capabilities, "scheduling": scheduling_report()},
         }
         return status
 

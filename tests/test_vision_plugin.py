@@ -110,9 +110,9 @@ def test_runner_history_is_monotone(plugin: VisionPlugin) -> None:
 
 def test_halts_on_convergence_not_before(plugin: VisionPlugin) -> None:
     w = plugin.cfg.window
-    assert plugin.halt([1.0] * w) is None, "needs a full window"
-    assert plugin.halt([1.0, 0.9, 0.8, 0.7][-(w + 1):]) is None
-    assert plugin.halt([1.0, 1.0, 1.0, 1.0][-(w + 1):]) == "converged"  # stalled backtracking
+    assert plugin.halt(None, [1.0] * w) is None, "needs a full window"
+    assert plugin.halt(None, [1.0, 0.9, 0.8, 0.7][-(w + 1):]) is None
+    assert plugin.halt(None, [1.0, 1.0, 1.0, 1.0][-(w + 1):]) == "converged"  # stalled backtracking
     loose = VisionPlugin()
     loose.setup(make_context({"rel_eps": 0.02}))
     res = run(loose, loose.sample_inputs(5).frames["camera"])

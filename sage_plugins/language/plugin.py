@@ -109,12 +109,12 @@ class LanguagePlugin(IRPPlugin):
     def energy(self, state: LanguageState) -> float:
         return float(energies(state.refine).mean())
 
-    def halt(self, history: Sequence[float]) -> str | None:
+    def halt(self, state: Any, history: Sequence[float]) -> str | None:
         """Converged when a read of the texts returns them unchanged (or reads are used up); else
         the default energy-slope rule."""
         if self._latest is not None and converged(self._latest.refine, self.max_reads):
             return "converged"
-        return super().halt(history)
+        return super().halt(state, history)
 
     def outputs(self, state: LanguageState) -> dict[str, Any]:
         corrected = texts(state.refine)

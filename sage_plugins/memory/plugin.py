@@ -231,7 +231,7 @@ class MemoryPlugin(IRPPlugin):
     def energy(self, state: MemoryState) -> float:
         return state.recall.energy
 
-    def halt(self, history: Sequence[float]) -> str | None:
+    def halt(self, state: Any, history: Sequence[float]) -> str | None:
         """Converged when the next step would move the state by less than `move_tol` (a bound
         the last step computed), or after one flat energy interval: the energy never rises
         (CCCP), so a flat step is a fixed point, not the turning point of an oscillation."""

@@ -224,7 +224,7 @@ class ReasoningPlugin(IRPPlugin):
         self._current = state
         return e
 
-    def halt(self, history: Sequence[float]) -> str | None:
+    def halt(self, state: Any, history: Sequence[float]) -> str | None:
         state = self._current
         if state is None or not bool(state.halted.all()):
             return None

@@ -43,6 +43,8 @@ class VisionPlugin(IRPPlugin):
 
     name = "vision"
     accepts_kinds = frozenset({"tensor"})
+    #: New frames preempt a running job and start from its latent (consecutive frames are similar).
+    input_policy = "warm"
 
     def setup(self, ctx: PluginContext) -> None:
         super().setup(ctx)
@@ -84,6 +86,23 @@ class VisionPlugin(IRPPlugin):
         r = refine.start(self.model, x, valid, self.refine_cfg)
         return VisionState(r, frame.sensor, frame.seq, channels, (int(image.shape[0]), int(image.shape[1])))
 
+    def warm_state(self, prev: VisionState, inputs: PluginInputs) -> VisionState | None:
+        """The next job's state from the previous job's latent instead of the encoder's code,
+        when the new frame comes from the same sensor (None: start cold)."""
+        frame = self._pick(inputs)
+        if frame is None or frame.sensor != prev.sensor:
+            return None
+        image, mask, channels = split_frame(frame.data)
+        x, valid = to_working(image, mask, self.size, self.ctx.device)
+        with torch.enable_grad():
+            z = prev.r.z.detach().clone().requires_grad_(True)
+            e, recon = refine.energy_of(self.model, z, x, valid, self.refine_cfg.lam)
+            (g,) = torch.autograd.grad(e.sum(), z)
+        e = e.detach()
+        r = refine.Refinement(x, valid, z.detach(), e, g, recon.detach(), scale=torch.full_like(e, self.refine_cfg.lr0),
+                              stalled=torch.zeros_like(e, dtype=torch.bool))
+        return VisionState(r, frame.sensor, frame.seq, channels, (int(image.shape[0]), int(image.shape[1])))
+
     def step(self, state: VisionState) -> VisionState:
         return VisionState(refine.step(self.model, state.r, self.refine_cfg), state.sensor, state.seq,
                            state.channels, state.source_hw)
@@ -91,7 +110,7 @@ class VisionPlugin(IRPPlugin):
     def energy(self, state: VisionState) -> float:
         return float(state.r.energy[0])
 
-    def halt(self, history: Sequence[float]) -> str | None:
+    def halt(self, state: Any, history: Sequence[float]) -> str | None:
         """Converged when E fell by less than rel_eps of itself over the last `window` steps
         (E never rises, so this is a true plateau, and a stalled backtracking gives zero drop)."""
         k = self.cfg.window

@@ -34,7 +34,7 @@ import torch
 from sage_runtime import statefile
 from sage_runtime.cognition.atp import AtpLedger
 from sage_runtime.cognition.attention import (
-    AtpAllocator, Features, Sensor, SensorFusion, TrustWeightedExpertSelector, build_features,
+    AtpAllocator, Features, Sensor, SensorFusion, TrustWeightedExpertSelector, UniformAllocator, build_features,
 )
 from sage_runtime.config import SageConfig
 from sage_runtime.edges.control import CommandError
@@ -108,7 +108,7 @@ class Cognition:
         n = max(len(self.names), 1)
         self.selector = TrustWeightedExpertSelector(d_model=a.fusion_dim, n_experts=n, top_k=n,
                                                     alpha=a.selector_alpha, seed=a.seed, device=device)
-        self.allocator = AtpAllocator(seed=a.seed, device=device)
+        self.allocator = UniformAllocator() if a.allocator == "uniform" else AtpAllocator(seed=a.seed, device=device)
         self.fused_channel = mailbox.register("context/fused", kind="focus", dtype=torch.float32,
                                               max_shape=(a.fusion_dim,), policy="latest")
         self._lock = threading.Lock()
@@ -150,43 +150,61 @@ class Cognition:
               miss_rate: float, pending: Mapping[str, int]) -> TickPlan:
         t0 = time.perf_counter()
         now = self.clock()
+        sample = self._recharge(now)
+        critical = self._read_events(frames, now)
+        snarc = self._score(frames, now)
+        self._track_sensors(frames, sensors, snarc, now)
+        t1 = time.perf_counter()
+        transitions = self._update_state(snarc, critical, sample, miss_rate, pending, now)
+        state = self.machine.state.value
+        t2 = time.perf_counter()
+        plan = TickPlan(state, {}, [], salience={k: v["total"] for k, v in snarc.items()}, transitions=transitions)
+        if frames:
+            plan.fused, plan.leases = self._fuse(now)
+        t3 = time.perf_counter()
+        budget = self._grant_all(plan, wanting, snarc, budget_ms, period_s, pending, now)
+        t4 = time.perf_counter()
+        plan.timings_ms = {"salience": (t1 - t0) * 1e3, "metabolic": (t2 - t1) * 1e3,
+                           "fusion": (t3 - t2) * 1e3, "allocation": (t4 - t3) * 1e3}
+        self.last_plan = {"budget": round(budget, 3), "online": {k: round(v, 3) for k, v in plan.allocation.items()},
+                          "offline": {k: round(v, 3) for k, v in plan.offline.items()}}
+        return plan
+
+    def _recharge(self, now: float) -> TelemetrySample | None:
+        """Refill the reservoir for the wall time since the last tick, derated by telemetry."""
         dt = max(now - self._last, 0.0)
         self._last = now
         sample = self.telemetry() if self.telemetry is not None else None
         self._derate = derate(sample, self.cfg.telemetry) if sample is not None and sample.error is None else 1.0
         self.ledger.recharge(dt, self._derate)
         self.trust.relax(dt)
+        return sample
 
-        critical = self._read_events(frames, now)
-        snarc = self._score(frames, now)
-        self._track_sensors(frames, sensors, snarc, now)
-        t1 = time.perf_counter()
-
+    def _update_state(self, snarc: Mapping[str, Mapping[str, float]], critical: dict[str, Any] | None,
+                      sample: TelemetrySample | None, miss_rate: float, pending: Mapping[str, int],
+                      now: float) -> list[dict[str, Any]]:
+        """Feed the state machine this tick's inputs; the transition it made, announced, if any."""
         totals = [s["total"] for s in snarc.values()]
         if critical or any(t >= self.cfg.cognition.idle_salience for t in totals):
             self._last_salient = now
-        throttled = bool(sample is not None and sample.throttled)
         inputs = MetabolicInputs(
             max_salience=max(totals, default=0.0), mean_salience=sum(totals) / len(totals) if totals else 0.0,
             atp_fraction=self.ledger.fraction, critical_event=critical is not None,
-            deadline_miss_rate=miss_rate, plugin_error_rate=self._error_rate(now), throttled=throttled,
+            deadline_miss_rate=miss_rate, plugin_error_rate=self._error_rate(now),
+            throttled=bool(sample is not None and sample.throttled),
             temperature_c=sample.max_temp_c if sample is not None else None, idle_s=now - self._last_salient,
             memory_pending=sum(pending.values()))
-        transitions = []
         moved = self.machine.update(inputs, now)
-        if moved is not None:
-            transitions.append(self._announce(moved.to_dict()))
-        state = self.machine.state.value
-        policy = self.machine.policy
-        t2 = time.perf_counter()
+        return [self._announce(moved.to_dict())] if moved is not None else []
 
-        plan = TickPlan(state, {}, [], salience={k: v["total"] for k, v in snarc.items()}, transitions=transitions)
-        if frames:
-            plan.fused, plan.leases = self._fuse(now)
-        t3 = time.perf_counter()
-
-        # Pace spending over the time since plugins last ran, not one nominal period: when input
-        # ticks are sparser than the tick rate, plugins may still spend at the state's rate.
+    def _grant_all(self, plan: TickPlan, wanting: Mapping[str, PluginView], snarc: Mapping[str, Mapping[str, float]],
+                   budget_ms: float, period_s: float, pending: Mapping[str, int], now: float) -> float:
+        """The tick's budget from the ledger: consolidation's share first, then the online
+        plugins, ranked and split by the state's pattern. Online grants leave cognition: the tick
+        credits them to the plugins' accounts. Returns the budget."""
+        state, policy = plan.state, self.machine.policy
+        # Pace spending over the time since plugins were last granted ATP, not one nominal period:
+        # when input ticks are sparser than the tick rate, plugins may still spend at the state's rate.
         paced_s = min(max(now - self._last_spend, period_s), MAX_PACE_S)
         budget = self.ledger.budget(policy.spend_rate, paced_s, self._derate, budget_ms,
                                     crisis=state == MetabolicState.CRISIS.value)
@@ -194,29 +212,29 @@ class Cognition:
         plan.offline = {n: g for n, ask in offline_ask.items() if (g := self._grant(n, ask, offline=True)) > 0}
         online_budget = max(budget - sum(plan.offline.values()), 0.0)
         candidates = [n for n in wanting if not self.trust.plugin_paused(n)]
-        if candidates and policy.max_active_plugins > 0 and online_budget > 0:
-            relevance = self._relevance(plan.fused, state)
-            crisis = {n: self._serves_crisis(n, wanting[n], state) for n in candidates}
-            # The crisis target first (CRISIS runs one plugin), then plugins that have waited
-            # max_wait_s or more, longest first (a low-ranked plugin is delayed, never starved),
-            # then the selector's ranking.
-            overdue = {n: wanting[n].waiting_s if wanting[n].waiting_s >= self.cfg.cognition.max_wait_s else 0.0
-                       for n in candidates}
-            ranked = sorted(candidates, key=lambda n: (-crisis[n], -overdue[n], -relevance.get(n, 0.0), n)
-                            )[:policy.max_active_plugins]
-            shares = self._allocate(state, ranked, wanting, snarc, relevance, crisis, pending, online_budget)
-            self._last_spend = now
-            for name, ask in zip(ranked, shares):
-                granted = self._grant(name, ask, offline=False)
-                if granted > 0:
-                    plan.allocation[name] = granted
-                    plan.order.append(name)
-        t4 = time.perf_counter()
-        plan.timings_ms = {"salience": (t1 - t0) * 1e3, "metabolic": (t2 - t1) * 1e3,
-                           "fusion": (t3 - t2) * 1e3, "allocation": (t4 - t3) * 1e3}
-        self.last_plan = {"budget": round(budget, 3), "online": {k: round(v, 3) for k, v in plan.allocation.items()},
-                          "offline": {k: round(v, 3) for k, v in plan.offline.items()}}
-        return plan
+        if not candidates or policy.max_active_plugins <= 0 or online_budget <= 0:
+            return budget
+        ranked, relevance, crisis = self._rank(candidates, wanting, plan.fused, state, policy.max_active_plugins)
+        shares = self._allocate(state, ranked, wanting, snarc, relevance, crisis, pending, online_budget)
+        self._last_spend = now
+        for name, ask in zip(ranked, shares):
+            granted = self.ledger.grant(max(ask, 0.0))
+            if granted > 0:
+                plan.allocation[name] = granted
+                plan.order.append(name)
+        return budget
+
+    def _rank(self, candidates: list[str], wanting: Mapping[str, PluginView], fused: torch.Tensor | None,
+              state: str, limit: int) -> tuple[list[str], dict[str, float], dict[str, bool]]:
+        """The crisis target first (CRISIS runs one plugin), then plugins that have waited
+        max_wait_s or more, longest first (a low-ranked plugin is delayed, never starved), then
+        the selector's ranking; at most `limit`."""
+        relevance = self._relevance(fused, state)
+        crisis = {n: self._serves_crisis(n, wanting[n], state) for n in candidates}
+        overdue = {n: wanting[n].waiting_s if wanting[n].waiting_s >= self.cfg.cognition.max_wait_s else 0.0
+                   for n in candidates}
+        ranked = sorted(candidates, key=lambda n: (-crisis[n], -overdue[n], -relevance.get(n, 0.0), n))[:limit]
+        return ranked, relevance, crisis
 
     def _read_events(self, frames: Mapping[str, list[Frame]], now: float) -> dict[str, Any] | None:
         critical = None
@@ -344,11 +362,10 @@ class Cognition:
 
     # ---------------------------------------------------------------- after each run
 
-    def settle(self, name: str, atp: float, result: RunResult) -> None:
-        """Debit the run's measured compute; trust learns from its energies or its failure."""
+    def record_result(self, name: str, result: RunResult) -> None:
+        """Trust learns from a finished job's energies or its failure; the error rate counts it."""
         with self._lock:
             now = self.clock()
-            self.ledger.settle(self._release(name), max(result.atp_spent, 0.0))
             failed = result.halt == "error"
             self._runs.append((now, failed))
             if failed:
@@ -360,6 +377,12 @@ class Cognition:
                 self.trust.record_plugin_run(name, result.energies, result.halt, result.atp_spent)
                 self.trust.update_expert(self.machine.state.value, name, quality)
 
+    def settle_account(self, used: float, debit: float, returned: float) -> None:
+        """A plugin account's collect (atp.PluginAccount.collect): `used` + `returned` of its
+        grants leave the reservation, `debit` (measured ms) leaves the reservoir."""
+        with self._lock:
+            self.ledger.settle(used + returned, debit)
+
     def settle_offline(self, name: str, spent_ms: float, summary: Mapping[str, Any]) -> None:
         with self._lock:
             self.ledger.settle(self._release(f"offline:{name}"), max(spent_ms, 0.0))
@@ -368,7 +391,7 @@ class Cognition:
             self.consolidation["last"] = {"plugin": name, "state": self.machine.state.value, **summary}
 
     def release_unused(self) -> None:
-        """Return grants of plugins the tick did not run (skipped or unavailable) to the reservoir."""
+        """Return consolidation grants whose work was never started to the reservoir."""
         with self._lock:
             for key in list(self._granted):
                 self.ledger.settle(self._release(key), 0.0)

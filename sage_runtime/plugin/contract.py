@@ -20,8 +20,8 @@ import torch
 
 from sage_runtime.records import Frame
 
-HaltReason = Literal["converged", "quota", "deadline", "max_steps", "error"]
-HALT_REASONS: tuple[str, ...] = ("converged", "quota", "deadline", "max_steps", "error")
+HaltReason = Literal["converged", "quota", "deadline", "max_steps", "error", "preempted"]
+HALT_REASONS: tuple[str, ...] = ("converged", "quota", "deadline", "max_steps", "error", "preempted")
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class IRPPlugin(ABC):
         """Enforce hard constraints after each step (identity by default)."""
         return state
 
-    def halt(self, history: Sequence[float]) -> str | None:
+    def halt(self, state: Any, history: Sequence[float]) -> str | None:
         """Return a halt reason ("converged") or None to continue.
 
         The default needs `halt_window` full intervals and every one of them flat, so an energy
