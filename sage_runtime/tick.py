@@ -242,7 +242,8 @@ class Orchestrator:
                     self._upstream[name] = res.outputs
                 newest = newest_ts_ns(done.inputs)
                 age_ms = (time.time_ns() - newest) / 1e6 if newest is not None else None
-                self.publisher.result(res, tick=self.books.count, ts_ns=time.time_ns(), state=state,
+                # `tick`: the tick whose input the job answers (its newest), not the one publishing it.
+                self.publisher.result(res, tick=done.inputs.tick or self.books.count, ts_ns=time.time_ns(), state=state,
                                       inputs={s: f.seq for s, f in done.inputs.frames.items()}, age_ms=age_ms)
                 self.stages.record(f"plugin:{name}", res.latency_ms)
         self.stages.record("publish", (time.perf_counter() - tp) * 1e3)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from sage_runtime.cognition.atp import PluginAccount
 from sage_runtime.cognition.plan import Cognition, PluginView
 from sage_runtime.config import SageConfig
 from sage_runtime.records import Frame, RunResult
@@ -60,8 +61,12 @@ def tick(cog: Cognition, clock: Clock, n: int, got: dict, pending: dict | None =
              if any(s in got for s in v.sensors)}
     plan = cog.plan(n, got, views, {s: SENSORS[s] for s in got}, budget_ms, 0.01, 0.0, pending or {})
     for name in plan.order:
-        cog.settle(name, plan.allocation[name],
-                   RunResult(name, "converged", 3, 0.1, [1.0, 0.5, 0.1], {}, 1.0, plan.allocation[name] / 2, 3))
+        account = PluginAccount()  # what the tick does with a grant: credit, measured charge, collect
+        account.deposit(plan.allocation[name])
+        account.charge(plan.allocation[name] / 2)
+        cog.settle_account(*account.collect(keep=0.0))
+        cog.record_result(name, RunResult(name, "converged", 3, 0.1, [1.0, 0.5, 0.1], {}, 1.0,
+                                          plan.allocation[name] / 2, 3))
     cog.release_unused()
     for lease in plan.leases:
         lease.release()
