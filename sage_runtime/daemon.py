@@ -182,8 +182,7 @@ class Daemon:
         self.capabilities = capability_report(str(self.device), jtop_socket=self.cfg.telemetry.jtop_socket)
         self.cognition = Cognition(self.cfg, [h.name for h in hosts], self.mailbox, self.state_dir, self.device,
                                    telemetry=self.telemetry.latest)
-        self.orch = Orchestrator(self.cfg, self.table, hosts, self.publisher, self.cognition, compute,
-                                 on_tick=self._on_tick)
+        self.orch = Orchestrator(self.cfg, self.table, hosts, self.publisher, self.cognition, on_tick=self._on_tick)
         self.ingest = IngestServer(actx, self._endpoints(self.cfg.ingest.endpoints), self.table,
                                    self.orch.notify_input, self.security)
         self.control = ControlServer(actx, expand_endpoint(self.cfg.control.endpoint, self.runtime_dir),

@@ -253,6 +253,7 @@ class PluginHost:
     def summary(self) -> dict[str, Any]:
         return {"status": self.status(), **self.stats.summary(self.account), "step_ms": round(self.cost.ms, 4),
                 "init_ms": round(self.init_cost.ms, 4), "credit": round(self.account.credit, 3),
+                "atp_granted": round(self.account.deposited_total, 3),
                 "input_policy": self.policy.input_policy, "job_running": self._job is not None,
                 "priority": self.priority, "consecutive_failures": self.consecutive_failures,
                 "held_frames": self._held_frames(), "held_dropped": self.held_dropped}
