@@ -24,7 +24,9 @@ import zmq.asyncio
 
 from sage_runtime import __version__
 from sage_runtime.capabilities import capability_report
+from sage_runtime.cognition.commands import cognition_commands
 from sage_runtime.cognition.plan import Cognition
+from sage_runtime.cognition.status import cognition_status
 from sage_runtime.config import (
     ConfigError, SageConfig, expand_endpoint, load_config, resolve_runtime_dir, resolve_state_dir, split_reload,
 )
@@ -171,6 +173,7 @@ class Daemon:
         actx = zmq.asyncio.Context()
         sctx = zmq.Context.shadow(actx.underlying)
         compute = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        compute.submit(lambda: None)  # its thread now, not at the first trust save: thread count stays flat
         self.mailbox = Mailbox(self.device)
         self.table = SensorTable(self.cfg.ingest, self.mailbox)
         hosts = self._load_plugins()
@@ -337,7 +340,7 @@ class Daemon:
         c.register("pause", lambda args: self._set_paused(args, True))
         c.register("resume", lambda args: self._set_paused(args, False))
         c.register("ping", lambda args: {"pong": True, "pid": os.getpid()})
-        for name, handler in self.cognition.commands(self.publisher.state).items():
+        for name, handler in cognition_commands(self.cognition, self.publisher.state).items():
             c.register(name, handler)
 
     def _set_paused(self, args: dict[str, Any], paused: bool) -> dict[str, Any]:
@@ -359,7 +362,7 @@ class Daemon:
         if self.orch.deadline_miss_rate() > 0.2:
             reasons.append(f"deadline misses {self.orch.deadline_miss_rate():.0%}")
         reasons += self.orch.health_reasons()
-        reasons += self.cognition.health_reasons()
+        reasons += self.cognition.trust_store.health_reasons()
         state_dir_error = self._state_dir_error()
         if state_dir_error:
             reasons.append(f"state dir not writable: {state_dir_error}")
@@ -379,7 +382,7 @@ class Daemon:
             "schema_version": STATUS_SCHEMA_VERSION, "version": __version__, "pid": os.getpid(),
             "health": health, "health_reasons": reasons, "uptime_s": round(time.monotonic() - self.started, 3),
             "device": str(self.device), "runtime_dir": str(self.runtime_dir), "state_dir": str(self.state_dir),
-            **self.cognition.status(),
+            **cognition_status(self.cognition),
             "tick": self.orch.tick_summary(),
             "state_dir_error": self._state_dir_error(),
             "process": _process_stats(),

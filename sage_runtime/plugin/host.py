@@ -211,7 +211,10 @@ class PluginHost:
             if job is None or since is None or self.hung:
                 return
             now = time.perf_counter_ns()
-            if now < max(job.deadline_ns, since) + int(grace_ms * 1e6):
+            # Hung: past the job's deadline plus grace, and 10x the unit's usual wall time (a
+            # starved CPU stretches every step; that is slowness, not a hang).
+            if now < max(job.deadline_ns, since + int(10 * max(self.wall.ms, self.init_cost.ms) * 1e6)) \
+                    + int(grace_ms * 1e6):
                 return
             self.hung = True
             job.abandoned = True
@@ -358,8 +361,7 @@ class PluginHost:
         with self._cond:
             self._unit_since_ns = None
             if job.abandoned:
-                self.hung = False
-                log.info("plugin %s returned from its hang", self.name)
+                self._returned()
                 return False, None, ms
         if not ok:
             self._publish(job, failed(self.plugin, job, out))
@@ -371,20 +373,31 @@ class PluginHost:
                 self._job = None
             return
         t0 = self.cost_clock()
+        with self._cond:
+            self._unit_since_ns = time.perf_counter_ns()
         try:
             res = finish(self.plugin, job, halt, self.cost_clock)
         except Exception as exc:  # noqa: BLE001
             res = failed(self.plugin, job, exc, self.cost_clock)
         self.account.charge((self.cost_clock() - t0) / 1e6)
+        with self._cond:
+            self._unit_since_ns = None
         if res.halt != "error":
             self._last_state = job.state
         self._publish(job, res)
+
+    def _returned(self) -> None:
+        """(Under the lock.) The thread is back from a unit the tick abandoned as hung."""
+        if self.hung:
+            self.hung = False
+            log.info("plugin %s returned from its hang", self.name)
 
     def _publish(self, job: Job, res: RunResult) -> None:
         with self._cond:
             if self._job is job:
                 self._job = None
             if job.abandoned:
+                self._returned()
                 return
             self._finished.append(Finished(res, job.inputs))
         if self.on_finished is not None:
