@@ -14,7 +14,7 @@ import pytest
 
 from sage_runtime import statefile
 from sage_runtime.client import ResultSubscriber, SensorPublisher
-from sage_runtime.cognition.plan import TRUST_FILE
+from sage_runtime.cognition.trust_store import TRUST_FILE
 from sage_runtime.cognition.trust import TrustLedger
 from tests.harness import SAGECTL, DaemonProcess, wait_for
 

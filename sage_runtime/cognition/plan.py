@@ -147,7 +147,7 @@ class Cognition:
         if frames:
             plan.fused, plan.leases = self.sensors.fuse(self.cfg.attention.goal, self._snarc, now)
         t3 = time.perf_counter()
-        budget = self._grant_all(plan, wanting, snarc, budget_ms, period_s, pending, now)
+        budget = self._grant_all(plan, wanting, snarc, budget_ms, pending, now)
         t4 = time.perf_counter()
         plan.timings_ms = {"salience": (t1 - t0) * 1e3, "metabolic": (t2 - t1) * 1e3,
                            "fusion": (t3 - t2) * 1e3, "allocation": (t4 - t3) * 1e3}
@@ -183,14 +183,15 @@ class Cognition:
         return [self._announce(moved.to_dict())] if moved is not None else []
 
     def _grant_all(self, plan: TickPlan, wanting: Mapping[str, PluginView], snarc: Mapping[str, Mapping[str, float]],
-                   budget_ms: float, period_s: float, pending: Mapping[str, int], now: float) -> float:
+                   budget_ms: float, pending: Mapping[str, int], now: float) -> float:
         """The tick's budget from the ledger: consolidation's share first, then the online
         plugins, ranked and split by the state's pattern. Online grants leave cognition: the tick
         credits them to the plugins' accounts. Returns the budget."""
         state, policy = plan.state, self.machine.policy
         # Pace spending over the time since plugins were last granted ATP, not one nominal period:
-        # when input ticks are sparser than the tick rate, plugins may still spend at the state's rate.
-        paced_s = min(max(now - self._last_spend, period_s), MAX_PACE_S)
+        # input ticks between periodic ones (frames, finished jobs) must not each grant a whole
+        # period's worth, and sparse ticks may still spend at the state's rate.
+        paced_s = min(max(now - self._last_spend, 0.0), MAX_PACE_S)
         budget = self.ledger.budget(policy.spend_rate, paced_s, self._derate, budget_ms,
                                     crisis=state == MetabolicState.CRISIS.value)
         offline_ask = self.machine.consolidation_plan(budget, pending)

@@ -200,6 +200,7 @@ class PluginHost:
         with self._cond:
             out = list(self._finished)
             self._finished.clear()
+        self.stats.sample(self.account)
         for done in out:
             self._account(done.result)
         return out
@@ -433,11 +434,17 @@ class HostStats:
             self.errors += 1
             self.last_error = res.error
 
+    def sample(self, account: PluginAccount) -> None:
+        """Every half second, what the account has been charged so far: ATP/s over ~10 s."""
+        now = time.monotonic()
+        if not self._spend or now - self._spend[-1][0] >= 0.5:
+            self._spend.append((now, account.charged_total))
+            while len(self._spend) > 2 and now - self._spend[0][0] > 10.0:
+                self._spend.popleft()
+
     def summary(self, account: PluginAccount) -> dict[str, Any]:
         now = time.monotonic()
-        self._spend.append((now, account.charged_total))
-        while len(self._spend) > 2 and now - self._spend[0][0] > 10.0:
-            self._spend.popleft()
+        self.sample(account)
         t0, c0 = self._spend[0]
         lat = self.latency.summary()
         return {"runs": self.runs, "errors": self.errors, "hangs": self.hangs, "halts": dict(self.halts),
