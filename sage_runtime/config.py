@@ -21,13 +21,10 @@ from sage_runtime.cognition.metabolic import MetabolicParams
 from sage_runtime.cognition.salience import SalienceParams
 from sage_runtime.telemetry import TelemetryParams
 from sage_runtime.cognition.trust import TrustParams
+from sage_runtime.errors import ConfigError
 
 ENV_PREFIX = "SAGE_"
 _POLICY_RE = re.compile(r"latest|fifo:([1-9][0-9]{0,5})\Z")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the key."""
 
 
 class Section(BaseModel):

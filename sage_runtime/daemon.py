@@ -36,7 +36,7 @@ from sage_runtime.mailbox import Mailbox
 from sage_runtime.edges.notify import SystemdNotifier
 from sage_runtime.tick import Orchestrator
 from sage_runtime.plugin.host import PluginHost
-from sage_runtime.plugin.registry import load_plugin_class
+from sage_runtime.plugin.registry import check_plugins, load_plugin_classes
 from sage_runtime.edges.publish import ResultPublisher
 from sage_runtime.edges.security import EdgeSecurity, load_keys
 from sage_runtime.telemetry import open_telemetry
@@ -135,17 +135,14 @@ class Daemon:
         return [expand_endpoint(ep, self.runtime_dir) for ep in eps]
 
     def _load_plugins(self) -> list[PluginHost]:
-        hosts = []
-        for spec in self.cfg.plugins.enabled:
-            cls = load_plugin_class(spec)
-            plugin = cls()
-            hosts.append(PluginHost(plugin, breaker_failures=self.cfg.plugins.breaker_failures,
-                                    breaker_cooldown_s=self.cfg.plugins.breaker_cooldown_s))
-        return hosts
+        self.plugin_options = check_plugins(self.cfg.plugins.enabled, self.cfg.plugins.options)
+        return [PluginHost(cls(), breaker_failures=self.cfg.plugins.breaker_failures,
+                           breaker_cooldown_s=self.cfg.plugins.breaker_cooldown_s)
+                for cls in load_plugin_classes(self.cfg.plugins.enabled)]
 
     async def _warmup(self, hosts: list[PluginHost]) -> None:
         for host in hosts:
-            opts = self.cfg.plugins.options.get(host.name, {})
+            opts = self.plugin_options[host.name]
             pdir = self.state_dir / "plugins" / host.name
             try:
                 pdir.mkdir(parents=True, exist_ok=True)
