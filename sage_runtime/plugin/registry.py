@@ -93,3 +93,19 @@ def check_plugins(enabled: Sequence[str], options: Mapping[str, Mapping[str, Any
 
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+DEMO_GROUP = "sage_runtime.demo"
+
+
+def load_demo() -> Any:
+    """The demo module registered under the `sage_runtime.demo` entry-point group (the built-in one
+    is `sage_plugins.demo`): it provides `demo_overlay(cfg)` and `DemoSources`. The core never
+    imports it by name, so `sage_runtime` depends on no plugin package."""
+    found = list(entry_points(group=DEMO_GROUP))
+    if not found:
+        raise PluginLoadError(f"--demo: no demo is installed (entry-point group {DEMO_GROUP})")
+    try:
+        return sorted(found, key=lambda ep: ep.name)[0].load()
+    except (ImportError, AttributeError) as exc:
+        raise PluginLoadError(f"--demo: entry point {found[0].value} fails: {exc}") from exc
