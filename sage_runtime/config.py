@@ -231,7 +231,7 @@ def _format_errors(exc: ValidationError, origin: str) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] in ("extra_forbidden", "unexpected_keyword_argument") else err["msg"]
         lines.append(f"{key}: {msg}")
     return f"invalid configuration ({origin}):\n  " + "\n  ".join(lines)
 
