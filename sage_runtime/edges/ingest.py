@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,7 +125,7 @@ class SensorTable:
                 raise WireError("declared_mismatch", f"declared dtype {dtype!r} is not a wire dtype")
             shape = tuple(declared.max_shape) if declared and declared.max_shape else msg.shape
             sensor.dtype = dtype
-            sensor.max_numel = _numel(shape)
+            sensor.max_numel = math.prod(shape or ())
         return sensor, shape
 
     def _register(self, sensor: Sensor, shape: tuple[int, ...] | None) -> None:
@@ -145,9 +146,10 @@ class SensorTable:
         if msg.kind == "tensor":
             if msg.dtype != sensor.dtype:
                 raise WireError("declared_mismatch", f"sensor {msg.sensor!r} sends {sensor.dtype}, got {msg.dtype}")
-            if _numel(msg.shape) > sensor.max_numel:
+            numel = math.prod(msg.shape or ())
+            if numel > sensor.max_numel:
                 raise WireError("declared_mismatch",
-                                f"frame of {_numel(msg.shape)} elements exceeds the channel's {sensor.max_numel}")
+                                f"frame of {numel} elements exceeds the channel's {sensor.max_numel}")
 
     def admit(self, msg: IngestMessage) -> None:
         """Put a validated message in its sensor's channel; raises WireError if it does not fit.
@@ -228,13 +230,6 @@ class SensorTable:
                 "rejected": dict(self.rejected), "last_rejection": dict(self.last_rejection)}
 
 
-def _numel(shape: tuple[int, ...] | None) -> int:
-    n = 1
-    for d in shape or ():
-        n *= d
-    return n
-
-
 class IngestServer:
     """Owns the SUB socket(s); one task reads them. `on_input` wakes the tick loop.
 
@@ -251,7 +246,6 @@ class IngestServer:
             zmq.LINGER: 0, zmq.SUBSCRIBE: b""}, security)
         self.messages = 0
         self.internal_errors = 0
-        self.paused = False
 
     def handle(self, parts: list[Any]) -> None:
         self.messages += 1
