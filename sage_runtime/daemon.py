@@ -39,6 +39,7 @@ from sage_runtime.plugin.host import PluginHost
 from sage_runtime.plugin.registry import load_plugin_class
 from sage_runtime.edges.publish import ResultPublisher
 from sage_runtime.edges.security import EdgeSecurity, load_keys
+from sage_runtime.limits import UnsafeDirectory, bound_malloc, private_dir, raise_nofile
 from sage_runtime.telemetry import open_telemetry
 
 log = logging.getLogger("sage.daemon")
@@ -118,9 +119,9 @@ class Daemon:
     # ---------------------------------------------------------------- build
 
     def _prepare_dirs(self) -> None:
-        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        private_dir(self.runtime_dir, "runtime dir")  # UnsafeDirectory: exit 2, saying why
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            private_dir(self.state_dir, "state dir")
         except OSError as exc:  # run without persistence rather than not at all; status says so
             log.error("state dir %s unusable: %s", self.state_dir, exc)
         control = self.runtime_dir / "control.sock"
@@ -165,7 +166,7 @@ class Daemon:
         sctx = zmq.Context.shadow(actx.underlying)
         compute = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self.mailbox = Mailbox(self.device)
-        self.table = SensorTable(self.cfg.ingest, self.mailbox)
+        self.table = SensorTable(self.cfg.ingest, self.mailbox, self.cfg.capacity)
         hosts = self._load_plugins()
         self.security = EdgeSecurity(actx, load_keys(self.cfg))
         self.publisher = ResultPublisher(sctx, self._endpoints(self.cfg.results.endpoints), self.cfg.results.sndhwm,
@@ -181,7 +182,7 @@ class Daemon:
                                    self.orch.notify_input, self.security)
         self.control = ControlServer(actx, expand_endpoint(self.cfg.control.endpoint, self.runtime_dir),
                                      self.cfg.control.socket_mode, tcp_endpoint=self.cfg.control.tcp_endpoint,
-                                     security=self.security)
+                                     security=self.security, max_parts=self.cfg.capacity.max_message_parts)
         self._register_commands()
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
                              (signal.SIGHUP, self._reload_from_signal)):
@@ -353,6 +354,7 @@ class Daemon:
         if self.orch.deadline_miss_rate() > 0.2:
             reasons.append(f"deadline misses {self.orch.deadline_miss_rate():.0%}")
         reasons += self.cognition.health_reasons()
+        reasons += self.table.capacity_reasons()
         state_dir_error = self._state_dir_error()
         if state_dir_error:
             reasons.append(f"state dir not writable: {state_dir_error}")
@@ -383,6 +385,7 @@ class Daemon:
                         "auth": self.security.stats("results")},
             "mailbox": self.mailbox.stats(),
             "control": {"requests": self.control.requests, "bad_requests": self.control.bad_requests,
+                        "refused": dict(self.control.refused),
                         "auth": self.security.stats("control")},
             "last_reload": self.last_reload,
             "telemetry": self.telemetry.status(self.cfg.telemetry),
@@ -412,6 +415,8 @@ def _daemon_answers(endpoint: str, timeout_ms: int = 300) -> bool:
 def serve(cfg: SageConfig, config_path: str | None, *, demo: bool = False) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code for the CLI."""
     setup_logging(cfg.runtime.log_level)
+    bound_malloc()
+    raise_nofile()
     daemon = Daemon(cfg, config_path, demo=demo)
     if cfg.runtime.uvloop:
         with contextlib.suppress(ImportError):
@@ -420,6 +425,9 @@ def serve(cfg: SageConfig, config_path: str | None, *, demo: bool = False) -> in
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
         return asyncio.run(daemon.run())
+    except UnsafeDirectory as exc:
+        log.error("refusing to start: %s", exc)
+        return EXIT_CONFIG
     except RuntimeError as exc:
         if "another sage-runtime" in str(exc):
             log.error("%s", exc)

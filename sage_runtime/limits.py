@@ -1,0 +1,64 @@
+"""Process-level hardening the daemon applies at start: private directories, malloc, fd limit.
+
+No imports from the rest of sage_runtime: the CLI and the daemon both call these before anything runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import resource
+import stat
+from pathlib import Path
+
+#: Allocations at least this large are mmapped and go back to the OS when freed. glibc's default is
+#: dynamic (it climbs to 32 MiB after the first big free), so the transient buffers of large frames
+#: stayed in the heap: 12 refused 1.7 MiB frames left +34 MiB of RSS, +21 MiB with this fixed.
+MMAP_THRESHOLD = 256 * 1024
+_M_MMAP_THRESHOLD = -3
+
+
+class UnsafeDirectory(RuntimeError):
+    """A runtime/state/keys directory another local user could write or owns; the message says why."""
+
+
+def bound_malloc() -> bool:
+    """Fix glibc's mmap threshold (no-op elsewhere); True when applied."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    with contextlib.suppress(OSError, AttributeError):
+        return bool(ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    return False
+
+
+def check_private(path: Path, what: str, *, allow_group_write: bool = False) -> None:
+    """Refuse a directory owned by another user (root may own it: systemd creates them) or writable
+    by others (or by the group, unless allowed)."""
+    st = path.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeDirectory(f"{what} {path} is not a directory")
+    if st.st_uid not in (os.getuid(), 0):
+        raise UnsafeDirectory(f"{what} {path} is owned by uid {st.st_uid}, not by this user ({os.getuid()})")
+    bad = stat.S_IWOTH | (0 if allow_group_write else stat.S_IWGRP)
+    if st.st_mode & bad:
+        raise UnsafeDirectory(f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}: writable by "
+                              f"{'others' if st.st_mode & stat.S_IWOTH else 'its group'}; chmod go-w it")
+
+
+def private_dir(path: Path, what: str, mode: int = 0o750) -> None:
+    """Create `path` with `mode` (parents too) or check the existing one (UnsafeDirectory if unsafe)."""
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    check_private(path, what)
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Soft fd limit up to the hard one (the unit sets LimitNOFILE); returns (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft, hard
