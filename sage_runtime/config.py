@@ -79,7 +79,8 @@ class SensorSection(Section):
 class IngestSection(Section):
     #: ipc only by default: a TCP endpoint, even on 127.0.0.1, lets in every local user (opt-in).
     endpoints: list[str] = ["ipc://{runtime_dir}/ingest.sock"]
-    #: One message, all parts together; also each part's ZMQ_MAXMSGSIZE (libzmq drops the peer).
+    #: One message, all parts together (counted part by part); a single part over twice this makes
+    #: libzmq drop the peer (ZMQ_MAXMSGSIZE is per part).
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_elements: int = Field(16 * 1024 * 1024, ge=1)
     allow_undeclared: bool = True

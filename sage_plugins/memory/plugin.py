@@ -150,7 +150,8 @@ class MemoryPlugin(IRPPlugin):
     def stats(self) -> dict[str, Any]:
         return {"size": self.index.n + len(self._pending), "capacity": self.cfg.capacity,
                 "write_backlog": self.store.backlog, "dropped": self.dropped, "evicted": self.evicted,
-                "write_errors": self.store.errors, "pending_consolidation": self.pending_consolidation()}
+                "write_errors": self.store.errors, "pending_consolidation": self.pending_consolidation(),
+                "recovered": self.store.recovered}
 
     def _apply_pending(self) -> None:
         """Move queued experiences into the index, evicting the least salient when full."""

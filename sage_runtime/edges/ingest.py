@@ -25,6 +25,10 @@ from sage_runtime.wire import DTYPES, IngestMessage, WireError, decode_ingest, t
 
 log = logging.getLogger("sage.ingest")
 
+#: ZMQ_MAXMSGSIZE (per part) is this many times max_message_bytes: a part a little over is still
+#: read and counted as `oversize`; a part far over makes libzmq drop the peer before allocating it.
+#: The total over all parts, and the number of parts, the daemon counts itself, part by part.
+PART_LIMIT_FACTOR = 2
 LATEST_DEPTH = LATEST_SLOTS  # slots per latest channel: the writer always finds one no reader holds
 
 
@@ -310,7 +314,7 @@ class IngestServer:
         self.on_input = on_input
         cfg = table.cfg
         self.socks, self.endpoints = bind_edge(ctx, zmq.SUB, endpoints, "ingest", {
-            zmq.MAXMSGSIZE: cfg.max_message_bytes, zmq.RCVHWM: cfg.rcvhwm,
+            zmq.MAXMSGSIZE: cfg.max_message_bytes * PART_LIMIT_FACTOR, zmq.RCVHWM: cfg.rcvhwm,
             zmq.LINGER: 0, zmq.SUBSCRIBE: b""}, security)
         self.max_parts = table.capacity.max_message_parts
         self.messages = 0

@@ -27,6 +27,7 @@ import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
+from sage_runtime.limits import UnsafeDirectory, check_private
 from sage_runtime.config import ConfigError, SageConfig
 
 log = logging.getLogger("sage.security")
@@ -96,6 +97,10 @@ def load_keys(cfg: SageConfig) -> CurveKeys | None:
     keys_dir = Path(sec.authorized_keys_dir or "")
     if not keys_dir.is_dir():
         raise ConfigError(f"security.authorized_keys_dir: {keys_dir} is not a directory")
+    try:  # whoever can add a file here can let a client in
+        check_private(keys_dir, "security.authorized_keys_dir")
+    except UnsafeDirectory as exc:
+        raise ConfigError(str(exc)) from None
     return CurveKeys(public, secret, keys_dir)
 
 
