@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from sage_runtime import __version__
-from sage_runtime.config import ConfigError, load_config
+from sage_runtime.limits import log_early_signals
 
 #: Exit codes: 2 a configuration (or plugin set) that cannot run, 3 another daemon already running.
 EXIT_CONFIG = 2
@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    log_early_signals()  # before the heavy imports: config alone takes ~0.45 s (numpy, pydantic)
+    from sage_runtime.config import ConfigError, load_config
+
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config)

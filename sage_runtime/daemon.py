@@ -425,7 +425,7 @@ def serve(cfg: SageConfig, config_path: str | None, *, demo: bool = False) -> in
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
         return asyncio.run(daemon.run())
-    except UnsafeDirectory as exc:
+    except (UnsafeDirectory, ConfigError) as exc:
         log.error("refusing to start: %s", exc)
         return EXIT_CONFIG
     except RuntimeError as exc:

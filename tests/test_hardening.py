@@ -8,6 +8,7 @@ under its own reason, and its RSS must have grown by less than the configured bu
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 
 import msgpack
@@ -183,3 +184,91 @@ def test_max_sensors_is_one_number(tmp_path):
 
     cfg = load_config(environ={"SAGE_CAPACITY__MAX_SENSORS": "300"})
     assert cfg.ingest.max_sensors == cfg.salience.max_sensors == 300
+
+
+def test_binary_keys_in_meta_are_refused_and_counted(daemon):
+    """Was: a msgpack `bin` key in meta reached plugins and raised TypeError in the memory plugin."""
+    pub = connect(daemon)
+    header = msgpack.packb({"v": PROTOCOL_VERSION, "sensor": "m", "seq": 0, "ts_ns": 1, "kind": "text",
+                            "meta": {b"raw": 1, "ok": {b"nested": 2}}}, use_bin_type=True)
+    pub.send_parts([b"sensor/m", header, b"hello"])
+    wait_for(lambda: rejected(daemon, "meta") == 1, timeout_s=10)
+    assert "m" not in still_fine(daemon)["ingest"]["sensors"]
+
+
+def test_a_huge_text_is_featurized_from_a_bounded_prefix():
+    """Was: salience featurized a whole 30 MiB text: a 19,955 ms tick, the watchdog starved. The
+    work is now that of the first max_elements characters; the length statistic still sees it all."""
+    from sage_runtime.cognition.attention.adapters import text_features
+    from sage_runtime.cognition.salience import N_STATS, featurize
+
+    head = "the quick brown fox jumps over the lazy dog " * 400
+    huge = head + "z" * (30 * MIB)
+    a, b = featurize("text", huge, 64, 16384), featurize("text", huge[:16384], 64, 16384)
+    assert np.array_equal(a[:64 - N_STATS], b[:64 - N_STATS])
+    assert a[64 - N_STATS + 5] > b[64 - N_STATS + 5]  # log length: 30 MiB, not 16 KiB
+    assert np.array_equal(text_features(huge, 128), text_features(head[:1024], 128))
+
+
+def test_tcp_port_in_use_exits_2_naming_the_endpoint(tmp_path):
+    """Was: exit 1 with a traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        d = DaemonProcess(tmp_path, {"ingest": {"endpoints": [f"tcp://127.0.0.1:{port}"]}})
+        d.start(wait=False)
+        try:
+            assert d.proc is not None and d.proc.wait(timeout=60) == 2
+            log = d.log()
+            assert f"tcp://127.0.0.1:{port}" in log and "ingest.endpoints" in log and "Traceback" not in log
+        finally:
+            d.kill()
+
+
+def test_a_signal_in_the_first_moments_is_logged(tmp_path):
+    """Was: SIGTERM in the first 0.3 s ended the process without a log line."""
+    import signal
+
+    d = DaemonProcess(tmp_path, {})
+    d.start(wait=False)
+    assert d.proc is not None
+    time.sleep(0.15)  # the attack itself is a timing: a signal while Python is still importing
+    d.signal(signal.SIGTERM)
+    code = d.proc.wait(timeout=60)
+    assert code == 0 and "SIGTERM" in d.log(), (code, d.log())
+
+
+def test_sagectl_outside_the_sockets_group_gets_a_clear_message(daemon, tmp_path):
+    """Was: a PermissionError traceback and exit 1 (which sagectl documents as `degraded`)."""
+    import os
+
+    from sage_runtime import sagectl
+
+    if os.getuid() != 0:
+        pytest.skip("running sagectl as another user needs root")
+    err = tmp_path / "stderr"
+    pid = os.fork()
+    if pid == 0:  # the child already holds the interpreter: drop to nobody, run sagectl's main
+        code = 99
+        f = open(err, "w")  # opened as root: nobody cannot reach pytest's 0700 tmp dir
+        os.dup2(f.fileno(), 2)
+        sys.stderr = f
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            code = sagectl.main(["--socket", str(daemon.run_dir / "control.sock"), "status"])
+        except BaseException:  # noqa: BLE001 - a traceback is exactly what must not happen
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    _, raw = os.waitpid(pid, 0)
+    text = err.read_text()
+    assert os.waitstatus_to_exitcode(raw) == 2, text
+    assert "permission denied" in text and "Traceback" not in text

@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from sage_runtime.edges.security import EdgeSecurity
+from sage_runtime.edges.security import EdgeSecurity, bind
 from sage_runtime.wire import WireError, decode_request, encode_reply
 
 log = logging.getLogger("sage.control")
@@ -48,7 +48,7 @@ class ControlServer:
             path = endpoint[len("ipc://"):]
             old = os.umask(0o777 & ~socket_mode)  # created with the right mode, no window
             try:
-                self.sock.bind(endpoint)
+                bind(self.sock, endpoint, "control.endpoint")
             finally:
                 os.umask(old)
             os.chmod(path, socket_mode)
@@ -56,7 +56,7 @@ class ControlServer:
             if security is None or not security.enabled:
                 raise ValueError(f"control endpoint {endpoint} is not ipc:// and no CurveZMQ keys are configured")
             security.secure(self.sock, "control")
-            self.sock.bind(endpoint)
+            bind(self.sock, endpoint, "control.endpoint")
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.socks = [self.sock]
         self.tcp_endpoint: str | None = None
@@ -65,7 +65,7 @@ class ControlServer:
                 raise ValueError("control.tcp_endpoint needs CurveZMQ keys")
             tcp = self._socket(ctx)
             security.secure(tcp, "control")
-            tcp.bind(tcp_endpoint)
+            bind(tcp, tcp_endpoint, "control.tcp_endpoint")
             self.tcp_endpoint = tcp.getsockopt_string(zmq.LAST_ENDPOINT)
             self.socks.append(tcp)
         self.handlers: dict[str, Handler] = {}

@@ -193,6 +193,15 @@ class EdgeSecurity:
             self.auth = None
 
 
+def bind(sock: zmq.Socket, endpoint: str, key: str) -> None:
+    """sock.bind, with a port in use (or any bind failure) as a ConfigError naming the key and the
+    endpoint: the daemon exits 2 with that line instead of a traceback."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise ConfigError(f"{key}: cannot bind {endpoint}: {exc.strerror}") from None
+
+
 def bind_edge(ctx: zmq.Context, sock_type: int, endpoints: list[str], edge: str,
               options: dict[int, Any], security: EdgeSecurity | None) -> tuple[list[Any], list[str]]:
     """Bind an edge's endpoints: one plain socket, and with CurveZMQ keys a second, CURVE socket
@@ -212,7 +221,7 @@ def bind_edge(ctx: zmq.Context, sock_type: int, endpoints: list[str], edge: str,
         if curve:
             security.secure(sock, edge)  # type: ignore[union-attr]
         for ep in group:
-            sock.bind(ep)
+            bind(sock, ep, f"{edge}.endpoints")
             bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         socks.append(sock)
     return socks, bound
