@@ -168,7 +168,7 @@ class Daemon:
         self.mailbox = Mailbox(self.device)
         self.table = SensorTable(self.cfg.ingest, self.mailbox, self.cfg.capacity)
         hosts = self._load_plugins()
-        self.security = EdgeSecurity(actx, load_keys(self.cfg))
+        self.security = EdgeSecurity(actx, load_keys(self.cfg), max_peers=self.cfg.capacity.max_tcp_peers)
         self.publisher = ResultPublisher(sctx, self._endpoints(self.cfg.results.endpoints), self.cfg.results.sndhwm,
                                          self.security)
         self.telemetry = open_telemetry(self.cfg.telemetry)
