@@ -351,6 +351,7 @@ class Daemon:
         for name, p in self.orch.plugins_summary().items():
             if p["status"] not in ("ok", "paused"):
                 reasons.append(f"plugin {name} {p['status']}")
+            reasons += [f"plugin {name}: {r}" for r in p["health_reasons"]]
         if self.orch.deadline_miss_rate() > 0.2:
             reasons.append(f"deadline misses {self.orch.deadline_miss_rate():.0%}")
         reasons += self.cognition.health_reasons()

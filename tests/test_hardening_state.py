@@ -135,6 +135,8 @@ def test_daemon_with_a_garbage_memory_db_starts_and_keeps_the_file(tmp_path):
         assert status["plugins"]["memory"]["status"] == "ok"
         kept = kept_files(db.parent, "memory.db")
         assert len(kept) == 1 and kept[0].read_bytes() == garbage
+        assert status["health"] == "degraded"
+        assert any("plugin memory" in r and str(kept[0]) in r for r in status["health_reasons"]), status
         assert "memory.db" in d.log() and "kept as" in d.log()
     finally:
         d.kill()
