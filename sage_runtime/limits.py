@@ -1,6 +1,6 @@
 """Process-level hardening the daemon applies at start: private directories, malloc, fd limit.
 
-No imports from the rest of sage_runtime: the CLI and the daemon both call these before anything runs.
+Imports only errors.py: the CLI and the daemon both call these before anything heavy is loaded.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from sage_runtime.errors import ConfigError
+
 #: Allocations at least this large are mmapped and go back to the OS when freed. glibc's default is
 #: dynamic (it climbs to 32 MiB after the first big free), so the transient buffers of large frames
 #: stayed in the heap: 12 refused 1.7 MiB frames left +34 MiB of RSS, +21 MiB with this fixed.
@@ -24,8 +26,9 @@ MMAP_THRESHOLD = 256 * 1024
 _M_MMAP_THRESHOLD = -3
 
 
-class UnsafeDirectory(RuntimeError):
-    """A runtime/state/keys directory another local user could write or owns; the message says why."""
+class UnsafeDirectory(ConfigError):
+    """A runtime/state/keys directory another local user could write or owns; the message says why
+    (exit 2, like any configuration that cannot run)."""
 
 
 def bound_malloc() -> bool:
