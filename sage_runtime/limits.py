@@ -6,8 +6,6 @@ Imports only errors.py: the CLI and the daemon both call these before anything h
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import resource
 import signal
@@ -33,6 +31,9 @@ class UnsafeDirectory(ConfigError):
 
 def bound_malloc() -> bool:
     """Fix glibc's mmap threshold (no-op elsewhere); True when applied."""
+    import ctypes  # here, not at import: the CLI imports this module first thing, before its signal handlers
+    import ctypes.util
+
     name = ctypes.util.find_library("c")
     if not name:
         return False
