@@ -12,7 +12,6 @@ import gc
 import logging
 import os
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from sage_runtime.plugin.contract import PluginContext
 from sage_runtime.cli import EXIT_CONFIG, EXIT_RUNNING
 from sage_runtime.mailbox import Mailbox
 from sage_runtime.edges.notify import SystemdNotifier
+from sage_runtime.logs import feed_hint, setup_logging
 from sage_runtime.tick import Orchestrator
 from sage_runtime.plugin.host import PluginHost
 from sage_runtime.plugin.registry import load_plugin_class
@@ -72,25 +72,6 @@ def _process_stats() -> dict[str, Any]:
         status = Path("/proc/self/status").read_text()
         threads = int(next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1])
     return {"rss_bytes": rss, "open_fds": fds, "threads": threads}
-
-
-class _LogfmtFormatter(logging.Formatter):
-    """One line per event: `ts level logger message` (journald adds its own timestamp)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} {record.levelname.lower()} {record.name}: " \
-               f"{record.getMessage()}"
-        if record.exc_info:
-            line += " | " + self.formatException(record.exc_info).replace("\n", " | ")
-        return line
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LogfmtFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def pick_device(name: str) -> torch.device:
@@ -189,6 +170,8 @@ class Daemon:
         log.info("sage-runtime %s starting: device=%s torch=%s threads=%d runtime_dir=%s state_dir=%s",
                  __version__, self.device, torch.__version__, torch.get_num_threads(), self.runtime_dir,
                  self.state_dir)
+        if not self.demo:
+            log.info("%s", feed_hint(self.ingest.endpoints))
         tasks: list[asyncio.Task[Any]] = []
         try:
             tasks.append(asyncio.create_task(self.control.run(), name="control"))

@@ -18,6 +18,7 @@ import zmq
 import zmq.asyncio
 
 from sage_runtime.config import IngestSection, SensorSection
+from sage_runtime.logs import RejectionLog
 from sage_runtime.records import Frame
 from sage_runtime.mailbox import Lease, Mailbox, WriteStatus
 from sage_runtime.edges.security import EdgeSecurity, bind_edge
@@ -97,11 +98,12 @@ class SensorTable:
         self.sensors: dict[str, Sensor] = {}
         self.rejected: collections.Counter[str] = collections.Counter()
         self.last_rejection: dict[str, str] = {}
+        self.rejection_log = RejectionLog(log)
 
-    def reject(self, reason: str, message: str) -> None:
+    def reject(self, reason: str, message: str, sensor: str | None = None) -> None:
         self.rejected[reason] += 1
         self.last_rejection[reason] = message
-        log.debug("rejected: %s: %s", reason, message)
+        self.rejection_log.note(sensor, reason, message)
 
     def _new_sensor(self, msg: IngestMessage) -> tuple[Sensor, tuple[int, ...] | None]:
         """The sensor a first message would register, and its channel shape; nothing is allocated yet."""
@@ -235,6 +237,16 @@ def _numel(shape: tuple[int, ...] | None) -> int:
     return n
 
 
+def _topic_sensor(parts: list[Any]) -> str | None:
+    """The sensor id a message's topic part names (`sensor/<id>`), for logs; None when unreadable."""
+    try:
+        topic = parts[0].bytes if hasattr(parts[0], "bytes") else bytes(parts[0])
+        return topic[len(b"sensor/"):64 + len(b"sensor/")].decode("utf-8", "replace") \
+            if topic.startswith(b"sensor/") else None
+    except (IndexError, TypeError, ValueError):
+        return None
+
+
 class IngestServer:
     """Owns the SUB socket(s); one task reads them. `on_input` wakes the tick loop.
 
@@ -258,13 +270,14 @@ class IngestServer:
         cfg = self.table.cfg
         size = sum(len(p) if isinstance(p, bytes) else p.buffer.nbytes for p in parts)
         if size > cfg.max_message_bytes:
-            self.table.reject("oversize", f"message of {size} bytes exceeds max_message_bytes {cfg.max_message_bytes}")
+            self.table.reject("oversize", f"message of {size} bytes exceeds max_message_bytes {cfg.max_message_bytes}",
+                              _topic_sensor(parts))
             return
         try:
             msg = decode_ingest(parts, max_elements=cfg.max_elements, reject_non_finite=cfg.reject_non_finite)
             self.table.admit(msg)
         except WireError as exc:
-            self.table.reject(exc.reason, str(exc))
+            self.table.reject(exc.reason, str(exc), _topic_sensor(parts))
         except Exception:  # noqa: BLE001 - a bug here must cost one message, never the ingest task
             self.internal_errors += 1
             log.exception("ingest failed on a message (counted as ingest.internal_errors)")
