@@ -163,6 +163,27 @@ class DemoSection(Section):
     rate_hz: float = Field(10.0, gt=0, le=1000)
 
 
+class MetricsSection(Section):
+    """Prometheus `/metrics` over HTTP (the `metrics` extra); read at start only."""
+
+    #: "HOST:PORT" to serve on, e.g. "127.0.0.1:9464"; unset serves nothing.
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+        import importlib.util
+
+        if importlib.util.find_spec("prometheus_client") is None:
+            raise ValueError("serving metrics needs the `metrics` extra: pip install 'sage-runtime[metrics]'")
+        return value
+
+
 class SageConfig(Section):
     runtime: RuntimeSection = RuntimeSection()
     tick: TickSection = TickSection()
@@ -179,6 +200,7 @@ class SageConfig(Section):
     telemetry: TelemetryParams = TelemetryParams()
     attention: AttentionSection = AttentionSection()
     cognition: CognitionSection = CognitionSection()
+    metrics: MetricsSection = MetricsSection()
 
 
 #: Sections (or "section.key") a SIGHUP reload applies without a restart.

@@ -37,6 +37,7 @@ from sage_runtime.logs import feed_hint, setup_logging
 from sage_runtime.tick import Orchestrator
 from sage_runtime.plugin.host import PluginHost
 from sage_runtime.plugin.registry import load_plugin_class
+from sage_runtime.edges.prometheus import MetricsServer
 from sage_runtime.edges.publish import ResultPublisher
 from sage_runtime.edges.security import EdgeSecurity, load_keys
 from sage_runtime.telemetry import open_telemetry
@@ -164,6 +165,8 @@ class Daemon:
                                      self.cfg.control.socket_mode, tcp_endpoint=self.cfg.control.tcp_endpoint,
                                      security=self.security)
         self._register_commands()
+        self.metrics = MetricsServer(self.cfg.metrics.listen, loop, self.status,
+                                     lambda: {"duration": self.orch.tick_ms, "lateness": self.orch.lateness_ms})
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
                              (signal.SIGHUP, self._reload_from_signal)):
             loop.add_signal_handler(sig, handler)
@@ -232,6 +235,7 @@ class Daemon:
         self.cognition.save_trust()
         self.telemetry.stop()
         compute.shutdown(wait=False, cancel_futures=True)
+        self.metrics.close()
         self.publisher.close()
         self.control.close()
         self.security.close()
