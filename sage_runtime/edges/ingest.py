@@ -22,6 +22,7 @@ from sage_runtime.logs import RejectionLog
 from sage_runtime.records import Frame
 from sage_runtime.mailbox import Lease, Mailbox, WriteStatus
 from sage_runtime.edges.security import EdgeSecurity, bind_edge
+from sage_runtime.edges.tap import IngestTap
 from sage_runtime.wire import DTYPES, IngestMessage, WireError, decode_ingest, torch_dtype
 
 log = logging.getLogger("sage.ingest")
@@ -254,8 +255,10 @@ class IngestServer:
     guard them): a security option applies to every endpoint of a socket."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoints: list[str], table: SensorTable,
-                 on_input: Callable[[], None], security: EdgeSecurity | None = None) -> None:
+                 on_input: Callable[[], None], security: EdgeSecurity | None = None, *,
+                 tap: IngestTap | None = None) -> None:
         self.table = table
+        self.tap = tap  # admitted frames go to it only while a recorder subscribes
         self.on_input = on_input
         cfg = table.cfg
         self.socks, self.endpoints = bind_edge(ctx, zmq.SUB, endpoints, "ingest", {
@@ -276,6 +279,8 @@ class IngestServer:
         try:
             msg = decode_ingest(parts, max_elements=cfg.max_elements, reject_non_finite=cfg.reject_non_finite)
             self.table.admit(msg)
+            if self.tap is not None and self.tap.active:
+                self.tap.publish(msg.sensor, parts)
         except WireError as exc:
             self.table.reject(exc.reason, str(exc), _topic_sensor(parts))
         except Exception:  # noqa: BLE001 - a bug here must cost one message, never the ingest task
