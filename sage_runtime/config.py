@@ -163,6 +163,20 @@ class DemoSection(Section):
     rate_hz: float = Field(10.0, gt=0, le=1000)
 
 
+def _listen(value: str | None, module: str, extra: str) -> str | None:
+    """A `HOST:PORT` to serve on, checked to be one, with the optional extra that serves it installed."""
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"this needs the `{extra}` extra: pip install 'sage-runtime[{extra}]'")
+    return value
+
+
 class MetricsSection(Section):
     """Prometheus `/metrics` over HTTP (the `metrics` extra); read at start only."""
 
@@ -172,16 +186,19 @@ class MetricsSection(Section):
     @field_validator("listen")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
-        import importlib.util
+        return _listen(value, "prometheus_client", "metrics")
 
-        if importlib.util.find_spec("prometheus_client") is None:
-            raise ValueError("serving metrics needs the `metrics` extra: pip install 'sage-runtime[metrics]'")
-        return value
+
+class FoxgloveSection(Section):
+    """Foxglove live view over WebSocket (the `foxglove` extra); read at start only."""
+
+    #: "HOST:PORT" to serve on, e.g. "127.0.0.1:8765"; unset serves nothing.
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        return _listen(value, "foxglove", "foxglove")
 
 
 class SageConfig(Section):
@@ -201,6 +218,7 @@ class SageConfig(Section):
     attention: AttentionSection = AttentionSection()
     cognition: CognitionSection = CognitionSection()
     metrics: MetricsSection = MetricsSection()
+    foxglove: FoxgloveSection = FoxgloveSection()
 
 
 #: Sections (or "section.key") a SIGHUP reload applies without a restart.

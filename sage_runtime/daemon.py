@@ -37,6 +37,8 @@ from sage_runtime.logs import feed_hint, setup_logging
 from sage_runtime.tick import Orchestrator
 from sage_runtime.plugin.host import PluginHost
 from sage_runtime.plugin.registry import load_plugin_class
+from sage_runtime.edges.foxglove_view import FoxgloveView
+from sage_runtime.edges.loopcall import call_on_loop
 from sage_runtime.edges.prometheus import MetricsServer
 from sage_runtime.edges.publish import ResultPublisher
 from sage_runtime.edges.tap import IngestTap
@@ -167,6 +169,8 @@ class Daemon:
                                      self.cfg.control.socket_mode, tcp_endpoint=self.cfg.control.tcp_endpoint,
                                      security=self.security)
         self._register_commands()
+        self.foxglove = FoxgloveView(self.cfg.foxglove.listen, self.tap.endpoint, self.publisher.endpoints[0],
+                                     lambda: call_on_loop(loop, self.status))
         self.metrics = MetricsServer(self.cfg.metrics.listen, loop, self.status,
                                      lambda: {"duration": self.orch.tick_ms, "lateness": self.orch.lateness_ms})
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
@@ -239,6 +243,7 @@ class Daemon:
         self.telemetry.stop()
         compute.shutdown(wait=False, cancel_futures=True)
         self.metrics.close()
+        self.foxglove.close()
         self.tap.close()
         self.publisher.close()
         self.control.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,7 +210,7 @@ def main(client: Any, args: Any) -> int:
     from sage_runtime import views
 
     status = client.status()
-    out = views.console(__import__("sys").stderr)
+    out = views.console(sys.stderr)
     try:
         if args.cmd == "record":
             out.print(f"recording to {args.out}" + (f" for {args.duration} s" if args.duration else " (Ctrl-C stops)"))

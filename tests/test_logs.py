@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import msgpack
 import numpy as np
@@ -20,8 +21,7 @@ def test_journald_lines_carry_priority_and_fold_tracebacks():
         raise ValueError("bad\nthing")
     except ValueError:
         rec = logging.LogRecord("sage.x", logging.ERROR, __file__, 1, "failed: %s", ("two\nlines",),
-                                exc_info=True)
-        rec.exc_info = __import__("sys").exc_info()
+                                exc_info=sys.exc_info())
     line = fmt.format(rec)
     assert line.startswith("<3>error sage.x: failed: two | lines | Traceback")
     assert "\n" not in line and "ValueError: bad | thing" in line

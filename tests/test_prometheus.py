@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import urllib.request
 
@@ -93,5 +94,5 @@ def test_bad_listen_value_is_a_config_error():
 
     from tests.harness import SAGE_RUNTIME
     out = subprocess.run([SAGE_RUNTIME, "--check-config"], capture_output=True, text=True, timeout=60,
-                         env={**__import__("os").environ, "SAGE_METRICS__LISTEN": "9464"})
+                         env={**os.environ, "SAGE_METRICS__LISTEN": "9464"})
     assert out.returncode == 2 and "metrics.listen" in out.stderr

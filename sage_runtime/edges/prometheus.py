@@ -11,7 +11,6 @@ latency rings (`LatencyWindow.since`).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sage_runtime.cognition.metabolic import MetabolicState
+from sage_runtime.edges.loopcall import call_on_loop
 from sage_runtime.metrics import LatencyWindow
 
 log = logging.getLogger("sage.metrics")
@@ -182,15 +182,7 @@ class DaemonCollector:
         return self.status()
 
     def collect(self) -> Iterator[Any]:
-        fut: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(self._snapshot())
-            except BaseException as exc:  # noqa: BLE001 - handed to the scraping thread
-                fut.set_exception(exc)
-        self.loop.call_soon_threadsafe(run)
-        yield from _families(fut.result(timeout=SCRAPE_TIMEOUT_S), self.hists)
+        yield from _families(call_on_loop(self.loop, self._snapshot, SCRAPE_TIMEOUT_S), self.hists)
 
 
 class MetricsServer:
