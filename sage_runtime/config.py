@@ -21,13 +21,10 @@ from sage_runtime.cognition.metabolic import MetabolicParams
 from sage_runtime.cognition.salience import SalienceParams
 from sage_runtime.telemetry import TelemetryParams
 from sage_runtime.cognition.trust import TrustParams
+from sage_runtime.errors import ConfigError
 
 ENV_PREFIX = "SAGE_"
 _POLICY_RE = re.compile(r"latest|fifo:([1-9][0-9]{0,5})\Z")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the key."""
 
 
 class Section(BaseModel):
@@ -274,7 +271,7 @@ def _format_errors(exc: ValidationError, origin: str) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] in ("extra_forbidden", "unexpected_keyword_argument") else err["msg"]
         lines.append(f"{key}: {msg}")
     return f"invalid configuration ({origin}):\n  " + "\n  ".join(lines)
 

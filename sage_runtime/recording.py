@@ -108,8 +108,8 @@ def _wait_handshake(sock: zmq.Socket, endpoint: str, timeout_s: float) -> None:
         raise DaemonNotRunning(f"no connection to {endpoint} within {timeout_s} s")
 
 
-def record(status: dict[str, Any], out: str | Path, *, duration_s: float | None = None,
-           sensors: list[str] | None = None, results: bool = False, ready: Any = None) -> dict[str, int]:
+def record(tap_endpoint: str, results_endpoint: str, out: str | Path, *, duration_s: float | None = None,
+           sensors: list[str] | None = None, results: bool = False) -> dict[str, int]:
     """Record until `duration_s` passes (or SIGINT/SIGTERM); message counts per channel."""
     ctx = zmq.Context.instance()
     tap = ctx.socket(zmq.SUB)
@@ -117,12 +117,12 @@ def record(status: dict[str, Any], out: str | Path, *, duration_s: float | None 
     for sid in sensors or [""]:
         tap.setsockopt(zmq.SUBSCRIBE, b"tap/" + sid.encode())
     socks = [tap]
-    _wait_handshake(tap, status["tap"]["endpoint"], 5.0)
+    _wait_handshake(tap, tap_endpoint, 5.0)
     if results:
         res = ctx.socket(zmq.SUB)
         for topic in (b"result/", b"state"):
             res.setsockopt(zmq.SUBSCRIBE, topic)
-        _wait_handshake(res, status["results"]["endpoints"][0], 5.0)
+        _wait_handshake(res, results_endpoint, 5.0)
         socks.append(res)
     rec = McapRecorder(out)
     stop = _stop_on_signals()
@@ -131,8 +131,6 @@ def record(status: dict[str, Any], out: str | Path, *, duration_s: float | None 
     for sock in socks:
         poller.register(sock, zmq.POLLIN)
     deadline = None if duration_s is None else time.monotonic() + duration_s
-    if ready is not None:
-        ready()
     def take(wait_ms: int) -> int:
         got = 0
         for sock, _ in poller.poll(wait_ms):
@@ -214,7 +212,8 @@ def main(client: Any, args: Any) -> int:
     try:
         if args.cmd == "record":
             out.print(f"recording to {args.out}" + (f" for {args.duration} s" if args.duration else " (Ctrl-C stops)"))
-            counts = record(status, args.out, duration_s=args.duration, sensors=args.sensors, results=args.results)
+            counts = record(client.call("tap")["endpoint"], status["results"]["endpoints"][0], args.out,
+                            duration_s=args.duration, sensors=args.sensors, results=args.results)
             result: dict[str, Any] = {"file": str(args.out), "channels": counts}
         else:
             endpoint = args.ingest or status["ingest"]["endpoints"][0]

@@ -31,6 +31,9 @@ def ipc_only(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class DaemonProcess:
+    #: The command that starts the daemon (a test may run it from another environment's python).
+    command: tuple[str, ...] = (SAGE_RUNTIME,)
+
     def __init__(self, tmp: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
                  args: list[str] | None = None) -> None:
         self.tmp = tmp
@@ -62,7 +65,7 @@ class DaemonProcess:
 
     def start(self, wait: bool = True, timeout_s: float = 60.0) -> "DaemonProcess":
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([SAGE_RUNTIME, "--config", str(self.config_path), *self.args],
+        self.proc = subprocess.Popen([*self.command, "--config", str(self.config_path), *self.args],
                                      env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready(timeout_s)

@@ -83,7 +83,7 @@ def test_foxglove_client_sees_camera_results_and_status(tmp_path):
         assert status["state"] in ("WAKE", "FOCUS", "CRISIS", "REST", "DREAM") and status["atp_level"] > 0
         assert status["tick_p99_ms"] is not None
         assert len(got["/vision/reconstruction"][0]) >= 64 * 64 * 3
-        wait_for(lambda: d.status()["tap"]["subscriptions"] >= 1)
+        wait_for(lambda: d.control().call("tap")["subscriptions"] >= 1)
         pub.close()
         code, took = d.stop()
         assert code == 0 and took < 8, d.log()

@@ -47,20 +47,20 @@ def recorded(tmp_path):
     a = DaemonProcess(tmp_path / "a", ECHO).start()
     out = tmp_path / "rec.mcap"
     try:
-        assert a.status()["tap"]["subscriptions"] == 0
+        assert a.control().call("tap")["subscriptions"] == 0
         rec = ctl(a, "record", str(out), "--duration", "30", "--results", "--json")
-        wait_for(lambda: a.status()["tap"]["subscriptions"] == 1, timeout_s=20)  # the tap knows it listens
+        wait_for(lambda: a.control().call("tap")["subscriptions"] == 1, timeout_s=20)  # the tap knows it listens
         sent = frames()
         pub = SensorPublisher(a.ingest)
         for parts in sent:
             pub.send_parts(parts)
             time.sleep(0.02)
-        wait_for(lambda: a.status()["tap"]["sent"] == len(sent), timeout_s=10)
+        wait_for(lambda: a.control().call("tap")["sent"] == len(sent), timeout_s=10)
         wait_for(lambda: a.status()["results"]["sent"] > 0, timeout_s=10)  # the recorder drains on stop
         rec.send_signal(2)  # Ctrl-C: the recorder finishes the file
         stdout, stderr = rec.communicate(timeout=30)
         assert rec.returncode == 0, stderr
-        wait_for(lambda: a.status()["tap"]["subscriptions"] == 0, timeout_s=10)
+        wait_for(lambda: a.control().call("tap")["subscriptions"] == 0, timeout_s=10)
         yield a, out, sent, json.loads(stdout)
     finally:
         a.kill()
@@ -119,6 +119,6 @@ def test_nothing_is_tapped_without_a_recorder(tmp_path):
         pub = SensorPublisher(d.ingest)
         pub.tensor("imu", np.zeros(6, np.float32))
         wait_for(lambda: d.status()["ingest"]["sensors"].get("imu", {}).get("received") == 1)
-        assert d.status()["tap"]["sent"] == 0
+        assert d.control().call("tap")["sent"] == 0
     finally:
         d.kill()

@@ -215,7 +215,9 @@ def test_params_validate_and_name_the_field():
                          ({"conflict_fast": 0.01}, "conflict_fast"), ({"arousal_floor": 0}, "arousal_floor")):
         with pytest.raises(ValueError, match=name):
             SalienceParams(**kwargs)
-    with pytest.raises(ValueError, match="weights.novelty"):
+    with pytest.raises(ValueError, match=r"weights\.novelty"):
+        SalienceParams(weights={"novelty": -1})  # the path names the nested key
+    with pytest.raises(ValueError, match="novelty"):
         SnarcWeights(novelty=-1)
 
 

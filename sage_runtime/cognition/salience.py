@@ -27,6 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from sage_runtime.params import PARAMS
 
 #: Feature layout: [pattern (dim - N_STATS) | stats]. Stats are signed-log compressed.
 N_STATS = 8
@@ -34,24 +38,22 @@ STAT_BIAS, STAT_LEVEL, STAT_SPREAD, STAT_MIN, STAT_MAX, STAT_MAG, STAT_SIZE, STA
 EVENT_PRIORITY_LEVEL = {"info": 0.0, "warning": 1.0, "critical": 2.0}
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=PARAMS)
 class SnarcWeights:
-    surprise: float = 0.3
-    novelty: float = 0.3
-    arousal: float = 0.2
-    reward: float = 0.1
-    conflict: float = 0.1
+    surprise: float = Field(0.3, ge=0)
+    novelty: float = Field(0.3, ge=0)
+    arousal: float = Field(0.2, ge=0)
+    reward: float = Field(0.1, ge=0)
+    conflict: float = Field(0.1, ge=0)
 
-    def __post_init__(self) -> None:
-        for name in ("surprise", "novelty", "arousal", "reward", "conflict"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"weights.{name} must be a finite number >= 0")
+    @model_validator(mode="after")
+    def _some_weight(self) -> "SnarcWeights":
         if self.surprise + self.novelty + self.arousal + self.reward + self.conflict <= 0:
             raise ValueError("weights: at least one weight must be > 0")
+        return self
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=PARAMS)
 class SalienceParams:
     """dim: feature length. max_sensors: slots (the least recently seen sensor is evicted beyond).
     memory_size: novelty memory rows per sensor; a frame is stored when its raw novelty exceeds
@@ -64,43 +66,30 @@ class SalienceParams:
     conflict_gain: a drop of 1/gain of the usual correlation is full conflict.
     max_elements: large tensors are strided down to this many values before featurizing."""
 
-    dim: int = 64
-    max_sensors: int = 64
-    memory_size: int = 128
-    store_above: float = 0.05
-    predictor_alpha: float = 0.3
-    error_rate: float = 0.1
-    surprise_scale: float = 2.0
-    rel_floor: float = 1e-3
-    novelty_rate: float = 0.05
-    arousal_window: int = 100
-    arousal_floor: float = 0.25
-    reward_rate: float = 0.3
-    reward_half_life_s: float = 60.0
-    conflict_slow: float = 0.02
-    conflict_fast: float = 0.25
-    conflict_gain: float = 2.0
-    max_elements: int = 16384
+    dim: int = Field(64, ge=N_STATS + 8, le=4096)
+    max_sensors: int = Field(64, ge=1, le=4096)
+    memory_size: int = Field(128, ge=1, le=65536)
+    store_above: float = Field(0.05, ge=0, lt=1)
+    predictor_alpha: float = Field(0.3, gt=0, le=1)
+    error_rate: float = Field(0.1, gt=0, le=1)
+    surprise_scale: float = Field(2.0, gt=0)
+    rel_floor: float = Field(1e-3, ge=0, lt=1)
+    novelty_rate: float = Field(0.05, gt=0, le=1)
+    arousal_window: int = Field(100, ge=2, le=100000)
+    arousal_floor: float = Field(0.25, gt=0)
+    reward_rate: float = Field(0.3, gt=0, le=1)
+    reward_half_life_s: float = Field(60.0, gt=0)
+    conflict_slow: float = Field(0.02, gt=0, le=1)
+    conflict_fast: float = Field(0.25, gt=0, le=1)
+    conflict_gain: float = Field(2.0, gt=0)
+    max_elements: int = Field(16384, ge=64, le=1 << 30)
     weights: SnarcWeights = field(default_factory=SnarcWeights)
 
-    def __post_init__(self) -> None:
-        ints = {"dim": (N_STATS + 8, 4096), "max_sensors": (1, 4096), "memory_size": (1, 65536),
-                "arousal_window": (2, 100000), "max_elements": (64, 1 << 30)}
-        for name, (lo, hi) in ints.items():
-            if not lo <= getattr(self, name) <= hi:
-                raise ValueError(f"{name} must be in [{lo}, {hi}]")
-        rates = ("predictor_alpha", "error_rate", "novelty_rate", "reward_rate", "conflict_slow", "conflict_fast")
-        for name in rates:
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1]")
-        for name in ("store_above", "rel_floor"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1)")
-        for name in ("surprise_scale", "arousal_floor", "reward_half_life_s", "conflict_gain"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0")
+    @model_validator(mode="after")
+    def _fast_above_slow(self) -> "SalienceParams":
         if self.conflict_fast <= self.conflict_slow:
             raise ValueError("conflict_fast must be larger than conflict_slow")
+        return self
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,12 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
+
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from sage_runtime.params import PARAMS
 
 log = logging.getLogger("sage.telemetry")
 
@@ -40,37 +45,28 @@ _GPU_NAMES = ("gpu", "gm20b", "gp10b", "gv11b", "ga10b", "gb10b")
 ProviderName = Literal["auto", "jtop", "sysfs", "null"]
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=PARAMS)
 class TelemetryParams:
     """provider: "auto" tries jtop, then sysfs, then null. sysfs_root/procfs_root: where to read
     (tests point them at fixture trees). throttle_temp_c: at or above it the board counts as
     throttled (feeds REST/CRISIS). hot_temp_c: recharge derating starts here and falls linearly
     to min_derate at throttle_temp_c. power_budget_w: recharge scales by budget/total above it."""
 
-    #: When pydantic validates this as a config field, a misspelt key is an error, not ignored.
-    __pydantic_config__: ClassVar[dict[str, str]] = {"extra": "forbid"}
-
     provider: ProviderName = "auto"
     sysfs_root: str = "/sys"
     procfs_root: str = "/proc"
     jtop_socket: str = JTOP_SOCKET
-    poll_interval_s: float = 1.0
+    poll_interval_s: float = Field(1.0, ge=0.05, le=60)
     hot_temp_c: float = 80.0
     throttle_temp_c: float = 95.0
-    power_budget_w: float | None = None
-    min_derate: float = 0.2
+    power_budget_w: float | None = Field(None, gt=0)
+    min_derate: float = Field(0.2, ge=0, le=1)
 
-    def __post_init__(self) -> None:
-        if self.provider not in ("auto", "jtop", "sysfs", "null"):
-            raise ValueError("provider must be auto, jtop, sysfs or null")
-        if not 0.05 <= self.poll_interval_s <= 60:
-            raise ValueError("poll_interval_s must be in [0.05, 60]")
+    @model_validator(mode="after")
+    def _hot_below_throttle(self) -> "TelemetryParams":
         if not self.hot_temp_c < self.throttle_temp_c:
             raise ValueError("hot_temp_c must be below throttle_temp_c")
-        if self.power_budget_w is not None and not self.power_budget_w > 0:
-            raise ValueError("power_budget_w must be positive")
-        if not 0 <= self.min_derate <= 1:
-            raise ValueError("min_derate must be in [0, 1]")
+        return self
 
 
 @dataclass(frozen=True)
