@@ -6,6 +6,7 @@ replies from a real daemon and reused by the live view.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from typing import Any
@@ -58,7 +59,7 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) or value is None
 
 
-def kv(mapping: dict[str, Any], title: str | None = None) -> Table:
+def kv(mapping: dict[str, Any], title: str | None = None) -> RenderableType:
     """Key/value pairs; nested maps become `key.sub` rows."""
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold")
@@ -161,8 +162,6 @@ def render_config(cfg: dict[str, Any]) -> RenderableType:
 
 
 def _compact(value: Any) -> str:
-    import json
-
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 

@@ -122,3 +122,25 @@ def test_nothing_is_tapped_without_a_recorder(tmp_path):
         assert d.control().call("tap")["sent"] == 0
     finally:
         d.kill()
+
+
+def test_record_for_a_duration_and_only_the_named_sensors(tmp_path):
+    d = DaemonProcess(tmp_path).start()
+    out = tmp_path / "imu.mcap"
+    try:
+        rec = ctl(d, "record", str(out), "--duration", "4", "--sensors", "imu", "--json")
+        wait_for(lambda: d.control().call("tap")["subscriptions"] == 1, timeout_s=20)
+        pub = SensorPublisher(d.ingest)
+        for i in range(5):
+            pub.tensor("imu", np.full(6, i, np.float32))
+            pub.tensor("imu2", np.zeros(6, np.float32))  # shares the prefix, not the id
+            pub.tensor("cam", np.zeros((8, 8, 3), np.uint8))
+        stdout, stderr = rec.communicate(timeout=30)  # ends by itself
+        assert rec.returncode == 0, stderr
+        assert json.loads(stdout)["channels"] == {"/sage/ingest/imu": 5}
+        with open(out, "rb") as f:
+            topics = {c.topic for c in make_reader(f).get_summary().channels.values()}
+        assert topics == {"/sage/ingest/imu"}
+        pub.close()
+    finally:
+        d.kill()

@@ -68,7 +68,8 @@ class Sensor:
     def stats(self, now: float) -> dict[str, Any]:
         return {
             "kind": self.kind, "policy": self.policy if self.policy == "latest" else f"fifo:{self.depth}",
-            "modality": self.modality, "received": self.received, "accepted": self.accepted,
+            "modality": self.modality, "expected_hz": self.expected_hz, "received": self.received,
+            "accepted": self.accepted,
             "skipped": self.skipped, "dropped": self.dropped, "pending": self.pending(),
             "last_seq": self.last_seq, "seq_gaps": self.seq_gaps,
             "age_ms": round((now - self.last_rx) * 1e3, 1) if self.last_rx else None,
