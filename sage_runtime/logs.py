@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -66,6 +67,12 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # A crash outside any `log.exception` (the main thread, or a thread's run) is one folded line too.
+    crash = logging.getLogger("sage.crash")
+    sys.excepthook = lambda t, v, tb: crash.critical("uncaught %s", t.__name__, exc_info=(t, v, tb))
+    threading.excepthook = lambda a: crash.critical("uncaught %s in thread %s", a.exc_type.__name__,
+                                                    a.thread.name if a.thread else "?",
+                                                    exc_info=(a.exc_type, a.exc_value, a.exc_traceback))
 
 
 def feed_hint(ingest_endpoints: list[str]) -> str:

@@ -95,3 +95,21 @@ def test_daemon_under_journald_logs_one_rejection_per_sensor_and_reason(tmp_path
         pub.close()
     finally:
         d.kill()
+
+
+def test_an_uncaught_crash_is_one_journal_line(tmp_path):
+    import subprocess
+
+    path = tmp_path / "stderr"
+    code = ("from sage_runtime.logs import setup_logging\nimport threading\nsetup_logging('info')\n"
+            "t = threading.Thread(target=lambda: 1 / 0, name='worker'); t.start(); t.join()\n"
+            "raise RuntimeError('first\\nsecond')\n")
+    with open(path, "wb") as err:
+        st = os.fstat(err.fileno())
+        run = subprocess.run([sys.executable, "-c", code], stderr=err, timeout=60,
+                             env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    assert run.returncode == 1
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("<2>critical sage.crash: uncaught ZeroDivisionError in thread worker | Traceback")
+    assert lines[1].startswith("<2>critical sage.crash: uncaught RuntimeError") and "first | second" in lines[1]
