@@ -39,6 +39,7 @@ from sage_runtime.edges.publish import ResultPublisher
 from sage_runtime.edges.security import EdgeSecurity, load_keys
 from sage_runtime.edges.tap import IngestTap
 from sage_runtime.errors import AlreadyRunning, ConfigError, PluginLoadError
+from sage_runtime.limits import bound_malloc, private_dir, raise_nofile
 from sage_runtime.logs import feed_hint, setup_logging
 from sage_runtime.mailbox import Mailbox
 from sage_runtime.plugin.contract import PluginContext
@@ -100,11 +101,11 @@ class Daemon:
         stack.callback(self.mailbox.close)
         actx = zmq.asyncio.Context()
         stack.callback(actx.destroy, linger=0)
-        self.security = EdgeSecurity(actx, load_keys(cfg))
+        self.security = EdgeSecurity(actx, load_keys(cfg), max_peers=cfg.capacity.max_tcp_peers)
         stack.callback(self.security.close)
         self.control = ControlServer(actx, expand_endpoint(cfg.control.endpoint, self.runtime_dir),
                                      cfg.control.socket_mode, tcp_endpoint=cfg.control.tcp_endpoint,
-                                     security=self.security)
+                                     security=self.security, max_parts=cfg.capacity.max_message_parts)
         stack.callback(self.control.close)
         self.publisher = ResultPublisher(zmq.Context.shadow(actx.underlying), self._endpoints(cfg.results.endpoints),
                                          cfg.results.sndhwm, self.security)
@@ -122,7 +123,7 @@ class Daemon:
         hosts = [PluginHost(c(), breaker_failures=cfg.plugins.breaker_failures,
                             breaker_cooldown_s=cfg.plugins.breaker_cooldown_s) for c in classes]
         stack.callback(self._close_hosts, hosts)
-        self.table = SensorTable(cfg.ingest, self.mailbox)
+        self.table = SensorTable(cfg.ingest, self.mailbox, cfg.capacity)
         self.orch = Orchestrator(cfg, self.table, hosts, self.publisher, self.cognition, self.compute,
                                  on_tick=self._on_tick)
         self.tap = IngestTap(actx, self.runtime_dir)
@@ -152,9 +153,9 @@ class Daemon:
         stack.callback(self.foxglove.close)
 
     def _prepare_dirs(self) -> None:
-        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        private_dir(self.runtime_dir, "runtime dir")  # UnsafeDirectory (a ConfigError): exit 2, saying why
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            private_dir(self.state_dir, "state dir")
         except OSError as exc:  # run without persistence rather than not at all; status says so
             log.error("state dir %s unusable: %s", self.state_dir, exc)
         control = self.runtime_dir / "control.sock"
@@ -372,6 +373,8 @@ def _daemon_answers(endpoint: str, timeout_ms: int = 300) -> bool:
 def serve(cfg: SageConfig, config_path: str | None, *, demo: Any = None) -> int:
     """Run the daemon until SIGTERM/SIGINT. Typed failures propagate (cli.py maps them to codes)."""
     setup_logging(cfg.runtime.log_level)
+    bound_malloc()
+    raise_nofile()
     if cfg.runtime.uvloop:
         with contextlib.suppress(ImportError):
             import uvloop

@@ -1,6 +1,7 @@
 """`sagectl`: inspect and steer a running sage-runtime over its control socket.
 
-Every subcommand prints a readable table (rich) by default and the daemon's JSON reply with `--json`.
+Every subcommand prints a readable table (rich) by default and the daemon's JSON reply with `--json`;
+exit codes: EXIT_CODES below (also in `sagectl --help`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import sys
 from typing import Any
 
 from sage_runtime import __version__
-from sage_runtime.client import ControlClient, ControlError, DaemonNotRunning
+from sage_runtime.client import ControlAccessDenied, ControlClient, ControlError, DaemonNotRunning
 
 EXIT_OK, EXIT_DEGRADED, EXIT_ERROR, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 EXIT_CODES = """exit codes:
   0  done (status: healthy)
   1  status: the daemon is degraded (reasons in health_reasons)
-  2  usage error, or the daemon refused the command (e.g. reload of an invalid file)
+  2  usage error, the daemon refused the command (e.g. reload of an invalid file), or no
+     permission on the control socket (the message says who has it)
   3  the daemon is not running (no control socket, or no reply within --timeout)
 """
 
@@ -148,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     except DaemonNotRunning as exc:
         print(f"sagectl: sage-runtime is not running ({exc})", file=sys.stderr)
         return EXIT_NOT_RUNNING
-    except ControlError as exc:
+    except (ControlError, ControlAccessDenied) as exc:
+        print(f"sagectl: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ControlAccessDenied as exc:
         print(f"sagectl: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except ValueError as exc:

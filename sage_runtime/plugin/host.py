@@ -147,7 +147,14 @@ class PluginHost:
             "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "step_ms": round(self.cost.ms, 4),
             "last_halt": self.last_halt, "halts": dict(self.halts), "last_error": self.last_error,
             "atp_spent": round(self.atp_spent, 3), "consecutive_failures": self.consecutive_failures,
+            "health_reasons": self._health_reasons(),
         }
+
+    def _health_reasons(self) -> list[str]:
+        try:
+            return [str(r) for r in getattr(self.plugin, "health_reasons", list)()]
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug must not break `sagectl status`
+            return [f"health_reasons() failed: {type(exc).__name__}: {exc}"]
 
 
 def release_after_hangs(leases: Iterable[Lease], hosts: Iterable[PluginHost]) -> None:
