@@ -214,7 +214,7 @@ def test_circuit_breaker_opens_after_failures_and_closes_after_cooldown(hosts):
         res = wait_finished(host)[0].result
         assert res.halt == "error" and "injected" in res.error
     now = time.monotonic()
-    assert host.status(now) == "open" and not host.available(now)
+    assert host.health(now) == "open" and not host.available(now)
     host.submit(host.plugin.sample_inputs(9))
     host.deposit(100.0)
     time.sleep(0.1)

@@ -21,22 +21,15 @@ class TrustStore:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / TRUST_FILE
         self.restore_result = "none saved"
+        self.restored: statefile.Restored | None = None
         self.saves = 0
         self.save_error: str | None = None
 
     def restore(self, trust: TrustLedger) -> str:
-        """Load the saved ledger into `trust`; a missing or bad file starts fresh (and says so)."""
-        if not self.path.exists():
-            self.restore_result = "none saved"
-            return self.restore_result
-        try:
-            trust.restore(statefile.read(self.path, kind="trust"))
-        except (OSError, ValueError) as exc:
-            log.error("trust ledger at %s not restored, starting fresh: %s", self.path, exc)
-            self.restore_result = f"failed: {exc}"
-            return self.restore_result
-        log.info("trust ledger restored from %s", self.path)
-        self.restore_result = "restored"
+        """Load the saved ledger into `trust`; a corrupt file is set aside (statefile), a missing
+        or unreadable one starts fresh; says which."""
+        self.restored = statefile.restore_or_set_aside(self.path, kind="trust", apply=trust.restore)
+        self.restore_result = self.restored.describe()
         return self.restore_result
 
     def save(self, snapshot: dict[str, Any]) -> None:
@@ -55,4 +48,9 @@ class TrustStore:
                 "file": str(self.path)}
 
     def health_reasons(self) -> list[str]:
-        return [f"trust ledger not saved: {self.save_error}"] if self.save_error else []
+        reasons = []
+        if self.restored is not None and self.restored.status in ("corrupt", "failed"):
+            reasons.append(f"trust ledger not restored: {self.restore_result}")
+        if self.save_error:
+            reasons.append(f"trust ledger not saved: {self.save_error}")
+        return reasons

@@ -52,10 +52,7 @@ class ResultPublisher:
             header["error"] = res.error
         if res.detail:
             header["detail"] = res.detail
-        outputs = dict(res.outputs)
-        if extra_outputs:
-            outputs.update(extra_outputs)
-        self._send(encode_result(header, outputs))
+        self._send(encode_result(header, res.outputs))
 
     def state(self, header: dict[str, Any]) -> None:
         self._send(encode_state(header))

@@ -228,7 +228,7 @@ class PluginHost:
 
     # ---------------------------------------------------------------- state
 
-    def status(self, now: float | None = None) -> str:
+    def health(self, now: float | None = None) -> str:
         now = time.monotonic() if now is None else now
         if self.paused:
             return "paused"
@@ -255,12 +255,18 @@ class PluginHost:
                         self.breaker_cooldown_s, self.consecutive_failures)
 
     def summary(self) -> dict[str, Any]:
-        return {"status": self.status(), **self.stats.summary(self.account), "step_ms": round(self.cost.ms, 4),
+        return {"status": self.health(), **self.stats.summary(self.account), "health_reasons": self._health_reasons(), "step_ms": round(self.cost.ms, 4),
                 "init_ms": round(self.init_cost.ms, 4), "credit": round(self.account.credit, 3),
                 "atp_granted": round(self.account.deposited_total, 3),
                 "input_policy": self.policy.input_policy, "job_running": self._job is not None,
                 "priority": self.priority, "consecutive_failures": self.consecutive_failures,
                 "held_frames": self._held_frames(), "held_dropped": self.held_dropped}
+
+    def _health_reasons(self) -> list[str]:
+        try:
+            return [str(r) for r in getattr(self.plugin, "health_reasons", list)()]
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug must not break `sagectl status`
+            return [f"health_reasons() failed: {type(exc).__name__}: {exc}"]
 
     def _held_frames(self) -> int:
         with self._cond:
@@ -410,6 +416,7 @@ class HostStats:
 
     def __init__(self) -> None:
         self.runs = 0
+        self.steps = 0  # refinement steps over all jobs (sagectl top, /metrics)
         self.errors = 0
         self.hangs = 0
         self.empty = 0
@@ -424,6 +431,7 @@ class HostStats:
 
     def record(self, res: RunResult) -> None:
         self.runs += 1
+        self.steps += res.steps
         self.halts[res.halt] += 1
         self.last_halt = res.halt
         self.atp_spent += res.atp_spent
@@ -447,7 +455,7 @@ class HostStats:
         self.sample(account)
         t0, c0 = self._spend[0]
         lat = self.latency.summary()
-        return {"runs": self.runs, "errors": self.errors, "hangs": self.hangs, "halts": dict(self.halts),
+        return {"runs": self.runs, "steps": self.steps, "errors": self.errors, "hangs": self.hangs, "halts": dict(self.halts),
                 "last_halt": self.last_halt, "last_error": self.last_error, "p50_ms": lat["p50_ms"],
                 "p99_ms": lat["p99_ms"], "atp_spent": round(self.atp_spent, 3),
                 "steps_p50": statistics.median(self._steps) if self._steps else None,
