@@ -8,7 +8,9 @@ against the clean frame it answers (its `sensor` and `seq` outputs): delivered P
 
 - `configured`: the default config (attention allocator);
 - `uniform`: `attention.allocator: uniform` at the same recharge (a baseline);
-- `FOCUS`, `WAKE`, `REST`: the state forced with `sagectl state set` (the control command).
+- `FOCUS`, `WAKE`, `REST`: the state forced with `sagectl state set` (the control command);
+- `language_load` (not in the default list): vision busy on both cameras and the language plugin
+  answering a garbled command every 0.5 s: its result latency (frame age at publish) and steps.
 
 Per camera and run: delivered PSNR (mean over results), the input's PSNR (dropped pixels at the
 valid pixels' mean, the simple baseline), ATP spent (sum of the results' `atp`), steps per
@@ -82,27 +84,42 @@ def input_psnr(frame: np.ndarray, clean: np.ndarray) -> float:
     return psnr(filled, clean)
 
 
-def config(allocator: str) -> dict[str, Any]:
-    sensors = {c: {"kind": "tensor", "policy": "latest", "modality": "image", "expected_hz": RATE_HZ} for c in CAMERAS}
-    return {"plugins": {"enabled": ["vision"]}, "attention": {"allocator": allocator},
-            "ingest": {"sensors": sensors}}
+def config(allocator: str, language: bool = False) -> dict[str, Any]:
+    sensors: dict[str, Any] = {c: {"kind": "tensor", "policy": "latest", "modality": "image", "expected_hz": RATE_HZ}
+                               for c in CAMERAS}
+    if language:
+        sensors["speech"] = {"kind": "text", "policy": "fifo:16", "modality": "text", "expected_hz": 2.0}
+    return {"plugins": {"enabled": ["vision", "language"] if language else ["vision"],
+                        "inputs": {"vision": list(CAMERAS), "language": ["speech"]} if language else {}},
+            "attention": {"allocator": allocator}, "ingest": {"sensors": sensors}}
 
 
 def run_once(tmp: Path, run: str, seconds: float, seed: int) -> dict[str, Any]:
-    d = DaemonProcess(tmp, config("uniform" if run == "uniform" else "attention")).start(timeout_s=120)
-    pub, sub = SensorPublisher(d.ingest), ResultSubscriber(d.results, topics=("result/vision",))
+    language = run == "language_load"
+    d = DaemonProcess(tmp, config("uniform" if run == "uniform" else "attention", language)).start(timeout_s=120)
+    pub, sub = SensorPublisher(d.ingest), ResultSubscriber(d.results, topics=("result/",))
     try:
         time.sleep(0.5)  # slow joiner
         if run in ("FOCUS", "WAKE", "REST"):
             ControlClient(d.control_endpoint).call("state", action="set", state=run, duration_s=seconds + 30)
-        return stream(d, pub, sub, seconds, seed)
+        return stream(d, pub, sub, seconds, seed, language)
     finally:
         pub.close()
         sub.close()
         d.stop()
 
 
-def stream(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber, seconds: float, seed: int) -> dict[str, Any]:
+def stream(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber, seconds: float, seed: int,
+           language: bool = False) -> dict[str, Any]:
+    """Both cameras at RATE_HZ (and, with `language`, a garbled command every 0.5 s: the
+    language-under-load run); every result scored against the truth it answers."""
+    import random
+
+    from sage_plugins.language.grammar import Grammar
+    from sage_plugins.language.noise import corrupt
+
+    grammar, text_rng, commands = Grammar.load(), random.Random(seed), []
+    next_command = time.monotonic()
     scenes = Scenes(seed)
     truth: dict[tuple[str, int], tuple[np.ndarray, float]] = {}
     rows: dict[str, list[dict[str, Any]]] = {c: [] for c in CAMERAS}
@@ -121,7 +138,14 @@ def stream(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber, second
                 pub.tensor(cam, frame, seq=seq[cam])
                 seq[cam] += 1
             next_frame += 1.0 / RATE_HZ
+        if language and now >= next_command and now < t0 + seconds:
+            pub.text("speech", corrupt(grammar.sample(text_rng).text, 0.1, text_rng))
+            next_command += 0.5
         msg = sub.recv(timeout_s=0.005)
+        if msg is not None and msg.topic == "result/language":
+            commands.append({"psnr": 0.0, "input_psnr": 0.0, "atp": msg.header["atp"], "steps": msg.header["steps"],
+                             "age_ms": msg.header.get("age_ms"), "halt": msg.header["halt"]})
+            continue
         if msg is not None and msg.header["halt"] != "error":
             key = (str(msg.outputs.get("sensor")), int(msg.outputs.get("seq", -1)))
             if key in truth:
@@ -130,7 +154,10 @@ def stream(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber, second
                 rows[key[0]].append({"psnr": psnr(recon, clean), "input_psnr": base, "atp": msg.header["atp"],
                                      "steps": msg.header["steps"], "age_ms": msg.header.get("age_ms"),
                                      "halt": msg.header["halt"]})
-    return {cam: summarise(r, seconds) for cam, r in rows.items()}
+    out = {cam: summarise(r, seconds) for cam, r in rows.items()}
+    if language:  # latency is frame age at publish; PSNR does not apply
+        out["language"] = {k: v for k, v in summarise(commands, seconds).items() if "psnr" not in k}
+    return out
 
 
 def summarise(rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
