@@ -161,7 +161,16 @@ class PluginHost:
         return self.call(work)
 
     def close(self, timeout_s: float = 2.0) -> None:
-        fut = self.call(self.plugin.close)
+        """Close the plugin between job units, stop the thread there, and join it: a thread still
+        inside torch when the interpreter exits can abort the process (measured: exit -6)."""
+        def work() -> None:
+            try:
+                self.plugin.close()
+            finally:
+                with self._cond:
+                    self._stopping = True
+        deadline = time.monotonic() + timeout_s
+        fut = self.call(work)
         try:
             fut.result(timeout=timeout_s)
         except Exception as exc:  # noqa: BLE001 - shutdown goes on
@@ -169,6 +178,7 @@ class PluginHost:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        self._thread.join(max(deadline - time.monotonic(), 0.05))
 
     # ---------------------------------------------------------------- the tick's side
 
