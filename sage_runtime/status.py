@@ -83,9 +83,11 @@ class StatusReport:
         for name, p in self.orch.plugins_summary().items():
             if p["status"] not in ("ok", "paused"):
                 reasons.append(f"plugin {name} {p['status']}")
+            reasons += [f"plugin {name}: {r}" for r in p.get("health_reasons", ())]
         if self.orch.deadline_miss_rate() > 0.2:
             reasons.append(f"deadline misses {self.orch.deadline_miss_rate():.0%}")
         reasons += self.cognition.health_reasons()
+        reasons += self.table.capacity_reasons()
         state_dir_error = self.state_dir_error()
         if state_dir_error:
             reasons.append(f"state dir not writable: {state_dir_error}")
@@ -108,7 +110,7 @@ class StatusReport:
                         "auth": self.security.stats("results")},
             "mailbox": self.mailbox.stats(),
             "control": {"requests": self.control.requests, "bad_requests": self.control.bad_requests,
-                        "auth": self.security.stats("control")},
+                        "refused": dict(self.control.refused), "auth": self.security.stats("control")},
             "last_reload": self.last_reload(),
             "telemetry": self.telemetry.status(self.cfg().telemetry),
             "capabilities": self.capabilities,

@@ -25,6 +25,8 @@ def ipc_only(config: dict[str, Any]) -> dict[str, Any]:
     cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     cfg.setdefault("ingest", {}).setdefault("endpoints", ["ipc://{runtime_dir}/ingest.sock"])
     cfg.setdefault("results", {}).setdefault("endpoints", ["ipc://{runtime_dir}/results.sock"])
+    # The embedded default enables the built-in plugins; a test loads only the plugins it names.
+    cfg.setdefault("plugins", {}).setdefault("enabled", [])
     return cfg
 
 
@@ -124,3 +126,22 @@ def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05):
             return value
         time.sleep(interval_s)
     raise TimeoutError("condition not met")
+
+
+def confirmed_subscriber(results_endpoint: str, pub: Any, topics: tuple[str, ...] = ("result/",),
+                         timeout_s: float = 15.0) -> Any:
+    """A ResultSubscriber that has provably joined: probe events go in until one of their results
+    comes out (ZeroMQ's slow joiner drops what is published before the subscription arrives; a
+    fixed sleep was not always long enough on a loaded box). Drains what the probes produced."""
+    from sage_runtime.client import ResultSubscriber
+
+    sub = ResultSubscriber(results_endpoint, topics=topics)
+    deadline = time.monotonic() + timeout_s
+    while sub.recv(timeout_s=0.1) is None:
+        if time.monotonic() > deadline:
+            sub.close()
+            raise TimeoutError(f"no result on {results_endpoint} within {timeout_s} s")
+        pub.event("subscriber_probe", "hello")
+    while sub.recv(timeout_s=0.2) is not None:
+        pass
+    return sub

@@ -16,7 +16,7 @@ from sage_runtime import statefile
 from sage_runtime.client import ResultSubscriber, SensorPublisher
 from sage_runtime.cognition.plan import TRUST_FILE
 from sage_runtime.cognition.trust import TrustLedger
-from tests.harness import SAGECTL, DaemonProcess, wait_for
+from tests.harness import SAGECTL, DaemonProcess, confirmed_subscriber, wait_for
 
 ECHO = {"plugins": {"enabled": ["tests.plugins_for_tests:Echo"]}, "tick": {"rate_hz": 100}}
 
@@ -45,9 +45,8 @@ def sagectl_json(d: DaemonProcess) -> tuple[int, dict]:
 
 
 def test_three_sensors_flow_to_results_and_counters_add_up(daemon):
-    sub = ResultSubscriber(daemon.results, topics=("result/",))
     pub = connect_publisher(daemon)
-    time.sleep(0.2)  # let the subscriber join too
+    sub = confirmed_subscriber(daemon.results, pub)
     sent = {"cam": 0, "mic": 0, "bus": 0}
     rng = np.random.default_rng(0)
     for i in range(300):

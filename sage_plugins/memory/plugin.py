@@ -147,10 +147,15 @@ class MemoryPlugin(IRPPlugin):
         """Wait for the given stores to commit; True when every one did."""
         return self.store.wait_acknowledged(ids, timeout_s)
 
+    def health_reasons(self) -> list[str]:
+        rec = getattr(getattr(self, "store", None), "recovered", None)
+        return [] if rec is None else [f"{rec['error']}; kept as {rec['kept']}, started empty"]
+
     def stats(self) -> dict[str, Any]:
         return {"size": self.index.n + len(self._pending), "capacity": self.cfg.capacity,
                 "write_backlog": self.store.backlog, "dropped": self.dropped, "evicted": self.evicted,
-                "write_errors": self.store.errors, "pending_consolidation": self.pending_consolidation()}
+                "write_errors": self.store.errors, "pending_consolidation": self.pending_consolidation(),
+                "recovered": self.store.recovered}
 
     def _apply_pending(self) -> None:
         """Move queued experiences into the index, evicting the least salient when full."""

@@ -21,6 +21,7 @@ constant input once it has been seen. total = weighted mean of the dims (weights
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -64,7 +65,8 @@ class SalienceParams:
     arousal is measured against. reward_rate, reward_half_life_s: reward EMA and its decay.
     conflict_slow / conflict_fast: EMA rates of the usual and the recent correlation;
     conflict_gain: a drop of 1/gain of the usual correlation is full conflict.
-    max_elements: large tensors are strided down to this many values before featurizing."""
+    max_elements: large tensors are strided down to this many values before featurizing, and only
+    the first this many characters of a text are."""
 
     dim: int = Field(64, ge=N_STATS + 8, le=4096)
     max_sensors: int = Field(64, ge=1, le=4096)
@@ -151,26 +153,37 @@ def _hashed(tokens: list[bytes], bins: int, values: np.ndarray | None = None) ->
     return np.bincount(idx, weights=values, minlength=bins).astype(np.float64)
 
 
-def _text_features(text: str, dim: int) -> np.ndarray:
+def _text_features(text: str, dim: int, max_chars: int) -> np.ndarray:
+    """Features of the first `max_chars` characters (the cost is bounded; a 30 MiB text once took a
+    20 s tick); the length statistic still sees the whole text."""
     bins = dim - N_STATS
-    b = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint64)
+    head = text[:max_chars]
+    b = np.frombuffer(head.encode("utf-8", "replace"), dtype=np.uint8).astype(np.uint64)
     out = np.zeros(dim)
     if b.size >= 3:
         grams = (b[:-2] * 1000003 ^ b[1:-1] * 10007 ^ b[2:] * 101) % np.uint64(bins)
         counts = np.bincount(grams.astype(np.int64), minlength=bins).astype(np.float64)
         out[:bins] = counts / np.linalg.norm(counts) * math.sqrt(bins) / 2
-    words = len(text.split())
+    words = len(head.split())
     out[bins:] = (1.0, _slog(words), 0.0, 0.0, 0.0, math.log1p(len(text)) / 2, math.log1p(b.size) / 4,
                   float(b.size > 0))
     return out
 
 
+#: An event's first fields and their first bytes are featurized; the rest cannot stall the tick.
+EVENT_MAX_FIELDS = 64
+EVENT_TOKEN_BYTES = 256
+
+
 def _event_features(body: Mapping[str, Any], dim: int) -> np.ndarray:
     bins = dim - N_STATS
     tokens, numeric_keys, numbers = [], [], []
-    for key, value in body.items():
+    for key, value in itertools.islice(body.items(), EVENT_MAX_FIELDS):
+        key = str(key)[:EVENT_TOKEN_BYTES]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            tokens.append(f"{key}={value}".encode("utf-8", "replace")[:256])
+            shown = value[:EVENT_TOKEN_BYTES] if isinstance(value, (str, bytes)) else \
+                (value if value is None or isinstance(value, bool) else type(value).__name__)
+            tokens.append(f"{key}={shown}".encode("utf-8", "replace")[:EVENT_TOKEN_BYTES])
         elif math.isfinite(value):
             numeric_keys.append(f"#{key}".encode("utf-8", "replace"))
             numbers.append(float(value))
@@ -191,13 +204,14 @@ def featurize(kind: str, data: Any, dim: int = 64, max_elements: int = 16384) ->
     tensor: any shape/dtype (numpy, torch or nested lists): the flattened values resampled to
         dim - 8 bins, centred and scaled to unit variance, plus statistics (level, spread,
         min, max, log magnitude, size, share positive).
-    text: hashed character 3-grams, plus word count and log length (its magnitude).
+    text: hashed character 3-grams of the first max_elements characters, plus word count and log
+        length (its magnitude).
     event: hashed `key=value` tokens and numeric fields; priority is its magnitude.
     """
     if kind == "tensor":
         out = _tensor_features(data, dim, max_elements)
     elif kind == "text":
-        out = _text_features(str(data), dim)
+        out = _text_features(data if isinstance(data, str) else str(data)[:max_elements], dim, max_elements)
     elif kind == "event":
         if not isinstance(data, Mapping):
             raise ValueError("event features need a mapping payload")

@@ -190,6 +190,11 @@ class IRPPlugin(ABC):
         """Offline work in DREAM/REST, bounded by budget_ms; returns a summary of what was done."""
         return {}
 
+    def health_reasons(self) -> list[str]:
+        """Why this plugin runs impaired, for the daemon's health (e.g. its state was unreadable and
+        set aside); empty when it is fine. Called from the event loop: keep it cheap."""
+        return []
+
     def close(self) -> None:
         """Flush and release resources. Called once at shutdown."""
 
