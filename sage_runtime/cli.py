@@ -7,6 +7,7 @@ torch and the tick machinery are imported only once the daemon really starts, so
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from sage_runtime import __version__
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         from sage_runtime.edges.security import check_exposure
 
         check_exposure(cfg, args.config)
+        if cfg.zenoh.enabled and importlib.util.find_spec("zenoh") is None:
+            raise ConfigError("zenoh.enabled: needs the zenoh extra: pip install 'sage-runtime[zenoh]'")
     except ConfigError as exc:
         print(f"sage-runtime: {exc}", file=sys.stderr)
         return EXIT_CONFIG
