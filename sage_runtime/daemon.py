@@ -445,3 +445,6 @@ def serve(cfg: SageConfig, config_path: str | None, *, demo: bool = False) -> in
     except (LookupError, TypeError, ImportError) as exc:
         log.error("cannot load plugins: %s", exc)
         return EXIT_CONFIG
+    except ConfigError as exc:  # found only when a resource opens (the Zenoh session)
+        log.error("%s", exc)
+        return EXIT_CONFIG

@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import zenoh
 
-from sage_runtime.config import ZenohSection
+from sage_runtime.config import ConfigError, ZenohSection
 from sage_runtime.edges import ros2
 from sage_runtime.edges.security import is_loopback
 from sage_runtime.wire import PROTOCOL_VERSION, encode_reply, encode_request, to_jsonable
@@ -164,7 +164,10 @@ class ZenohBridge:
         self._loop = asyncio.get_running_loop()
         self._warn_if_exposed()
         conf = zenoh_config(self.cfg, self.max_message_bytes)
-        self.session = session = await asyncio.to_thread(zenoh.open, conf)
+        try:
+            self.session = session = await asyncio.to_thread(zenoh.open, conf)
+        except zenoh.ZError as exc:  # a bad listen endpoint, TLS or access-control setting
+            raise ConfigError(f"zenoh: cannot open the session: {exc}") from None
         self._decl += [
             session.declare_subscriber(f"{self.prefix}/sensor/**", self._on_sensor),
             session.declare_queryable(f"{self.prefix}/control/*", self._on_control_query),
