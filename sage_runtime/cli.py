@@ -39,8 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         from sage_runtime.edges.security import check_exposure
 
         check_exposure(cfg, args.config)
-        if cfg.zenoh.enabled and importlib.util.find_spec("zenoh") is None:
-            raise ConfigError("zenoh.enabled: needs the zenoh extra: pip install 'sage-runtime[zenoh]'")
+        if cfg.zenoh.enabled:
+            if importlib.util.find_spec("zenoh") is None:
+                raise ConfigError("zenoh.enabled: needs the zenoh extra: pip install 'sage-runtime[zenoh]'")
+            from sage_runtime.edges.zenoh_bridge import check_config
+
+            check_config(cfg.zenoh, cfg.ingest.max_message_bytes)
     except ConfigError as exc:
         print(f"sage-runtime: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -22,7 +22,7 @@ from sage_runtime import fleet  # noqa: E402
 from sage_runtime.config import ZenohSection  # noqa: E402
 from sage_runtime.edges import ros2  # noqa: E402
 from sage_runtime.wire import decode_reply, encode_ingest, encode_request  # noqa: E402
-from tests.harness import SAGECTL, DaemonProcess, wait_for  # noqa: E402
+from tests.harness import SAGE_RUNTIME, SAGECTL, DaemonProcess, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -137,27 +137,34 @@ def test_each_robot_sees_the_others(fleet3):
 def test_frame_over_zenoh_reaches_the_plugin_and_counters(fleet3):
     watch, a = fleet3["watch"], fleet3["daemons"]["a"]
     watch.subscribe("sage/a/result/echo")
+    watch.subscribe("sage/a/result/mirror")
     _, header, payload = encode_ingest("cam", 0, "tensor", np.full(4, 2.5, np.float32), ts_ns=time.time_ns())
     watch.session.put("sage/a/sensor/cam", bytes(payload), attachment=header)
+    image = np.random.default_rng(1).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    _, header, payload = encode_ingest("img", 0, "tensor", image, ts_ns=time.time_ns())
+    watch.session.put("sage/a/sensor/img", bytes(payload), attachment=header)
 
-    def got_cam():
-        for _, body, att in watch.samples["sage/a/result/echo"]:
-            h = msgpack.unpackb(att)
-            if "cam" in h["inputs"]:
-                return h, body
-        return None
-    h, body = watch.wait(got_cam)
+    def result_for(plugin, sensor):
+        def find():
+            for _, body, att in watch.samples[f"sage/a/result/{plugin}"]:
+                h = msgpack.unpackb(att)
+                if sensor in h["inputs"]:
+                    return h, body
+            return None
+        return watch.wait(find)
+    h, body = result_for("echo", "cam")
     assert h["plugin"] == "echo" and h["inputs"]["cam"] == 0
-    desc = [d for d in h["outputs"] if "dtype" in d]
-    assert [d["name"] for d in desc] == ["summary"]  # body = the tensor parts in header order
-    summary = np.frombuffer(body, np.float32)
-    # echo refines x toward (mean, count, text length) = (2.5, 1, 0) by halves: after any number of
-    # steps x = target * (1 - 2^-steps), so the frame's mean shows as the ratio of the first two
-    assert summary.shape == (3,) and summary[1] > 0 and summary[0] == pytest.approx(2.5 * summary[1]), (h, summary)
+    assert [(d["name"], d["dtype"], d["shape"]) for d in h["outputs"] if "dtype" in d] == [("summary", "float32", [3])]
+    assert len(body) == 12
+    # the body is the tensor parts in header order: mirror's summary (3 float32), then its image
+    h, body = result_for("mirror", "img")
+    assert [(d["name"], d["shape"]) for d in h["outputs"] if "dtype" in d] == [("summary", [3]), ("image", [4, 6, 3])]
+    assert np.array_equal(np.frombuffer(body[12:], np.uint8).reshape(4, 6, 3), image)
     status = a.status()
-    assert status["ingest"]["sensors"]["cam"]["received"] == 1
-    assert status["ingest"]["sensors"]["cam"]["accepted"] == 1
-    assert status["zenoh"]["ingest_received"] == 1 and status["zenoh"]["published"] > 0
+    for sensor in ("cam", "img"):
+        assert status["ingest"]["sensors"][sensor]["received"] == 1
+        assert status["ingest"]["sensors"][sensor]["accepted"] == 1
+    assert status["zenoh"]["ingest_received"] == 2 and status["zenoh"]["published"] > 0
 
 
 def _bad_frames(sensor: str) -> list[tuple[str, bytes, bytes | None]]:
@@ -247,19 +254,58 @@ def test_ros2_state_and_image_decode_with_rosbags(fleet3):
     assert seq == 1 and abs(ts_ns - time.time_ns()) < 60e9 and len(gid) == 16
 
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
-    _, header, payload = encode_ingest("img", 0, "tensor", image, ts_ns=time.time_ns())
+    image = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)  # the shape img registered with
+    _, header, payload = encode_ingest("img", 1, "tensor", image, ts_ns=time.time_ns())
     watch.session.put("sage/a/sensor/img", bytes(payload), attachment=header)
-    [(_, cdr, _)] = watch.wait(lambda: watch.samples[image_key])[:1]
-    img = store.deserialize_cdr(cdr, "sensor_msgs/msg/Image")
-    assert (img.height, img.width, img.encoding, img.step, img.is_bigendian) == (6, 5, "rgb8", 15, 0)
-    assert np.array_equal(np.asarray(img.data).reshape(6, 5, 3), image)
+    # mirror may re-send the earlier frame: wait for the message that decodes to this one
+    def decoded():
+        for _, cdr, _ in watch.samples[image_key]:
+            msg = store.deserialize_cdr(cdr, "sensor_msgs/msg/Image")
+            if np.array_equal(np.asarray(msg.data), image.ravel()):
+                return msg
+        return None
+    img = watch.wait(decoded)
+    assert (img.height, img.width, img.encoding, img.step, img.is_bigendian) == (4, 6, "rgb8", 18, 0)
+    assert np.array_equal(np.asarray(img.data).reshape(4, 6, 3), image)
     assert img.header.frame_id == "sage/a"
     # ROS 2 graph discovery: the bridge's node and publisher liveliness tokens
     tokens = [str(r.ok.key_expr) for r in watch.session.liveliness().get("@ros2_lv/0/**", timeout=5.0) if r.ok]
     assert any(t.endswith("/NN/%/%sage%a/bridge") for t in tokens), tokens
     assert any("/MP/%/%sage%a/bridge/%sage%a%result%mirror%image/sensor_msgs::msg::dds_::Image_/" in t
                for t in tokens), tokens
+
+
+def test_client_robot_waits_for_its_router(tmp_path):
+    """mode client, router not there yet: the daemon runs anyway and joins once a router listens."""
+    port = free_port()
+    d = DaemonProcess(tmp_path, {"zenoh": {"enabled": True, "robot_id": "late", "mode": "client",
+                                           "connect": [f"tcp/127.0.0.1:{port}"]}})
+    router = None
+    try:
+        d.start(timeout_s=120)
+        assert d.status()["zenoh"]["connected"] is False
+        conf = zenoh.Config()
+        conf.insert_json5("mode", '"router"')
+        conf.insert_json5("listen/endpoints", json.dumps([f"tcp/127.0.0.1:{port}"]))
+        conf.insert_json5("scouting/multicast/enabled", "false")
+        router = zenoh.open(conf)
+        joined = threading.Event()
+        sub = router.liveliness().declare_subscriber("sage/late/alive", lambda s: joined.set(), history=True)
+        assert joined.wait(30), d.log()
+        assert fleet.fleet_view(router)["robots"][0]["robot_id"] == "late"
+        del sub
+    finally:
+        d.kill()
+        if router is not None:
+            router.close()
+
+
+def test_bad_zenoh_settings_fail_check_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({"zenoh": {"enabled": True, "tls": {"no_such_key": 1}}}))
+    out = subprocess.run([SAGE_RUNTIME, "--config", str(path), "--check-config"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "no_such_key" in out.stderr
 
 
 def test_sigkill_removes_a_robot_within_3_s(fleet3):

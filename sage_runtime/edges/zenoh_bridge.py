@@ -37,17 +37,17 @@ WRITE_COMMANDS = frozenset({"pause", "resume", "state", "reload"})
 MAX_ROS_TOPICS = 256
 #: Zenoh's own reassembly limit per message, as a multiple of ingest.max_message_bytes.
 RX_LIMIT_FACTOR = 4
+CLIENT_RETRY_S = 2.0
 
 
-def zenoh_config(cfg: ZenohSection, max_message_bytes: int, *, mode: str | None = None,
-                 exit_on_failure: bool = False) -> zenoh.Config:
+def zenoh_config(cfg: ZenohSection, max_message_bytes: int) -> zenoh.Config:
     """The Zenoh session config: only the endpoints given (a peer listens nowhere unless told),
     no multicast unless enabled, TLS and access control passed through unchanged."""
     conf = zenoh.Config()
-    conf.insert_json5("mode", json.dumps(mode or cfg.mode))
+    conf.insert_json5("mode", json.dumps(cfg.mode))
     conf.insert_json5("listen/endpoints", json.dumps(cfg.listen))
     conf.insert_json5("connect/endpoints", json.dumps(cfg.connect))
-    conf.insert_json5("connect/exit_on_failure", json.dumps(exit_on_failure))
+    conf.insert_json5("connect/exit_on_failure", "false")
     conf.insert_json5("scouting/multicast/enabled", json.dumps(cfg.multicast_scouting))
     conf.insert_json5("transport/link/tx/lease", json.dumps(cfg.lease_ms))
     conf.insert_json5("transport/link/rx/max_message_size", json.dumps(max_message_bytes * RX_LIMIT_FACTOR))
@@ -56,6 +56,15 @@ def zenoh_config(cfg: ZenohSection, max_message_bytes: int, *, mode: str | None 
     if cfg.access_control is not None:
         conf.insert_json5("access_control", json.dumps(cfg.access_control))
     return conf
+
+
+def check_config(cfg: ZenohSection, max_message_bytes: int) -> None:
+    """Zenoh's own parse of the section (endpoints, TLS, access control): a ConfigError at
+    `--check-config` time rather than a failed session later."""
+    try:
+        zenoh_config(cfg, max_message_bytes)
+    except zenoh.ZError as exc:
+        raise ConfigError(f"zenoh: Zenoh refuses this configuration: {exc}") from None
 
 
 def status_summary(robot_id: str, status: dict[str, Any]) -> dict[str, Any]:
@@ -161,13 +170,33 @@ class ZenohBridge:
                          "status_sent": 0}
 
     async def start(self) -> None:
+        """Open the session and declare everything. A client whose router is not there yet does not
+        hold the daemon back: it retries in the background. Any other refusal is a ConfigError."""
         self._loop = asyncio.get_running_loop()
         self._warn_if_exposed()
-        conf = zenoh_config(self.cfg, self.max_message_bytes)
         try:
-            self.session = session = await asyncio.to_thread(zenoh.open, conf)
-        except zenoh.ZError as exc:  # a bad listen endpoint, TLS or access-control setting
-            raise ConfigError(f"zenoh: cannot open the session: {exc}") from None
+            conf = zenoh_config(self.cfg, self.max_message_bytes)
+            session = await asyncio.to_thread(zenoh.open, conf)
+        except zenoh.ZError as exc:
+            if self.cfg.mode != "client" or "Unable to connect" not in str(exc):
+                raise ConfigError(f"zenoh: cannot open the session: {exc}") from None
+            log.warning("zenoh: no router at %s yet; retrying every %.0f s", ", ".join(self.cfg.connect),
+                        CLIENT_RETRY_S)
+            self._spawn(self._open_later())
+            return
+        self._declare(session)
+
+    async def _open_later(self) -> None:
+        while True:
+            await asyncio.sleep(CLIENT_RETRY_S)
+            try:
+                session = await asyncio.to_thread(zenoh.open, zenoh_config(self.cfg, self.max_message_bytes))
+            except zenoh.ZError:
+                continue
+            self._declare(session)
+            return
+
+    def _declare(self, session: zenoh.Session) -> None:
         self._decl += [
             session.declare_subscriber(f"{self.prefix}/sensor/**", self._on_sensor),
             session.declare_queryable(f"{self.prefix}/control/*", self._on_control_query),
@@ -176,6 +205,7 @@ class ZenohBridge:
         self._pubs["status"] = session.declare_publisher(f"{self.prefix}/status")
         if self.cfg.ros2:
             self.ros = _Ros2Side(session, self.robot_id, self.cfg.ros2_domain_id)
+        self.session = session
         self._spawn(self._status_loop())
         # Last: the fleet sees the robot only once it can answer.
         self._decl.append(session.liveliness().declare_token(f"{self.prefix}/alive"))
@@ -321,7 +351,7 @@ class ZenohBridge:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            out = dict(self.counters, pending=self._pending)
+            out = dict(self.counters, pending=self._pending, connected=self.session is not None)
         out.update(robot_id=self.robot_id, mode=self.cfg.mode, listen=self.cfg.listen, connect=self.cfg.connect,
                    zid=str(self.session.zid()) if self.session is not None else None,
                    ros2_sent=self.ros.sent if self.ros is not None else 0)
