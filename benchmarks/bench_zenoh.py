@@ -5,6 +5,9 @@ Topology: this process opens a Zenoh peer listening on a loopback port; the daem
 Ack plugin) and a raw echo peer (a second process: subscribe `raw/in`, put the same bytes on
 `raw/out`) both connect to it, so each path is one TCP hop each way.
 
+Also the same daemon's frame-to-result latency over ZeroMQ ipc (bench_transport's measurement), so
+the bridge's cost shows against both raw Zenoh and the existing transport.
+
 Run: .venv/bin/python benchmarks/bench_zenoh.py [--quick]   (writes benchmarks/results/zenoh.json)
 """
 
@@ -27,9 +30,10 @@ import zenoh
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, pct, save  # noqa: E402
-from sage_runtime.client import ResultSubscriber  # noqa: E402
+from benchmarks.bench_transport import daemon_latency  # noqa: E402
+from sage_runtime.client import ResultSubscriber, SensorPublisher  # noqa: E402
 from sage_runtime.wire import encode_ingest  # noqa: E402
-from tests.harness import DaemonProcess  # noqa: E402
+from tests.harness import DaemonProcess, wait_for  # noqa: E402
 
 SIZES = {"64B": 64, "64KiB": 64 * 1024, "1MiB": 1024 * 1024}
 RAW_ECHO = """
@@ -94,7 +98,7 @@ def seen(items: list, sensor: str, seq: int) -> bool:
 
 def bridge_latency(session: zenoh.Session, inbox: Inbox, nbytes: int, n: int) -> list[float]:
     """Put a frame on `sage/bench/sensor/<s>`, wait for the Ack result that names its seq."""
-    sensor = f"lat{nbytes}"
+    sensor = f"zlat{nbytes}"  # bench_transport's daemon_latency uses lat<nbytes>
     frame = np.zeros(nbytes, np.uint8)
     out = []
     for i in range(n + 5):
@@ -132,7 +136,9 @@ def raw_throughput(session: zenoh.Session, inbox: Inbox, nbytes: int, n: int) ->
 
 
 def bridge_throughput(session: zenoh.Session, d: DaemonProcess, nbytes: int, n: int) -> dict:
-    """Frames per second the daemon admits (its ingest `received` counter) from a blocking burst."""
+    """Frames per second the daemon admits (its ingest `received` counter) from a blocking burst;
+    frames past `zenoh.max_pending` waiting for the loop are dropped and counted."""
+    dropped0 = d.status()["zenoh"]["ingest_dropped_backlog"]
     sensor = f"tp{nbytes}"
     frame = np.zeros(nbytes, np.uint8)
     pub = session.declare_publisher(f"sage/bench/sensor/{sensor}", congestion_control=zenoh.CongestionControl.BLOCK)
@@ -142,13 +148,15 @@ def bridge_throughput(session: zenoh.Session, d: DaemonProcess, nbytes: int, n: 
         pub.put(bytes(payload), attachment=header)
     got, end = quiet_count(lambda: d.status()["ingest"]["sensors"].get(sensor, {}).get("received", 0))
     pub.undeclare()
-    return {"frames_per_s": round(got / (end - t0), 1), "sent": n, "admitted": got}
+    dropped = d.status()["zenoh"]["ingest_dropped_backlog"] - dropped0
+    return {"frames_per_s": round(got / (end - t0), 1), "sent": n, "admitted": got, "dropped_backlog": dropped}
 
 
-def publish_hop(d: DaemonProcess, inbox: Inbox, seconds: float) -> dict:
-    """Same results, two transports: arrival over Zenoh minus arrival over ZeroMQ, matched by tick."""
+def publish_hop(session: zenoh.Session, d: DaemonProcess, inbox: Inbox, seconds: float) -> dict:
+    """Same results, two transports: arrival over Zenoh minus arrival over ZeroMQ, matched by tick,
+    while frames arrive at 100 Hz."""
     zmq_at: dict[int, float] = {}
-    sub = ResultSubscriber(d.results)
+    sub = ResultSubscriber(d.results, topics=("result/",))
     stop = threading.Event()
 
     def pump() -> None:
@@ -160,7 +168,14 @@ def publish_hop(d: DaemonProcess, inbox: Inbox, seconds: float) -> dict:
     thread.start()
     time.sleep(1.0)  # the SUB socket's join; results before it are not counted
     inbox.items.clear()
-    time.sleep(seconds)
+    frame = np.zeros(64, np.uint8)
+    end, i = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        _, header, payload = encode_ingest("hop", i, "tensor", frame, ts_ns=time.time_ns())
+        session.put("sage/bench/sensor/hop", bytes(payload), attachment=header)
+        i += 1
+        time.sleep(0.01)
+    time.sleep(0.5)
     stop.set()
     thread.join()
     sub.close()
@@ -202,18 +217,28 @@ def main() -> None:
             raw_out = Inbox(session, "raw/out")
             report: dict = {"machine": machine(), "zenoh": "eclipse-zenoh (python) " + getattr(zenoh, "__version__", ""),
                             "note": "2 shared CPU cores under other jobs: figures are noisy", "sizes": {}}
+            pub = SensorPublisher(d.ingest)
+            sub = ResultSubscriber(d.results, topics=("result/",))
+            wait_for(lambda: (pub.tensor("warm", np.zeros(1, np.uint8)), sub.recv(0.2))[1], timeout_s=20)
             for name, nbytes in SIZES.items():
                 raw = pct(raw_latency(session, raw_out, nbytes, n_lat))
                 bridge = pct(bridge_latency(session, results, nbytes, n_lat))
+                while sub.recv(timeout_s=0.2) is not None:  # results of the Zenoh runs queued here too
+                    pass
+                zmq_path = pct(daemon_latency(d, pub, sub, nbytes, n_lat))
                 tp_n = n_tp if nbytes <= 65536 else n_tp // 10
                 report["sizes"][name] = {
                     "latency": {"raw_zenoh_echo": raw, "bridge_frame_to_result": bridge,
-                                "p50_ratio": round(bridge["p50_ms"] / raw["p50_ms"], 2)},
+                                "zeromq_frame_to_result": zmq_path,
+                                "bridge_over_raw_p50": round(bridge["p50_ms"] / raw["p50_ms"], 2),
+                                "bridge_over_zeromq_p50": round(bridge["p50_ms"] / zmq_path["p50_ms"], 2)},
                     "throughput": {"raw_zenoh_echo_msgs_per_s": raw_throughput(session, raw_out, nbytes, tp_n),
                                    "bridge_ingest": bridge_throughput(session, d, nbytes, tp_n)},
                 }
                 print(name, json.dumps(report["sizes"][name]), flush=True)
-            report["publish_hop"] = publish_hop(d, results, 5.0 if args.quick else 15.0)
+            pub.close()
+            sub.close()
+            report["publish_hop"] = publish_hop(session, d, results, 5.0 if args.quick else 15.0)
             report["daemon_zenoh_counters"] = d.status()["zenoh"]
             print("publish hop", json.dumps(report["publish_hop"]))
         finally:
