@@ -23,7 +23,8 @@ from typing import Any
 import msgpack
 import zenoh
 
-from sage_runtime.config import ConfigError, ZenohSection
+from sage_runtime.config import ZenohSection
+from sage_runtime.errors import ConfigError
 from sage_runtime.edges import ros2
 from sage_runtime.edges.security import is_loopback
 from sage_runtime.wire import PROTOCOL_VERSION, encode_reply, encode_request, to_jsonable
