@@ -18,7 +18,7 @@ from sage_runtime.config import ConfigError, SageConfig, ZenohSection, load_conf
 from sage_runtime.edges import ros2  # noqa: E402
 from sage_runtime.edges.zenoh_bridge import split_published, status_summary, zenoh_config  # noqa: E402
 from sage_runtime.wire import decode_published, encode_result  # noqa: E402
-from tests.harness import REPO, SAGE_RUNTIME  # noqa: E402
+from tests.harness import REPO, SAGE_RUNTIME, SAGECTL  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,35 @@ def test_status_summary_fields():
                               "tick": {"p50_ms": 1.0, "p99_ms": 2.0}, "plugins": {"echo": {"status": "ok"}}})
     assert {k: s[k] for k in ("robot_id", "state", "health", "atp", "tick_p99_ms", "plugins")} == \
         {"robot_id": "r1", "state": "WAKE", "health": "ok", "atp": 12.5, "tick_p99_ms": 2.0, "plugins": {"echo": "ok"}}
+
+
+def test_fleet_table_and_endpoints():
+    from sage_runtime.fleet import client_endpoints, render_fleet
+
+    view = {"robots": [{"robot_id": "r1", "state": "WAKE", "health": "ok", "tick_p99_ms": 3.2, "atp": 4999.6,
+                        "age_s": 0.4, "plugins": {"echo": "ok"}},
+                       {"robot_id": "r2", "state": None, "health": None, "tick_p99_ms": None, "atp": None,
+                        "age_s": None, "plugins": {}}]}
+    lines = render_fleet(view).splitlines()
+    assert lines[0].split()[:6] == ["robot_id", "state", "health", "tick_p99_ms", "atp", "age_s"]
+    assert lines[1].split() == ["r1", "WAKE", "ok", "3.2", "5000", "0.4", "echo:ok"]
+    assert lines[2].split() == ["r2", "-", "-", "-", "-", "-", "-"]
+    assert render_fleet({"robots": []}) == "no robots alive on this Zenoh network"
+    z = ZenohSection(listen=["tcp/0.0.0.0:7447", "tcp/[::]:7448"])
+    assert client_endpoints(z, None) == ["tcp/127.0.0.1:7447", "tcp/[::1]:7448"]
+    assert client_endpoints(z, ["tcp/h:1"]) == ["tcp/h:1"]
+    assert client_endpoints(ZenohSection(connect=["tcp/r:7447"]), None) == ["tcp/r:7447"]
+
+
+def test_sagectl_fleet_without_a_network_exits_3():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again below: nothing listens there
+    out = subprocess.run([SAGECTL, "--timeout", "1", "fleet", "--connect", f"tcp/127.0.0.1:{port}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and "cannot join Zenoh" in out.stderr, out.stderr
 
 
 def test_core_never_imports_zenoh():
