@@ -266,9 +266,16 @@ class ZenohSection(Section):
 
     @model_validator(mode="after")
     def _write_needs_protection(self) -> "ZenohSection":
-        if self.write_commands and not (self.tls or self.access_control):
-            raise ValueError("write_commands needs zenoh.tls or zenoh.access_control: without them any "
-                             "peer on the network could steer this robot")
+        if not self.write_commands:
+            return self
+        acl = bool(self.access_control and self.access_control.get("enabled"))
+        if not (self.tls or acl):
+            raise ValueError("write_commands needs zenoh.tls or zenoh.access_control (enabled): without them "
+                             "any peer on the network could steer this robot")
+        plain = [ep for ep in self.listen + self.connect if not ep.startswith(("tls/", "quic/"))]
+        if not acl and plain:
+            raise ValueError(f"write_commands with zenoh.tls alone needs tls/ or quic/ endpoints; "
+                             f"{', '.join(plain)} would take commands in the clear")
         return self
 
 

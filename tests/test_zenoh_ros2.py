@@ -103,7 +103,9 @@ def test_config_section_defaults_and_refusals(tmp_path):
     assert conf.get_json("scouting/multicast/enabled") == "false"
     assert conf.get_json("listen/endpoints") == '["tcp/127.0.0.1:0"]'
     assert conf.get_json("transport/link/rx/max_message_size") == str(4 << 20)
-    for bad in ({"robot_id": "has/slash"}, {"mode": "router"}, {"bogus": 1}, {"write_commands": True}):
+    for bad in ({"robot_id": "has/slash"}, {"mode": "router"}, {"bogus": 1}, {"write_commands": True},
+                {"write_commands": True, "access_control": {"enabled": False}},
+                {"write_commands": True, "tls": {"root_ca_certificate": "/ca.pem"}, "listen": ["tcp/0.0.0.0:7447"]}):
         path = tmp_path / "c.yaml"
         path.write_text(yaml.safe_dump({"zenoh": bad}))
         with pytest.raises(ConfigError, match="zenoh"):
@@ -113,7 +115,8 @@ def test_config_section_defaults_and_refusals(tmp_path):
     out = subprocess.run([SAGE_RUNTIME, "--config", str(path), "--check-config"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2 and "write_commands" in out.stderr
-    path.write_text(yaml.safe_dump({"zenoh": {"write_commands": True, "tls": {"root_ca_certificate": "/ca.pem"}}}))
+    path.write_text(yaml.safe_dump({"zenoh": {"write_commands": True, "tls": {"root_ca_certificate": "/ca.pem"},
+                                              "connect": ["tls/fleet:7447"]}}))
     assert load_config(path).zenoh.write_commands
 
 
