@@ -205,8 +205,8 @@ def main() -> None:
             "plugins": {"enabled": ["benchmarks.ack_plugin:Ack"]},
             "tick": {"rate_hz": 100, "wake_on_input": True},
             # throughput sensors queue (the slots are allocated up front: depth x frame size)
-            "ingest": {"sensors": {"tp64": {"policy": "fifo:1024"}, "tp65536": {"policy": "fifo:128"},
-                                   "tp1048576": {"policy": "fifo:16"}}},
+            "ingest": {"sensors": {f"tp{n}": {"policy": f"fifo:{depth}", "dtype": "uint8", "max_shape": [n]}
+                                   for n, depth in ((64, 1024), (65536, 128), (1048576, 16))}},
             "zenoh": {"enabled": True, "robot_id": "bench", "connect": [endpoint]}})
         echo = subprocess.Popen([sys.executable, "-c", RAW_ECHO, endpoint], stdin=subprocess.PIPE)
         try:
