@@ -2,8 +2,10 @@
 raw Zenoh put/subscribe echo in the same run, and the bridge's publish hop vs the ZeroMQ one.
 
 Topology: this process opens a Zenoh peer listening on a loopback port; the daemon (robot `bench`,
-Ack plugin) and a raw echo peer (a second process: subscribe `raw/in`, put the same bytes on
-`raw/out`) both connect to it, so each path is one TCP hop each way.
+Ack plugin) and a raw peer (a second process: subscribe `raw/in`, put the same bytes on `raw/out`;
+count what arrives on `raw/tp`) both connect to it, so each path is one TCP hop each way.
+Latency is a round trip on both (frame in, result or echo back); throughput is one way on both
+(a blocking burst, counted by the receiver: the daemon's ingest `received`, the raw peer's count).
 
 Also the same daemon's frame-to-result latency over ZeroMQ ipc (bench_transport's measurement), so
 the bridge's cost shows against both raw Zenoh and the existing transport.
@@ -46,6 +48,11 @@ conf.insert_json5("scouting/multicast/enabled", "false")
 s = zenoh.open(conf)
 pub = s.declare_publisher("raw/out", congestion_control=zenoh.CongestionControl.BLOCK)
 sub = s.declare_subscriber("raw/in", lambda x: pub.put(x.payload, attachment=x.attachment))
+count = [0]
+def on_tp(x):
+    count[0] += 1
+tp = s.declare_subscriber("raw/tp", on_tp)
+q = s.declare_queryable("raw/count", lambda query: query.reply("raw/count", str(count[0]).encode()))
 tok = s.liveliness().declare_token("raw/alive")
 sys.stdin.read()
 """
@@ -123,16 +130,22 @@ def quiet_count(count, quiet_s: float = 1.0) -> tuple[int, float]:
     return last, changed
 
 
-def raw_throughput(session: zenoh.Session, inbox: Inbox, nbytes: int, n: int) -> float:
+def raw_throughput(session: zenoh.Session, nbytes: int, n: int) -> dict:
+    """One way, as the bridge's ingest: a blocking burst on `raw/tp`; the echo process counts what it
+    receives (asked with a query until the count stops changing)."""
     frame = np.zeros(nbytes, np.uint8).tobytes()
-    pub = session.declare_publisher("raw/in", congestion_control=zenoh.CongestionControl.BLOCK)
-    inbox.items.clear()
+    pub = session.declare_publisher("raw/tp", congestion_control=zenoh.CongestionControl.BLOCK)
+    base = _raw_count(session)
     t0 = time.perf_counter()
     for i in range(n):
         pub.put(frame, attachment=msgpack.packb({"seq": i}))
-    got, end = quiet_count(lambda: len(inbox.items))
+    got, end = quiet_count(lambda: _raw_count(session) - base)
     pub.undeclare()
-    return round(got / (end - t0), 1)
+    return {"msgs_per_s": round(got / (end - t0), 1), "sent": n, "received": got}
+
+
+def _raw_count(session: zenoh.Session) -> int:
+    return next(int(r.ok.payload.to_bytes()) for r in session.get("raw/count", timeout=5.0) if r.ok is not None)
 
 
 def bridge_throughput(session: zenoh.Session, d: DaemonProcess, nbytes: int, n: int) -> dict:
@@ -232,7 +245,7 @@ def main() -> None:
                                 "zeromq_frame_to_result": zmq_path,
                                 "bridge_over_raw_p50": round(bridge["p50_ms"] / raw["p50_ms"], 2),
                                 "bridge_over_zeromq_p50": round(bridge["p50_ms"] / zmq_path["p50_ms"], 2)},
-                    "throughput": {"raw_zenoh_echo_msgs_per_s": raw_throughput(session, raw_out, nbytes, tp_n),
+                    "throughput": {"raw_zenoh_put_subscribe": raw_throughput(session, nbytes, tp_n),
                                    "bridge_ingest": bridge_throughput(session, d, nbytes, tp_n)},
                 }
                 print(name, json.dumps(report["sizes"][name]), flush=True)
