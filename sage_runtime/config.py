@@ -52,6 +52,8 @@ class TickSection(Section):
     hang_grace_ms: float = Field(250.0, gt=0)
     #: Deadline misses over this many recent ticks feed the metabolic deadline-miss rate.
     miss_window: int = Field(100, ge=1)
+    #: sys.setswitchinterval: how long a plugin thread may hold the GIL while the tick waits for it.
+    gil_switch_interval_ms: float = Field(1.0, gt=0, le=100)
 
 
 def _check_policy(value: str) -> str:
@@ -109,6 +111,17 @@ class ControlSection(Section):
     tcp_endpoint: str | None = None
 
 
+class JobSection(Section):
+    """One plugin's jobs. input_policy: what new input does to a running job (`queue` finishes it
+    first, `restart` drops it for the newest input, `warm` starts the next job from its state);
+    unset: the plugin's own default. max_age_ms: the job's deadline, as the maximum age of its
+    oldest frame (unset: plugins.max_age_ms). max_atp: cap on one job's spend (halt `quota`)."""
+
+    input_policy: Literal["queue", "restart", "warm"] | None = None
+    max_age_ms: float | None = Field(None, gt=0)
+    max_atp: float | None = Field(None, gt=0)
+
+
 class PluginsSection(Section):
     #: Plugin names (entry points of `sage_runtime.plugins`) or `module:Class` import paths.
     enabled: list[str] = []
@@ -119,6 +132,11 @@ class PluginsSection(Section):
     inputs: dict[str, list[str]] = {}
     breaker_failures: int = Field(3, ge=1)
     breaker_cooldown_s: float = Field(10.0, gt=0)
+    #: Refinement jobs (docs/metabolic.md, "Jobs"): defaults for every plugin, then per plugin by name.
+    max_age_ms: float = Field(250.0, gt=0)
+    jobs: dict[str, JobSection] = {}
+    #: How far below the tick plugin threads run (per-thread nice, 0..19).
+    thread_nice: int = Field(10, ge=0, le=19)
 
 
 class AttentionSection(Section):
@@ -131,6 +149,9 @@ class AttentionSection(Section):
     #: Selector: 0 ranks plugins by the router alone, 1 by their trust in this state alone.
     selector_alpha: float = Field(0.5, ge=0, le=1)
     seed: int = 0
+    #: `attention` (the state-driven allocator) or `uniform`: equal shares, a measured baseline
+    #: for benchmarks, not a mode for production.
+    allocator: Literal["attention", "uniform"] = "attention"
 
 
 class CognitionSection(Section):

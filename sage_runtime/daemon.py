@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -25,6 +26,7 @@ import zmq.asyncio
 
 from sage_runtime import __version__
 from sage_runtime.capabilities import capability_report
+from sage_runtime.cognition.commands import cognition_commands
 from sage_runtime.cognition.plan import Cognition
 from sage_runtime.config import (
     SageConfig, expand_endpoint, load_config, resolve_runtime_dir, resolve_state_dir, split_reload,
@@ -43,7 +45,8 @@ from sage_runtime.limits import bound_malloc, private_dir, raise_nofile
 from sage_runtime.logs import feed_hint, setup_logging
 from sage_runtime.mailbox import Mailbox
 from sage_runtime.plugin.contract import PluginContext
-from sage_runtime.plugin.host import PluginHost
+from sage_runtime.plugin.host import PluginHost, job_policy
+from sage_runtime.plugin.priority import raise_tick_priority
 from sage_runtime.plugin.registry import check_plugins, load_plugin_classes
 from sage_runtime.status import StatusReport
 from sage_runtime.telemetry import open_telemetry
@@ -89,10 +92,19 @@ class Daemon:
 
     # ---------------------------------------------------------------- build
 
+    def _host(self, plugin: Any) -> PluginHost:
+        """A plugin's host thread, its job policy from config. ATP is compute time: a CPU thread's
+        own CPU time (not the time other processes held its core); on CUDA the step's wall time."""
+        return PluginHost(plugin, breaker_failures=self.cfg.plugins.breaker_failures,
+                          breaker_cooldown_s=self.cfg.plugins.breaker_cooldown_s, policy=job_policy(self.cfg, plugin),
+                          cost_clock=time.perf_counter_ns if self.device.type == "cuda" else None)
+
     def _build(self, stack: contextlib.AsyncExitStack) -> list[PluginHost]:
         """Make every resource, registering its teardown right after it is made."""
         cfg = self.cfg
         torch.set_num_threads(cfg.runtime.torch_threads)
+        sys.setswitchinterval(cfg.tick.gil_switch_interval_ms / 1e3)
+        raise_tick_priority()  # before any thread starts: plugin threads then know what the tick got
         stack.callback(self._stopped)
         stack.callback(self.notifier.close)
         self._prepare_dirs()
@@ -112,6 +124,7 @@ class Daemon:
         stack.callback(self.publisher.close)
         self.compute = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         stack.callback(self.compute.shutdown, wait=False, cancel_futures=True)
+        self.compute.submit(lambda: None)  # its thread now, not at the first trust save: thread count stays flat
         self.telemetry = open_telemetry(cfg.telemetry)
         self.telemetry.start()
         stack.callback(self.telemetry.stop)
@@ -120,12 +133,10 @@ class Daemon:
         self.cognition = Cognition(cfg, [c.name for c in classes], self.mailbox, self.state_dir, self.device,
                                    telemetry=self.telemetry.latest)
         stack.callback(self.cognition.save_trust)
-        hosts = [PluginHost(c(), breaker_failures=cfg.plugins.breaker_failures,
-                            breaker_cooldown_s=cfg.plugins.breaker_cooldown_s) for c in classes]
+        hosts = [self._host(c()) for c in classes]
         stack.callback(self._close_hosts, hosts)
         self.table = SensorTable(cfg.ingest, self.mailbox, cfg.capacity)
-        self.orch = Orchestrator(cfg, self.table, hosts, self.publisher, self.cognition, self.compute,
-                                 on_tick=self._on_tick)
+        self.orch = Orchestrator(cfg, self.table, hosts, self.publisher, self.cognition, on_tick=self._on_tick)
         self.tap = IngestTap(actx, self.runtime_dir)
         stack.callback(self.tap.close)
         self.ingest = IngestServer(actx, self._endpoints(cfg.ingest.endpoints), self.table,
@@ -355,7 +366,7 @@ class Daemon:
         c.register("resume", lambda args: self._set_paused(args, False))
         c.register("ping", lambda args: {"pong": True, "pid": os.getpid()})
         c.register("tap", lambda args: self.tap.stats())
-        for name, handler in self.cognition.commands(self.publisher.state).items():
+        for name, handler in cognition_commands(self.cognition, self.publisher.state).items():
             c.register(name, handler)
 
     def _set_paused(self, args: dict[str, Any], paused: bool) -> dict[str, Any]:

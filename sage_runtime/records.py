@@ -46,3 +46,4 @@ class RunResult:
     quota: int
     error: str | None = None
     detail: str | None = None
+    warm: bool = False  # the job started from the previous job's state (input policy `warm`)

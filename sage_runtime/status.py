@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from sage_runtime import __version__
+from sage_runtime.cognition.status import cognition_status
+from sage_runtime.plugin.priority import scheduling_report
 
 STATUS_SCHEMA_VERSION = 1
 STATE_PROBE_INTERVAL_S = 5.0
@@ -88,7 +90,8 @@ class StatusReport:
             reasons += [f"plugin {name}: {r}" for r in p.get("health_reasons", ())]
         if self.orch.deadline_miss_rate() > 0.2:
             reasons.append(f"deadline misses {self.orch.deadline_miss_rate():.0%}")
-        reasons += self.cognition.health_reasons()
+        reasons += self.orch.health_reasons()  # tick p99 over budget
+        reasons += self.cognition.trust_store.health_reasons()
         reasons += self.table.capacity_reasons()
         state_dir_error = self.state_dir_error()
         if state_dir_error:
@@ -101,7 +104,7 @@ class StatusReport:
             "schema_version": STATUS_SCHEMA_VERSION, "version": __version__, "pid": os.getpid(),
             "health": health, "health_reasons": reasons, "uptime_s": round(time.monotonic() - self.started, 3),
             "device": self.device, "runtime_dir": str(self.runtime_dir), "state_dir": str(self.state_dir),
-            **self.cognition.status(),
+            **cognition_status(self.cognition),
             "tick": self.orch.tick_summary(),
             "state_dir_error": self.state_dir_error(),
             "process": process_stats(),
@@ -115,7 +118,7 @@ class StatusReport:
                         "refused": dict(self.control.refused), "auth": self.security.stats("control")},
             "last_reload": self.last_reload(),
             "telemetry": self.telemetry.status(self.cfg().telemetry),
-            "capabilities": self.capabilities,
+            "capabilities": {**self.capabilities, "scheduling": scheduling_report()},
             "zenoh": self.fleet.stats() if self.fleet is not None else None,
         }
 

@@ -39,10 +39,11 @@ class Echo(IRPPlugin):
         for frame in inputs.frames.values():
             if frame.kind == "tensor":
                 target[0] += frame.data.float().mean()
-            elif frame.kind == "text":
+            target[1] += 1
+        for frame in inputs.every_frame():  # fifo text queued behind a running job comes in the backlog
+            if frame.kind == "text":
                 target[2] += len(frame.data)
                 texts.append(frame.data)
-            target[1] += 1
         return {"x": torch.zeros(3), "target": target, "sensors": sorted(inputs.frames), "texts": texts}
 
     def step(self, s):

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from sage_runtime.cognition.atp import PluginAccount
 from sage_runtime.cognition.plan import Cognition, PluginView
+from sage_runtime.cognition.status import cognition_status
 from sage_runtime.config import SageConfig
 from sage_runtime.records import Frame, RunResult
 from sage_runtime.mailbox import Mailbox
@@ -60,8 +62,12 @@ def tick(cog: Cognition, clock: Clock, n: int, got: dict, pending: dict | None =
              if any(s in got for s in v.sensors)}
     plan = cog.plan(n, got, views, {s: SENSORS[s] for s in got}, budget_ms, 0.01, 0.0, pending or {})
     for name in plan.order:
-        cog.settle(name, plan.allocation[name],
-                   RunResult(name, "converged", 3, 0.1, [1.0, 0.5, 0.1], {}, 1.0, plan.allocation[name] / 2, 3))
+        account = PluginAccount()  # what the tick does with a grant: credit, measured charge, collect
+        account.deposit(plan.allocation[name])
+        account.charge(plan.allocation[name] / 2)
+        cog.settle_account(*account.collect(keep=0.0))
+        cog.record_result(name, RunResult(name, "converged", 3, 0.1, [1.0, 0.5, 0.1], {}, 1.0,
+                                          plan.allocation[name] / 2, 3))
     cog.release_unused()
     for lease in plan.leases:
         lease.release()
@@ -77,7 +83,7 @@ def test_fused_context_is_in_the_mailbox_and_depends_on_the_input(tmp_path, mail
     second = tick(cog, clock, 2, frames(rng))
     assert not torch.equal(a, second.fused)
     assert mailbox.get("context/fused").last_seq >= 1
-    weights = cog.status()["fusion"]["weights"]
+    weights = cognition_status(cog)["fusion"]["weights"]
     assert set(weights) == {"cam", "imu"} and sum(weights.values()) == pytest.approx(1.0, abs=1e-3)
 
 
@@ -156,7 +162,7 @@ def test_dream_hands_its_budget_to_consolidation(tmp_path, mailbox):
     assert plan.state == "DREAM" and plan.order == [] and set(plan.offline) == {"planner"}
     cog.settle_offline("planner", 0.5, {"merged": 2})
     cog.release_unused()
-    assert cog.status()["consolidation"]["runs"] == 1 and cog.ledger.audit()["reserved"] == 0
+    assert cognition_status(cog)["consolidation"]["runs"] == 1 and cog.ledger.audit()["reserved"] == 0
 
 
 def test_a_sensor_whose_data_does_not_fit_its_modality_is_counted_not_fused(tmp_path, mailbox):
@@ -166,7 +172,7 @@ def test_a_sensor_whose_data_does_not_fit_its_modality_is_counted_not_fused(tmp_
     clock.t += 0.01
     plan = cog.plan(1, got, {}, {s: bad[s] for s in got}, 8.0, 0.01, 0.0, {})
     assert plan.fused is not None
-    fusion = cog.status()["fusion"]
+    fusion = cognition_status(cog)["fusion"]
     assert fusion["errors"] == {"imu": 1} and set(fusion["weights"]) == {"cam"}
     for lease in plan.leases:
         lease.release()

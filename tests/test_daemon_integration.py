@@ -14,7 +14,7 @@ import pytest
 
 from sage_runtime import statefile
 from sage_runtime.client import ResultSubscriber, SensorPublisher
-from sage_runtime.cognition.plan import TRUST_FILE
+from sage_runtime.cognition.trust_store import TRUST_FILE
 from sage_runtime.cognition.trust import TrustLedger
 from tests.harness import SAGECTL, DaemonProcess, confirmed_subscriber, wait_for
 
@@ -83,7 +83,7 @@ def test_three_sensors_flow_to_results_and_counters_add_up(daemon):
             else None
     wait_for(settled, timeout_s=10)
     code, status = sagectl_json(daemon)
-    assert code == 0 and status["schema_version"] == 1 and status["health"] == "ok"
+    assert code == 0 and status["schema_version"] == 1 and status["health"] == "ok", status["health_reasons"]
     sensors = status["ingest"]["sensors"]
     cam = sensors["cam"]
     assert cam["accepted"] + cam["skipped"] == sent["cam"] and cam["accepted"] > 0

@@ -14,7 +14,8 @@ from tests.harness import REPO
 
 FIELDS = ("t_s", "rss_mb", "fds", "threads", "cpu", "tick", "sensors", "rejected", "results", "plugins")
 CRITERIA = ("rss_growth_pct", "fds_flat", "threads_flat", "stalls_over_100ms", "drops_only_latest_superseded",
-            "every_plugin_published", "publishers_ok", "clean_exit")
+            "every_plugin_published", "publishers_ok", "clean_exit", "tick_p99_within_budget_every_window",
+            "tick_p999_within_1_5x_budget")
 
 
 @pytest.mark.slow

@@ -15,7 +15,8 @@ modules are not thread-safe). One tick, in order:
    available); DREAM/REST consolidation gets its share the same way;
 6. after each run, `settle` debits the measured compute and updates trust.
 
-Status and control commands read under the same lock, so `sagectl` never sees half a tick.
+Status (cognition/status.py) and control commands (cognition/commands.py) read under the same
+lock, so `sagectl` never sees half a tick; the trust ledger's file is cognition/trust_store.py.
 """
 
 from __future__ import annotations
@@ -31,24 +32,22 @@ from typing import Any
 
 import torch
 
-from sage_runtime import statefile
 from sage_runtime.cognition.atp import AtpLedger
 from sage_runtime.cognition.attention import (
-    AtpAllocator, Features, Sensor, SensorFusion, TrustWeightedExpertSelector, build_features,
+    AtpAllocator, Features, Sensor, SensorFusion, TrustWeightedExpertSelector, UniformAllocator, build_features,
 )
 from sage_runtime.config import SageConfig
-from sage_runtime.edges.control import CommandError
 from sage_runtime.records import Frame, RunResult
 from sage_runtime.mailbox import Lease, Mailbox
 from sage_runtime.cognition.metabolic import MetabolicInputs, MetabolicMachine, MetabolicState
 from sage_runtime.cognition.salience import SnarcScorer, featurize
 from sage_runtime.telemetry import TelemetrySample, derate
 from sage_runtime.cognition.trust import TrustLedger
+from sage_runtime.cognition.sensors import SensorTracks
+from sage_runtime.cognition.trust_store import TrustStore
 
 log = logging.getLogger("sage.cognition")
 
-FUSABLE = ("image", "vector", "text")
-TRUST_FILE = "trust.json"
 #: The longest gap one tick's budget may make up for.
 MAX_PACE_S = 1.0
 
@@ -78,16 +77,6 @@ class PluginView:
     waiting_s: float = 0.0  # how long it has wanted to run without being scheduled
 
 
-@dataclass
-class _SensorTrack:
-    modality: str
-    expected_period_s: float | None
-    last_seen: float
-    period_ema: float | None = None
-    received: int = 0
-    data: Features | None = None
-
-
 class Cognition:
     def __init__(self, cfg: SageConfig, plugin_names: list[str], mailbox: Mailbox, state_dir: Path,
                  device: torch.device, telemetry: Callable[[], TelemetrySample] | None = None,
@@ -96,39 +85,35 @@ class Cognition:
         self.names = list(plugin_names)
         self.clock = clock
         self.telemetry = telemetry
-        self.trust_path = state_dir / TRUST_FILE
+        self.trust_store = TrustStore(state_dir)
         now = clock()
         self.machine = MetabolicMachine(cfg.metabolic, now)
         self.ledger = AtpLedger(cfg.atp)
         self.scorer = SnarcScorer(cfg.salience)
         self.trust = TrustLedger(cfg.trust)
-        self.trust_restore: str = self._restore_trust()
+        self.trust_store.restore(self.trust)
         a = cfg.attention
         self.fusion = SensorFusion(d=a.fusion_dim, seed=a.seed, device=device)
         n = max(len(self.names), 1)
         self.selector = TrustWeightedExpertSelector(d_model=a.fusion_dim, n_experts=n, top_k=n,
                                                     alpha=a.selector_alpha, seed=a.seed, device=device)
-        self.allocator = AtpAllocator(seed=a.seed, device=device)
-        self.fused_channel = mailbox.register("context/fused", kind="focus", dtype=torch.float32,
-                                              max_shape=(a.fusion_dim,), policy="latest")
+        self.allocator = UniformAllocator() if a.allocator == "uniform" else AtpAllocator(seed=a.seed, device=device)
+        fused_channel = mailbox.register("context/fused", kind="focus", dtype=torch.float32,
+                                         max_shape=(a.fusion_dim,), policy="latest")
+        self.sensors = SensorTracks(self.fusion, self.trust, fused_channel, cfg.trust.stale_periods)
         self._lock = threading.Lock()
         self._last = now
         self._last_salient = now
         self._last_spend = now
         self._derate = 1.0
-        self._sensors: dict[str, _SensorTrack] = {}
         self._snarc: dict[str, dict[str, float]] = {}
-        self._fusion_weights: dict[str, float] = {}
         self._granted: dict[str, float] = {}
         self._runs: collections.deque[tuple[float, bool]] = collections.deque()
         self._critical: dict[str, Any] | None = None
         self._ticks = 0
         self.events = collections.Counter[str]()
-        self.fusion_errors = collections.Counter[str]()
         self.last_plan: dict[str, Any] = {}
-        self.trust_saves = 0
         self.consolidation: dict[str, Any] = {"runs": 0, "spent_ms": 0.0, "last": None}
-        self.trust_save_error: str | None = None
 
     # ---------------------------------------------------------------- the tick (compute thread)
 
@@ -150,73 +135,92 @@ class Cognition:
               miss_rate: float, pending: Mapping[str, int]) -> TickPlan:
         t0 = time.perf_counter()
         now = self.clock()
-        dt = max(now - self._last, 0.0)
-        self._last = now
-        sample = self.telemetry() if self.telemetry is not None else None
-        self._derate = derate(sample, self.cfg.telemetry) if sample is not None and sample.error is None else 1.0
-        self.ledger.recharge(dt, self._derate)
-        self.trust.relax(dt)
-
+        sample = self._recharge(now)
         critical = self._read_events(frames, now)
         snarc = self._score(frames, now)
-        self._track_sensors(frames, sensors, snarc, now)
+        self.sensors.track(frames, sensors, self._snarc, now)
         t1 = time.perf_counter()
-
-        totals = [s["total"] for s in snarc.values()]
-        if critical or any(t >= self.cfg.cognition.idle_salience for t in totals):
-            self._last_salient = now
-        throttled = bool(sample is not None and sample.throttled)
-        inputs = MetabolicInputs(
-            max_salience=max(totals, default=0.0), mean_salience=sum(totals) / len(totals) if totals else 0.0,
-            atp_fraction=self.ledger.fraction, critical_event=critical is not None,
-            deadline_miss_rate=miss_rate, plugin_error_rate=self._error_rate(now), throttled=throttled,
-            temperature_c=sample.max_temp_c if sample is not None else None, idle_s=now - self._last_salient,
-            memory_pending=sum(pending.values()))
-        transitions = []
-        moved = self.machine.update(inputs, now)
-        if moved is not None:
-            transitions.append(self._announce(moved.to_dict()))
+        transitions = self._update_state(snarc, critical, sample, miss_rate, pending, now)
         state = self.machine.state.value
-        policy = self.machine.policy
         t2 = time.perf_counter()
-
         plan = TickPlan(state, {}, [], salience={k: v["total"] for k, v in snarc.items()}, transitions=transitions)
         if frames:
-            plan.fused, plan.leases = self._fuse(now)
+            plan.fused, plan.leases = self.sensors.fuse(self.cfg.attention.goal, self._snarc, now)
         t3 = time.perf_counter()
-
-        # Pace spending over the time since plugins last ran, not one nominal period: when input
-        # ticks are sparser than the tick rate, plugins may still spend at the state's rate.
-        paced_s = min(max(now - self._last_spend, period_s), MAX_PACE_S)
-        budget = self.ledger.budget(policy.spend_rate, paced_s, self._derate, budget_ms,
-                                    crisis=state == MetabolicState.CRISIS.value)
-        offline_ask = self.machine.consolidation_plan(budget, pending)
-        plan.offline = {n: g for n, ask in offline_ask.items() if (g := self._grant(n, ask, offline=True)) > 0}
-        online_budget = max(budget - sum(plan.offline.values()), 0.0)
-        candidates = [n for n in wanting if not self.trust.plugin_paused(n)]
-        if candidates and policy.max_active_plugins > 0 and online_budget > 0:
-            relevance = self._relevance(plan.fused, state)
-            crisis = {n: self._serves_crisis(n, wanting[n], state) for n in candidates}
-            # The crisis target first (CRISIS runs one plugin), then plugins that have waited
-            # max_wait_s or more, longest first (a low-ranked plugin is delayed, never starved),
-            # then the selector's ranking.
-            overdue = {n: wanting[n].waiting_s if wanting[n].waiting_s >= self.cfg.cognition.max_wait_s else 0.0
-                       for n in candidates}
-            ranked = sorted(candidates, key=lambda n: (-crisis[n], -overdue[n], -relevance.get(n, 0.0), n)
-                            )[:policy.max_active_plugins]
-            shares = self._allocate(state, ranked, wanting, snarc, relevance, crisis, pending, online_budget)
-            self._last_spend = now
-            for name, ask in zip(ranked, shares):
-                granted = self._grant(name, ask, offline=False)
-                if granted > 0:
-                    plan.allocation[name] = granted
-                    plan.order.append(name)
+        budget = self._grant_all(plan, wanting, snarc, budget_ms, pending, now)
         t4 = time.perf_counter()
         plan.timings_ms = {"salience": (t1 - t0) * 1e3, "metabolic": (t2 - t1) * 1e3,
                            "fusion": (t3 - t2) * 1e3, "allocation": (t4 - t3) * 1e3}
         self.last_plan = {"budget": round(budget, 3), "online": {k: round(v, 3) for k, v in plan.allocation.items()},
                           "offline": {k: round(v, 3) for k, v in plan.offline.items()}}
         return plan
+
+    def _recharge(self, now: float) -> TelemetrySample | None:
+        """Refill the reservoir for the wall time since the last tick, derated by telemetry."""
+        dt = max(now - self._last, 0.0)
+        self._last = now
+        sample = self.telemetry() if self.telemetry is not None else None
+        self._derate = derate(sample, self.cfg.telemetry) if sample is not None and sample.error is None else 1.0
+        self.ledger.recharge(dt, self._derate)
+        self.trust.relax(dt)
+        return sample
+
+    def _update_state(self, snarc: Mapping[str, Mapping[str, float]], critical: dict[str, Any] | None,
+                      sample: TelemetrySample | None, miss_rate: float, pending: Mapping[str, int],
+                      now: float) -> list[dict[str, Any]]:
+        """Feed the state machine this tick's inputs; the transition it made, announced, if any."""
+        totals = [s["total"] for s in snarc.values()]
+        if critical or any(t >= self.cfg.cognition.idle_salience for t in totals):
+            self._last_salient = now
+        inputs = MetabolicInputs(
+            max_salience=max(totals, default=0.0), mean_salience=sum(totals) / len(totals) if totals else 0.0,
+            atp_fraction=self.ledger.fraction, critical_event=critical is not None,
+            deadline_miss_rate=miss_rate, plugin_error_rate=self._error_rate(now),
+            throttled=bool(sample is not None and sample.throttled),
+            temperature_c=sample.max_temp_c if sample is not None else None, idle_s=now - self._last_salient,
+            memory_pending=sum(pending.values()))
+        moved = self.machine.update(inputs, now)
+        return [self._announce(moved.to_dict())] if moved is not None else []
+
+    def _grant_all(self, plan: TickPlan, wanting: Mapping[str, PluginView], snarc: Mapping[str, Mapping[str, float]],
+                   budget_ms: float, pending: Mapping[str, int], now: float) -> float:
+        """The tick's budget from the ledger: consolidation's share first, then the online
+        plugins, ranked and split by the state's pattern. Online grants leave cognition: the tick
+        credits them to the plugins' accounts. Returns the budget."""
+        state, policy = plan.state, self.machine.policy
+        # Pace spending over the time since plugins were last granted ATP, not one nominal period:
+        # input ticks between periodic ones (frames, finished jobs) must not each grant a whole
+        # period's worth, and sparse ticks may still spend at the state's rate.
+        paced_s = min(max(now - self._last_spend, 0.0), MAX_PACE_S)
+        budget = self.ledger.budget(policy.spend_rate, paced_s, self._derate, budget_ms,
+                                    crisis=state == MetabolicState.CRISIS.value)
+        offline_ask = self.machine.consolidation_plan(budget, pending)
+        plan.offline = {n: g for n, ask in offline_ask.items() if (g := self._grant(n, ask, offline=True)) > 0}
+        online_budget = max(budget - sum(plan.offline.values()), 0.0)
+        candidates = [n for n in wanting if not self.trust.plugin_paused(n)]
+        if not candidates or policy.max_active_plugins <= 0 or online_budget <= 0:
+            return budget
+        ranked, relevance, crisis = self._rank(candidates, wanting, plan.fused, state, policy.max_active_plugins)
+        shares = self._allocate(state, ranked, wanting, snarc, relevance, crisis, pending, online_budget)
+        self._last_spend = now
+        for name, ask in zip(ranked, shares):
+            granted = self.ledger.grant(max(ask, 0.0))
+            if granted > 0:
+                plan.allocation[name] = granted
+                plan.order.append(name)
+        return budget
+
+    def _rank(self, candidates: list[str], wanting: Mapping[str, PluginView], fused: torch.Tensor | None,
+              state: str, limit: int) -> tuple[list[str], dict[str, float], dict[str, bool]]:
+        """The crisis target first (CRISIS runs one plugin), then plugins that have waited
+        max_wait_s or more, longest first (a low-ranked plugin is delayed, never starved), then
+        the selector's ranking; at most `limit`."""
+        relevance = self._relevance(fused, state)
+        crisis = {n: self._serves_crisis(n, wanting[n], state) for n in candidates}
+        overdue = {n: wanting[n].waiting_s if wanting[n].waiting_s >= self.cfg.cognition.max_wait_s else 0.0
+                   for n in candidates}
+        ranked = sorted(candidates, key=lambda n: (-crisis[n], -overdue[n], -relevance.get(n, 0.0), n))[:limit]
+        return ranked, relevance, crisis
 
     def _read_events(self, frames: Mapping[str, list[Frame]], now: float) -> dict[str, Any] | None:
         critical = None
@@ -247,54 +251,6 @@ class Cognition:
         scored = {k: v.to_dict() for k, v in self.scorer.score(feats, now).items()}
         self._snarc.update(scored)
         return scored
-
-    def _track_sensors(self, frames: Mapping[str, list[Frame]], sensors: Mapping[str, tuple[str, float | None]],
-                       snarc: Mapping[str, Mapping[str, float]], now: float) -> None:
-        """Keep each fusable sensor's newest input as fusion features (featurised once per frame;
-        the frame's mailbox slot is only leased for this tick) and feed sensor trust: freshness
-        against its expected period, agreement = 1 - conflict."""
-        for sensor, got in frames.items():
-            modality, hz = sensors.get(sensor, ("other", None))
-            if modality not in FUSABLE:
-                continue
-            try:
-                features = self.fusion.features(modality, got[-1].data)
-            except ValueError as exc:  # e.g. a sensor declared `image` sending a vector
-                self.fusion_errors[sensor] += 1
-                log.debug("sensor %s not fused: %s", sensor, exc)
-                continue
-            track = self._sensors.get(sensor)
-            if track is None:
-                track = self._sensors[sensor] = _SensorTrack(modality, 1.0 / hz if hz else None, now)
-            else:
-                gap = now - track.last_seen
-                track.period_ema = gap if track.period_ema is None else 0.9 * track.period_ema + 0.1 * gap
-                track.last_seen = now
-            track.received += len(got)
-            track.data = features
-        for sensor, track in self._sensors.items():
-            period = track.expected_period_s or track.period_ema or 1.0
-            conflict = self._snarc.get(sensor, {}).get("conflict", 0.0)
-            self.trust.record_sensor(sensor, now, now - track.last_seen, period, agreement=1.0 - conflict,
-                                     received=track.received)
-            track.received = 0
-
-    def _stale(self, track: _SensorTrack, now: float) -> bool:
-        period = track.expected_period_s or track.period_ema or 1.0
-        return now - track.last_seen > self.cfg.trust.stale_periods * period
-
-    def _fuse(self, now: float) -> tuple[torch.Tensor | None, list[Lease]]:
-        if not self._sensors:
-            return None, []
-        names = list(self._sensors)
-        inputs = [Sensor(t.modality, t.data, self.trust.sensor(n), self._snarc.get(n, {}).get("total", 0.0),
-                         self._stale(t, now)) for n, t in ((n, self._sensors[n]) for n in names)]
-        with torch.inference_mode():
-            fused, weights = self.fusion(self.cfg.attention.goal, inputs)
-        self._fusion_weights = dict(zip(names, (round(w, 4) for w in weights.tolist())))
-        written = self.fused_channel.write(fused)
-        lease = self.fused_channel.read_latest() if written.published else None
-        return (lease.tensor, [lease]) if lease is not None else (fused.clone(), [])
 
     def _relevance(self, fused: torch.Tensor | None, state: str) -> dict[str, float]:
         """The selector's mixed score per plugin: router logits for the fused context, and each
@@ -344,11 +300,10 @@ class Cognition:
 
     # ---------------------------------------------------------------- after each run
 
-    def settle(self, name: str, atp: float, result: RunResult) -> None:
-        """Debit the run's measured compute; trust learns from its energies or its failure."""
+    def record_result(self, name: str, result: RunResult) -> None:
+        """Trust learns from a finished job's energies or its failure; the error rate counts it."""
         with self._lock:
             now = self.clock()
-            self.ledger.settle(self._release(name), max(result.atp_spent, 0.0))
             failed = result.halt == "error"
             self._runs.append((now, failed))
             if failed:
@@ -360,6 +315,12 @@ class Cognition:
                 self.trust.record_plugin_run(name, result.energies, result.halt, result.atp_spent)
                 self.trust.update_expert(self.machine.state.value, name, quality)
 
+    def settle_account(self, used: float, debit: float, returned: float) -> None:
+        """A plugin account's collect (atp.PluginAccount.collect): `used` + `returned` of its
+        grants leave the reservation, `debit` (measured ms) leaves the reservoir."""
+        with self._lock:
+            self.ledger.settle(used + returned, debit)
+
     def settle_offline(self, name: str, spent_ms: float, summary: Mapping[str, Any]) -> None:
         with self._lock:
             self.ledger.settle(self._release(f"offline:{name}"), max(spent_ms, 0.0))
@@ -368,7 +329,7 @@ class Cognition:
             self.consolidation["last"] = {"plugin": name, "state": self.machine.state.value, **summary}
 
     def release_unused(self) -> None:
-        """Return grants of plugins the tick did not run (skipped or unavailable) to the reservoir."""
+        """Return consolidation grants whose work was never started to the reservoir."""
         with self._lock:
             for key in list(self._granted):
                 self.ledger.settle(self._release(key), 0.0)
@@ -381,22 +342,11 @@ class Cognition:
 
     # ---------------------------------------------------------------- trust persistence
 
-    def _restore_trust(self) -> str:
-        self.trust_restored = statefile.restore_or_set_aside(self.trust_path, kind="trust", apply=self.trust.restore)
-        return self.trust_restored.describe()
-
     def save_trust(self) -> None:
-        """Atomic write (temp file, fsync, rename); a failure is reported in status, not raised."""
+        """Snapshot the ledger under the lock, write it outside (trust_store.TrustStore.save)."""
         with self._lock:
             snapshot = self.trust.snapshot()
-        try:
-            statefile.write_atomic(self.trust_path, snapshot, kind="trust")
-        except OSError as exc:
-            self.trust_save_error = f"{exc.strerror or exc} ({self.trust_path})"
-            log.error("saving the trust ledger failed: %s", self.trust_save_error)
-            return
-        self.trust_saves += 1
-        self.trust_save_error = None
+        self.trust_store.save(snapshot)
 
     # ---------------------------------------------------------------- control and status (event loop)
 
@@ -411,69 +361,6 @@ class Cognition:
             moved = self.machine.override(state, duration_s, self.clock())
             return None if moved is None else self._announce(moved.to_dict())
 
-    def commands(self, publish_state: Callable[[dict[str, Any]], None]) -> dict[str, Callable[[dict[str, Any]], Any]]:
-        def state(args: dict[str, Any]) -> dict[str, Any]:
-            action = args.get("action", "show")
-            if action == "set":
-                name = str(args.get("state", "")).upper()
-                if name not in MetabolicState.__members__:
-                    raise CommandError("bad_args", f"unknown state {args.get('state')!r}; "
-                                                   f"one of {', '.join(MetabolicState.__members__)}")
-                try:
-                    duration = float(args.get("duration_s", 60.0))
-                    moved = self.override(name, duration)
-                except (TypeError, ValueError) as exc:
-                    raise CommandError("bad_args", str(exc)) from None
-                if moved is not None:
-                    publish_state(moved)
-            elif action == "clear":
-                with self._lock:
-                    self.machine.clear_override()
-            elif action != "show":
-                raise CommandError("bad_args", f"unknown action {action!r}; one of show, set, clear")
-            return self.state_status()
-
-        def trust(args: dict[str, Any]) -> dict[str, Any]:
-            with self._lock:
-                return {**self.trust.status(), "paused": self.trust.paused_plugins(), "restore": self.trust_restore,
-                        "saves": self.trust_saves, "save_error": self.trust_save_error, "file": str(self.trust_path)}
-
-        return {"state": state, "trust": trust}
-
-    def state_status(self) -> dict[str, Any]:
-        with self._lock:
-            now = self.clock()
-            return {**self.machine.status(now), "idle_s": round(now - self._last_salient, 3),
-                    "last_critical": self._critical and {**self._critical, "age_s": round(now - self._critical["at"], 3)}}
-
     @property
     def state(self) -> str:
         return self.machine.state.value
-
-    def status(self) -> dict[str, Any]:
-        state = self.state_status()
-        with self._lock:
-            atp = self.ledger.status()
-            nominal = atp["recharge_per_s"]
-            return {
-                "state": state,
-                "atp": {**atp, "recharge_per_s": round(nominal * self._derate, 3), "nominal_recharge_per_s": nominal,
-                        "derate": round(self._derate, 4), "last_plan": self.last_plan},
-                "salience": dict(self._snarc),
-                "fusion": {"goal": self.cfg.attention.goal, "weights": dict(self._fusion_weights),
-                           "errors": dict(self.fusion_errors)},
-                "events": dict(self.events),
-                "consolidation": dict(self.consolidation),
-                "trust_summary": {"plugins": {n: round(self.trust.plugin(n), 4) for n in self.names},
-                                  "paused": self.trust.paused_plugins(), "restore": self.trust_restore,
-                                  "save_error": self.trust_save_error},
-            }
-
-    def health_reasons(self) -> list[str]:
-        reasons = []
-        if self.trust_restored.status in ("corrupt", "failed"):
-            reasons.append(f"trust ledger not restored: {self.trust_restore}")
-        if self.trust_save_error:
-            reasons.append(f"trust ledger not saved: {self.trust_save_error}")
-        return reasons
-

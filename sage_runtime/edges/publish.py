@@ -48,11 +48,13 @@ class ResultPublisher:
         for tap in self.taps:
             tap(parts)
 
-    def result(self, res: RunResult, *, tick: int, ts_ns: int, state: str, inputs: dict[str, int]) -> None:
+    def result(self, res: RunResult, *, tick: int, ts_ns: int, state: str, inputs: dict[str, int],
+               extra_outputs: dict[str, Any] | None = None, age_ms: float | None = None) -> None:
         header = {
             "plugin": res.plugin, "tick": tick, "ts_ns": ts_ns, "state": state, "energy": res.energy,
             "steps": res.steps, "halt": res.halt, "atp": round(res.atp_spent, 4),
-            "latency_ms": round(res.latency_ms, 4), "inputs": inputs,
+            "latency_ms": round(res.latency_ms, 4), "inputs": inputs, "warm": bool(res.warm),
+            "age_ms": None if age_ms is None else round(age_ms, 3),
         }
         if res.error:
             header["error"] = res.error

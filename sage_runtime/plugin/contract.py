@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sage_runtime.records import Frame
 
-HALT_REASONS: tuple[str, ...] = ("converged", "quota", "deadline", "max_steps", "error")
+HALT_REASONS: tuple[str, ...] = ("converged", "quota", "deadline", "max_steps", "error", "preempted")
 
 
 class PluginOptions(BaseModel):

@@ -1,79 +1,240 @@
-"""Where plugins run: one thread each, a step-cost estimate, a circuit breaker, and hang isolation.
+"""Where plugins run: one thread each, serving refinement jobs that outlive a tick.
 
-The runner (irp.run_plugin) bounds a well-behaved plugin by quota and deadline between steps; a
-step that never returns cannot be interrupted in Python, so the host abandons it after the
-deadline plus a grace period, reports `halt: "error"`, and skips the plugin until its thread
-comes back. The tick never waits on a hung plugin twice.
+The tick never waits here. It `submit`s new input (the host applies the plugin's input policy:
+`queue` finishes the running job first, `restart` and `warm` preempt it at its next step
+boundary, `warm` starting the next job from its state), `deposit`s the ATP the allocator granted
+into the plugin's account, and `take_finished` results to publish. The host thread starts a job
+when the account covers the measured init cost, runs a step while it covers the measured step
+cost (`StepCost`), and ends the job on the plugin's halting rule, max_steps, the job's ATP cap,
+preemption, or its deadline (the input's maximum age). A step that never returns cannot be
+interrupted in Python: the tick abandons it past the deadline plus a grace period (`check_hang`)
+and skips the plugin until its thread comes back; jobs hold copies of their frames, never
+mailbox leases, so an abandoned step pins nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
+import collections
 import concurrent.futures
 import logging
+import math
+import statistics
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from sage_runtime.plugin.contract import IRPPlugin, PluginContext, PluginInputs
-from sage_runtime.plugin.runner import StepCost, run_plugin
-from sage_runtime.records import RunResult
-from sage_runtime.mailbox import Lease
+from sage_runtime.cognition.atp import PluginAccount
 from sage_runtime.metrics import LatencyWindow
+from sage_runtime.plugin.contract import IRPPlugin, PluginContext, PluginInputs
+from sage_runtime.plugin.priority import lower_thread_priority
+from sage_runtime.plugin.runner import Job, StepCost, advance, begin, failed, finish, next_halt, run_plugin
+from sage_runtime.records import Frame, RunResult
 
 log = logging.getLogger("sage.plugins")
 
+INPUT_POLICIES = ("queue", "restart", "warm")
+#: Credit a plugin may hold while it has a job: this many of its steps (docs/metabolic.md).
+CREDIT_STEPS = 4.0
+#: Frames kept per fifo sensor for a plugin's next job; older ones are dropped and counted.
+MAX_BACKLOG = 64
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """input_policy: what new input does to a running job; max_age_ms: a job's deadline, as the
+    maximum age of its oldest frame; max_atp: cap on one job's spend (halt `quota`); nice: how
+    far below the tick the plugin thread runs."""
+
+    input_policy: str = "queue"
+    max_age_ms: float = 250.0
+    max_atp: float = math.inf
+    nice: int = 10
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A job's result and the inputs it served, for the publisher."""
+
+    result: RunResult
+    inputs: PluginInputs
+
+
+def job_policy(cfg: Any, plugin: IRPPlugin) -> JobPolicy:
+    """A plugin's JobPolicy from config (`plugins.jobs.<name>`, then `plugins` defaults), its
+    input policy defaulting to the plugin's own `input_policy` attribute (else `queue`)."""
+    section = cfg.plugins.jobs.get(plugin.name)
+    policy = (section.input_policy if section is not None else None) or getattr(plugin, "input_policy", "queue")
+    if policy not in INPUT_POLICIES:
+        raise ValueError(f"plugin {plugin.name}: input_policy must be one of {INPUT_POLICIES}, not {policy!r}")
+    max_age = section.max_age_ms if section is not None and section.max_age_ms else cfg.plugins.max_age_ms
+    max_atp = section.max_atp if section is not None and section.max_atp else math.inf
+    return JobPolicy(policy, max_age, max_atp, cfg.plugins.thread_nice)
+
+
+def merge_inputs(old: PluginInputs | None, new: PluginInputs) -> tuple[PluginInputs, int]:
+    """New input joins input not yet served: newest frame per sensor, fifo backlogs in order (at
+    most MAX_BACKLOG per sensor; returns how many older ones that dropped); context (state,
+    salience, fused, upstream) from `new`."""
+    if old is None:
+        return new, 0
+    frames = {**old.frames, **new.frames}
+    backlog: dict[str, list[Frame]] = {}
+    dropped = 0
+    for sensor in frames:
+        got = [*(old.backlog.get(sensor) or ([old.frames[sensor]] if sensor in old.frames else [])),
+               *(new.backlog.get(sensor) or ([new.frames[sensor]] if sensor in new.frames else []))]
+        if len(got) > 1 and (sensor in old.backlog or sensor in new.backlog):
+            dropped += max(len(got) - MAX_BACKLOG, 0)
+            backlog[sensor] = got[-MAX_BACKLOG:]
+    return PluginInputs(tick=new.tick, state=new.state, frames=frames, backlog=backlog, salience=new.salience,
+                        fused=new.fused, upstream=new.upstream), dropped
+
+
+def oldest_ts_ns(inputs: PluginInputs) -> int | None:
+    stamps = [f.ts_ns for f in inputs.every_frame()]
+    return min(stamps) if stamps else None
+
+
+def newest_ts_ns(inputs: PluginInputs) -> int | None:
+    stamps = [f.ts_ns for f in inputs.frames.values()]
+    return max(stamps) if stamps else None
+
 
 class PluginHost:
-    """One plugin, its thread and its health."""
+    """One plugin, its thread, its ATP account, its jobs and its health."""
 
-    def __init__(self, plugin: IRPPlugin, *, breaker_failures: int, breaker_cooldown_s: float) -> None:
+    def __init__(self, plugin: IRPPlugin, *, breaker_failures: int, breaker_cooldown_s: float,
+                 policy: JobPolicy | None = None, cost_clock: Callable[[], int] | None = None) -> None:
         self.plugin = plugin
         self.name = plugin.name
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"plugin-{plugin.name}")
-        self.cost = StepCost()
+        self.policy = policy or JobPolicy(input_policy=getattr(plugin, "input_policy", "queue"))
         self.breaker_failures = breaker_failures
         self.breaker_cooldown_s = breaker_cooldown_s
-        self.latency = LatencyWindow(2048)
-        self.runs = 0
-        self.steps = 0  # refinement steps over all runs (sagectl top, /metrics)
-        self.errors = 0
-        self.hangs = 0
+        self.account = PluginAccount()
+        self.cost = StepCost()       # a step's measured cost (the cost clock): what it is charged
+        self.wall = StepCost()       # a step's wall time: what the deadline check predicts with
+        self.init_cost = StepCost()
+        self.cost_clock: Callable[[], int] = cost_clock or time.thread_time_ns
+        self.on_finished: Callable[[], None] | None = None
+        self.stats = HostStats()
         self.consecutive_failures = 0
         self.breaker_until = 0.0
         self.paused = False
-        self.last_halt: str | None = None
-        self.last_error: str | None = None
-        self.halts: dict[str, int] = {}
-        self.atp_spent = 0.0
-        self._busy: concurrent.futures.Future[Any] | None = None
-        self._new_hang: concurrent.futures.Future[Any] | None = None
+        self.hung = False
+        self.held_dropped = 0
+        self.priority = "default"
+        self._cond = threading.Condition()
+        self._calls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = collections.deque()
+        self._job: Job | None = None
+        self._next: PluginInputs | None = None
+        self._last_state: Any = None
+        self._unit_since_ns: int | None = None
+        self._finished: collections.deque[Finished] = collections.deque()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name=f"plugin-{self.name}", daemon=True)
+        self._thread.start()
 
-    # ---------------------------------------------------------------- lifecycle (compute thread)
+    # ---------------------------------------------------------------- lifecycle
 
-    def _call(self, fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
-        return self.executor.submit(fn, *args)
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Run fn on the plugin thread between job units (setup, warmup, consolidate, close)."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._cond:
+            self._calls.append((fn, fut))
+            self._cond.notify_all()
+        return fut
 
-    def setup_and_warmup(self, ctx: PluginContext) -> concurrent.futures.Future[None]:
+    def setup_and_warmup(self, ctx: PluginContext) -> concurrent.futures.Future[Any]:
         def work() -> None:
             self.plugin.setup(ctx)
             t0 = time.perf_counter()
             self.plugin.warmup()
-            # Measure a representative run so the first quota is based on a real step cost.
-            run_plugin(self.plugin, self.plugin.sample_inputs(0), atp_ms=1e9, deadline_ns=time.perf_counter_ns()
-                       + int(5e9), cost=self.cost)
-            log.info("plugin %s warm: %.1f ms, step %.3f ms", self.name, (time.perf_counter() - t0) * 1e3,
-                     self.cost.ms)
-        return self._call(work)
+            # A representative run, so the first job's step and init costs are measured ones.
+            res = run_plugin(self.plugin, self.plugin.sample_inputs(0), atp_ms=1e9, deadline_ns=2**62,
+                             cost=self.cost, clock_ns=self.cost_clock)
+            self.init_cost.observe(max(res.atp_spent - res.steps * self.cost.ms, 0.0))
+            self.wall.observe(self.cost.ms)
+            log.info("plugin %s warm: %.1f ms, step %.3f ms, init %.3f ms", self.name,
+                     (time.perf_counter() - t0) * 1e3, self.cost.ms, self.init_cost.ms)
+        return self.call(work)
 
     def close(self, timeout_s: float = 2.0) -> None:
-        fut = self._call(self.plugin.close)
+        """Close the plugin between job units, stop the thread there, and join it: a thread still
+        inside torch when the interpreter exits can abort the process (measured: exit -6)."""
+        def work() -> None:
+            try:
+                self.plugin.close()
+            finally:
+                with self._cond:
+                    self._stopping = True
+        deadline = time.monotonic() + timeout_s
+        fut = self.call(work)
         try:
             fut.result(timeout=timeout_s)
         except Exception as exc:  # noqa: BLE001 - shutdown goes on
             log.warning("plugin %s close failed: %s", self.name, exc)
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(max(deadline - time.monotonic(), 0.05))
+
+    # ---------------------------------------------------------------- the tick's side
+
+    def submit(self, inputs: PluginInputs) -> None:
+        """New input: queued behind the running job, or (restart, warm) preempting it."""
+        with self._cond:
+            self._next, dropped = merge_inputs(self._next, inputs)
+            self.held_dropped += dropped
+            if self._job is not None and self.policy.input_policy == "restart":
+                self._job.preempt = True
+            self._cond.notify_all()
+
+    def deposit(self, granted: float) -> None:
+        if granted > 0:
+            self.account.deposit(granted)
+            with self._cond:
+                self._cond.notify_all()
+
+    def credit_cap(self) -> float:
+        """Credit this plugin may keep past a collect: none when idle, a few steps with work."""
+        return CREDIT_STEPS * max(self.cost.ms, self.init_cost.ms) if self.wants_atp() else 0.0
+
+    def wants_atp(self) -> bool:
+        """A job runs or waits to start: the allocator should consider this plugin."""
+        with self._cond:
+            return self._job is not None or self._next is not None or self._pending_input() > 0
+
+    def take_finished(self) -> list[Finished]:
+        with self._cond:
+            out = list(self._finished)
+            self._finished.clear()
+        self.stats.sample(self.account)
+        for done in out:
+            self._account(done.result)
+        return out
+
+    def check_hang(self, grace_ms: float) -> None:
+        """Abandon a job whose step has run past the job's deadline plus `grace_ms`."""
+        with self._cond:
+            job, since = self._job, self._unit_since_ns
+            if job is None or since is None or self.hung:
+                return
+            now = time.perf_counter_ns()
+            # Hung: past the job's deadline plus grace, and 10x the unit's usual wall time (a
+            # starved CPU stretches every step; that is slowness, not a hang).
+            if now < max(job.deadline_ns, since + int(10 * max(self.wall.ms, self.init_cost.ms) * 1e6)) \
+                    + int(grace_ms * 1e6):
+                return
+            self.hung = True
+            job.abandoned = True
+            self._job = None
+            self.stats.hangs += 1
+            res = RunResult(self.name, "error", job.steps, job.energies[-1] if job.energies else None,
+                            list(job.energies), {}, (now - job.started_ns) / 1e6, job.spent_ms, job.steps,
+                            error=f"hung: no return {grace_ms:.0f} ms past its deadline")
+            self._finished.append(Finished(res, job.inputs))
 
     # ---------------------------------------------------------------- state
 
@@ -81,74 +242,35 @@ class PluginHost:
         now = time.monotonic() if now is None else now
         if self.paused:
             return "paused"
-        if self._busy is not None and not self._busy.done():
+        if self.hung:
             return "hung"
         if self.breaker_until > now:
             return "open"  # circuit breaker tripped, cooling down
         return "degraded" if self.consecutive_failures else "ok"
 
     def available(self, now: float) -> bool:
-        if self._busy is not None:
-            if not self._busy.done():
-                return False
-            self._busy = None
-            log.info("plugin %s returned from its hang", self.name)
-        return not self.paused and self.breaker_until <= now
-
-    # ---------------------------------------------------------------- running
-
-    async def run(self, inputs: PluginInputs, *, atp_ms: float, deadline_ns: int, grace_ms: float) -> RunResult:
-        """Run on the plugin thread; give up waiting at deadline + grace."""
-        loop = asyncio.get_running_loop()
-        fut = self.executor.submit(run_plugin, self.plugin, inputs, atp_ms=atp_ms, deadline_ns=deadline_ns,
-                                   cost=self.cost)
-        wait_s = max(0.0, (deadline_ns - time.perf_counter_ns()) / 1e9) + grace_ms / 1e3
-        t0 = time.perf_counter()
-        try:
-            result = await asyncio.wait_for(asyncio.wrap_future(fut, loop=loop), timeout=wait_s)
-        except asyncio.TimeoutError:
-            self._busy = fut
-            self._new_hang = fut
-            self.hangs += 1
-            spent = (time.perf_counter() - t0) * 1e3
-            result = RunResult(self.name, "error", 0, None, [], {}, spent, spent, 0,
-                               error=f"hung: no return {grace_ms:.0f} ms past its deadline")
-        self._account(result)
-        return result
-
-    def take_new_hang(self) -> concurrent.futures.Future[Any] | None:
-        """The run abandoned since the last call, if any: its thread may still read that tick's frames."""
-        fut, self._new_hang = self._new_hang, None
-        return fut
+        return not self.paused and not self.hung and self.breaker_until <= now
 
     def _account(self, result: RunResult) -> None:
-        self.runs += 1
-        self.steps += result.steps
-        self.latency.record(result.latency_ms)
-        self.atp_spent += result.atp_spent
-        self.last_halt = result.halt
-        self.halts[result.halt] = self.halts.get(result.halt, 0) + 1
-        if result.halt == "error":
-            self.errors += 1
-            self.consecutive_failures += 1
-            self.last_error = result.error
-            log.warning("plugin %s error: %s", self.name, result.error)
-            if self.consecutive_failures >= self.breaker_failures:
-                self.breaker_until = time.monotonic() + self.breaker_cooldown_s
-                log.warning("plugin %s circuit open for %.1f s after %d failures", self.name,
-                            self.breaker_cooldown_s, self.consecutive_failures)
-        else:
+        """Health bookkeeping of a finished job (tick thread): errors feed the circuit breaker."""
+        self.stats.record(result)
+        if result.halt != "error":
             self.consecutive_failures = 0
+            return
+        self.consecutive_failures += 1
+        log.warning("plugin %s error: %s", self.name, result.error)
+        if self.consecutive_failures >= self.breaker_failures:
+            self.breaker_until = time.monotonic() + self.breaker_cooldown_s
+            log.warning("plugin %s circuit open for %.1f s after %d failures", self.name,
+                        self.breaker_cooldown_s, self.consecutive_failures)
 
     def summary(self) -> dict[str, Any]:
-        lat = self.latency.summary()
-        return {
-            "status": self.health(), "runs": self.runs, "steps": self.steps, "errors": self.errors, "hangs": self.hangs,
-            "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "step_ms": round(self.cost.ms, 4),
-            "last_halt": self.last_halt, "halts": dict(self.halts), "last_error": self.last_error,
-            "atp_spent": round(self.atp_spent, 3), "consecutive_failures": self.consecutive_failures,
-            "health_reasons": self._health_reasons(),
-        }
+        return {"status": self.health(), **self.stats.summary(self.account), "health_reasons": self._health_reasons(), "step_ms": round(self.cost.ms, 4),
+                "init_ms": round(self.init_cost.ms, 4), "credit": round(self.account.credit, 3),
+                "atp_granted": round(self.account.deposited_total, 3),
+                "input_policy": self.policy.input_policy, "job_running": self._job is not None,
+                "priority": self.priority, "consecutive_failures": self.consecutive_failures,
+                "held_frames": self._held_frames(), "held_dropped": self.held_dropped}
 
     def _health_reasons(self) -> list[str]:
         try:
@@ -156,28 +278,196 @@ class PluginHost:
         except Exception as exc:  # noqa: BLE001 - a plugin's bug must not break `sagectl status`
             return [f"health_reasons() failed: {type(exc).__name__}: {exc}"]
 
+    def _held_frames(self) -> int:
+        with self._cond:
+            return len(self._next.every_frame()) if self._next is not None else 0
 
-def release_after_hangs(leases: Iterable[Lease], hosts: Iterable[PluginHost]) -> None:
-    """Release a tick's mailbox leases, or, when a plugin was abandoned in that tick, once the last
-    such plugin's thread returns: until then it may still read the frames, and a released slot
-    would be rewritten under it. Only that tick's leases wait, so a long hang holds one slot per
-    sensor, not the whole ring."""
-    leases = list(leases)
-    hung = [fut for host in hosts if (fut := host.take_new_hang()) is not None]
-    if not hung:
-        for lease in leases:
-            lease.release()
-        return
-    log.warning("holding %d frame lease(s) until %d hung plugin(s) return", len(leases), len(hung))
-    remaining = [len(hung)]
-    lock = threading.Lock()
+    # ---------------------------------------------------------------- the plugin thread
 
-    def returned(_: concurrent.futures.Future[Any]) -> None:
-        with lock:
-            remaining[0] -= 1
-            last = remaining[0] == 0
-        if last:
-            for lease in leases:
-                lease.release()  # thread-safe: takes the channel's lock
-    for fut in hung:
-        fut.add_done_callback(returned)
+    def _pending_input(self) -> int:
+        try:
+            return int(self.plugin.pending_input())
+        except Exception:  # noqa: BLE001 - a faulty hook counts as nothing pending
+            return 0
+
+    def _serve(self) -> None:
+        self.priority = lower_thread_priority(self.name, self.policy.nice)
+        while True:
+            work = self._wait_for_work()
+            if work is None:
+                return
+            kind, arg = work
+            if kind == "call":
+                fn, fut = arg
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                        fut.set_exception(exc)
+            elif kind == "start":
+                self._start(arg)
+            else:
+                self._advance(arg)
+
+    def _wait_for_work(self) -> tuple[str, Any] | None:
+        """Under the lock: the next unit of work, or None when stopping. Waits for credit,
+        input or a call; a job waiting for credit wakes at its deadline."""
+        with self._cond:
+            while not self._stopping:
+                if self._calls:
+                    return "call", self._calls.popleft()
+                job = self._job
+                if job is not None:
+                    if job.preempt or self.account.can_afford(self.cost.ms):
+                        return "job", job
+                    timeout = (job.deadline_ns - time.perf_counter_ns()) / 1e9 - self.wall.ms / 1e3
+                    if timeout <= 0:
+                        return "job", job
+                    self._cond.wait(timeout)
+                    continue
+                if self._next is None and self._pending_input() > 0:
+                    self._next = PluginInputs()  # work the plugin queued itself in an earlier job
+                if self._next is not None and self.available(time.monotonic()) \
+                        and self.account.can_afford(self.init_cost.ms):
+                    inputs, self._next = self._next, None
+                    return "start", inputs
+                self._cond.wait(0.5 if self._next is not None else None)
+        return None
+
+    def _deadline_ns(self, inputs: PluginInputs) -> int:
+        oldest = oldest_ts_ns(inputs)
+        age_ms = max((time.time_ns() - oldest) / 1e6, 0.0) if oldest is not None else 0.0
+        return time.perf_counter_ns() + int(max(self.policy.max_age_ms - age_ms, 0.0) * 1e6)
+
+    def _start(self, inputs: PluginInputs) -> None:
+        job = Job(inputs, self._deadline_ns(inputs), max_atp=self.policy.max_atp)
+        warm_from = self._last_state if self.policy.input_policy == "warm" else None
+        with self._cond:
+            self._job = job
+        ok, _, ms = self._unit(job, lambda: begin(self.plugin, job, warm_from, self.cost_clock))
+        if not ok:
+            return
+        self.init_cost.observe(ms)
+        if job.state is None:
+            self.stats.empty += 1
+            self._end(job, None)
+
+    def _advance(self, job: Job) -> None:
+        """One unit of a running job: end it when it must stop, else one step if credit covers it."""
+        ok, halt, _ = self._unit(job, lambda: next_halt(self.plugin, job, self.cost, wall=self.wall))
+        if not ok:
+            return
+        if halt is not None:
+            self._end(job, halt)
+        elif self.account.can_afford(self.cost.ms):
+            self._unit(job, lambda: advance(self.plugin, job, self.cost, self.cost_clock, self.wall))
+
+    def _unit(self, job: Job, fn: Callable[[], Any]) -> tuple[bool, Any, float]:
+        """Run one unit of plugin code for `job`, charging its measured time to the account:
+        (ok, what fn returned, ms). A plugin exception ends the job with `error`; a unit that
+        returns after the tick abandoned it as hung is discarded; both give ok False."""
+        t0 = self.cost_clock()
+        with self._cond:
+            self._unit_since_ns = time.perf_counter_ns()
+        try:
+            out, ok = fn(), True
+        except Exception as exc:  # noqa: BLE001 - isolation is the point
+            out, ok = exc, False
+        ms = (self.cost_clock() - t0) / 1e6
+        self.account.charge(ms)
+        with self._cond:
+            self._unit_since_ns = None
+            if job.abandoned:
+                self._returned()
+                return False, None, ms
+        if not ok:
+            self._publish(job, failed(self.plugin, job, out))
+        return ok, out, ms
+
+    def _end(self, job: Job, halt: str | None) -> None:
+        if halt is None:
+            with self._cond:
+                self._job = None
+            return
+        t0 = self.cost_clock()
+        with self._cond:
+            self._unit_since_ns = time.perf_counter_ns()
+        try:
+            res = finish(self.plugin, job, halt, self.cost_clock)
+        except Exception as exc:  # noqa: BLE001
+            res = failed(self.plugin, job, exc, self.cost_clock)
+        self.account.charge((self.cost_clock() - t0) / 1e6)
+        with self._cond:
+            self._unit_since_ns = None
+        if res.halt != "error":
+            self._last_state = job.state
+        self._publish(job, res)
+
+    def _returned(self) -> None:
+        """(Under the lock.) The thread is back from a unit the tick abandoned as hung."""
+        if self.hung:
+            self.hung = False
+            log.info("plugin %s returned from its hang", self.name)
+
+    def _publish(self, job: Job, res: RunResult) -> None:
+        with self._cond:
+            if self._job is job:
+                self._job = None
+            if job.abandoned:
+                self._returned()
+                return
+            self._finished.append(Finished(res, job.inputs))
+        if self.on_finished is not None:
+            self.on_finished()
+
+
+class HostStats:
+    """Per-plugin counters for status: results by halt, steps per result, ATP per second."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.steps = 0  # refinement steps over all jobs (sagectl top, /metrics)
+        self.errors = 0
+        self.hangs = 0
+        self.empty = 0
+        self.warm = 0
+        self.atp_spent = 0.0
+        self.halts: collections.Counter[str] = collections.Counter()
+        self.last_halt: str | None = None
+        self.last_error: str | None = None
+        self.latency = LatencyWindow(2048)
+        self._steps: collections.deque[int] = collections.deque(maxlen=512)
+        self._spend: collections.deque[tuple[float, float]] = collections.deque(maxlen=256)
+
+    def record(self, res: RunResult) -> None:
+        self.runs += 1
+        self.steps += res.steps
+        self.halts[res.halt] += 1
+        self.last_halt = res.halt
+        self.atp_spent += res.atp_spent
+        self.warm += res.warm
+        self.latency.record(res.latency_ms)
+        self._steps.append(res.steps)
+        if res.halt == "error":
+            self.errors += 1
+            self.last_error = res.error
+
+    def sample(self, account: PluginAccount) -> None:
+        """Every half second, what the account has been charged so far: ATP/s over ~10 s."""
+        now = time.monotonic()
+        if not self._spend or now - self._spend[-1][0] >= 0.5:
+            self._spend.append((now, account.charged_total))
+            while len(self._spend) > 2 and now - self._spend[0][0] > 10.0:
+                self._spend.popleft()
+
+    def summary(self, account: PluginAccount) -> dict[str, Any]:
+        now = time.monotonic()
+        self.sample(account)
+        t0, c0 = self._spend[0]
+        lat = self.latency.summary()
+        return {"runs": self.runs, "steps": self.steps, "errors": self.errors, "hangs": self.hangs, "halts": dict(self.halts),
+                "last_halt": self.last_halt, "last_error": self.last_error, "p50_ms": lat["p50_ms"],
+                "p99_ms": lat["p99_ms"], "atp_spent": round(self.atp_spent, 3),
+                "steps_p50": statistics.median(self._steps) if self._steps else None,
+                "atp_per_s": round((account.charged_total - c0) / (now - t0), 3) if now - t0 > 0.5 else None,
+                "preempted": self.halts["preempted"], "warm_starts": self.warm, "empty_jobs": self.empty}

@@ -3,7 +3,7 @@
 All use ``torch.nn.functional.scaled_dot_product_attention``; see docs/attention.md.
 """
 
-from .allocator import COL, FEATURES, STATES, AtpAllocator, StatePattern, build_features
+from .allocator import COL, FEATURES, STATES, AtpAllocator, StatePattern, UniformAllocator, build_features
 from .fusion import Features, Sensor, SensorFusion
 from .selector import TrustWeightedExpertSelector, trust_for_context
 
@@ -12,6 +12,7 @@ __all__ = [
     "FEATURES",
     "STATES",
     "AtpAllocator",
+    "UniformAllocator",
     "Features",
     "Sensor",
     "SensorFusion",

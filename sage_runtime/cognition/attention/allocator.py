@@ -223,3 +223,17 @@ class AtpAllocator(torch.nn.Module):
         n_c = c.sum(-1, keepdim=True)
         mix = pat.mix * (n_c > 0).double()
         return w.mul_(1.0 - mix).add_(mix * c / n_c.clamp(min=1e-12))
+
+
+class UniformAllocator:
+    """A measured baseline, not a mode for production (`attention.allocator: uniform`): every
+    target gets the same share whatever the state, salience or trust, so benchmarks can show what
+    the state-driven allocator buys over it at the same total ATP."""
+
+    def allocate(self, state: object, features: torch.Tensor, total_atp: float, seed: int | None = None
+                 ) -> torch.Tensor:
+        state_name(state)
+        n = features.shape[0]
+        if total_atp < 0:
+            raise ValueError("total_atp must be >= 0")
+        return torch.full((n,), float(total_atp) / n if n else 0.0, dtype=torch.float64)

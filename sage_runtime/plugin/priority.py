@@ -1,0 +1,77 @@
+"""OS priority of the tick and of plugin threads (Linux; a no-op elsewhere).
+
+The tick must win the CPU from busy plugin threads on a 2-core box. Unprivileged code may lower
+a thread's priority but not raise it, so: the tick thread asks for SCHED_FIFO (allowed with
+CAP_SYS_NICE or RLIMIT_RTPRIO), and every plugin thread lowers itself with a per-thread nice
+(`os.setpriority` on its native thread id: Linux nice values are per thread). What was achieved
+is reported in `status.capabilities.scheduling`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+log = logging.getLogger("sage.priority")
+
+#: What the tick thread got ("SCHED_FIFO n" or "nice n") and what plugin threads got, by name.
+REPORT: dict[str, object] = {"tick": "default", "plugins": {}}
+
+
+def raise_tick_priority(fifo_priority: int = 10) -> str:
+    """Put the calling thread (the tick) under SCHED_FIFO when permitted; else leave it at nice 0
+    (plugin threads go below it). Returns what it got."""
+    got = "nice 0 (SCHED_OTHER; plugin threads are niced below it)"
+    if hasattr(os, "sched_setscheduler"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(fifo_priority))
+            got = f"SCHED_FIFO {fifo_priority}"
+        except (PermissionError, OSError) as exc:
+            log.info("SCHED_FIFO for the tick not permitted (%s); plugin threads are niced instead", exc)
+    REPORT["tick"] = got
+    return got
+
+
+def tick_priority() -> str:
+    return str(REPORT["tick"])
+
+
+def tick_is_realtime() -> bool:
+    return str(REPORT["tick"]).startswith("SCHED_FIFO")
+
+
+def lower_thread_priority(name: str, nice: int) -> str:
+    """Lower the calling thread by `nice` (per-thread on Linux) unless the tick runs under
+    SCHED_FIFO, which already preempts every SCHED_OTHER thread: a niced plugin thread also
+    loses the CPU to every other process on a shared box, which inflates its measured step cost.
+    What it got, for status."""
+    got = "default"
+    if tick_is_realtime():
+        nice = 0
+    if hasattr(os, "setpriority"):
+        tid = threading.get_native_id()
+        if hasattr(os, "sched_setscheduler"):
+            try:  # threads inherit SCHED_FIFO from a tick that got it; plugin threads must not
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            except OSError:
+                pass
+        try:
+            if nice > 0:
+                os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+            got = f"nice {os.getpriority(os.PRIO_PROCESS, tid)}"
+        except OSError as exc:
+            got = f"unchanged ({exc.strerror})"
+    plugins = REPORT["plugins"]
+    assert isinstance(plugins, dict)
+    plugins[name] = got
+    return got
+
+
+def scheduling_report() -> dict[str, object]:
+    """For `status.capabilities.scheduling`: what the tick and each plugin thread got, and the
+    GIL switch interval plugin threads run under."""
+    import sys
+
+    return {"tick": REPORT["tick"], "plugins": dict(REPORT["plugins"]),  # type: ignore[call-overload]
+            "gil_switch_interval_ms": round(sys.getswitchinterval() * 1e3, 3)}
