@@ -169,15 +169,28 @@ def test_a_step_predicted_past_the_deadline_is_not_started():
     assert max(halts) <= job.deadline_ns  # no step ended past the deadline
 
 
-def test_the_deadline_is_the_input_s_maximum_age_on_the_host(hosts):
+@pytest.mark.parametrize("input_policy", ["restart", "warm"])
+def test_the_deadline_is_the_input_s_maximum_age_on_the_host(hosts, input_policy):
     plugin = Matmul(reps=1000)
-    host = hosts(plugin, max_age_ms=150.0)
+    host = hosts(plugin, max_age_ms=150.0, input_policy=input_policy)
     old = Frame("s", 1, time.time_ns() - int(100e6), "tensor", torch.ones(256))  # 100 ms old already
     host.submit(PluginInputs(frames={"s": old}))
     host.deposit(1e6)
     res = wait_finished(host)[0].result
     assert res.halt == "deadline" and res.steps < Matmul.max_steps
     assert res.latency_ms < 50.0 + host.wall.ms * 2  # 150 ms max age - 100 ms already old
+
+
+def test_a_queued_request_gets_its_whole_budget_however_long_it_waited(hosts):
+    """queue serves requests: a command or puzzle that waited past max_age is still refined
+    (was: its deadline had passed before the job began, so it was answered with 0 steps)."""
+    plugin = Matmul(reps=1000)
+    host = hosts(plugin, max_age_ms=150.0, input_policy="queue")
+    old = Frame("s", 1, time.time_ns() - int(400e6), "tensor", torch.ones(256))  # waited 400 ms
+    host.submit(PluginInputs(frames={"s": old}))
+    host.deposit(1e6)
+    res = wait_finished(host)[0].result
+    assert res.steps > 0 and res.halt != "error"
 
 
 def test_queue_finishes_the_running_job_first_and_warm_starts_from_its_state(hosts):

@@ -335,7 +335,10 @@ class PluginHost:
         return None
 
     def _deadline_ns(self, inputs: PluginInputs) -> int:
-        oldest = oldest_ts_ns(inputs)
+        """restart/warm serve samples, so the deadline is the oldest frame's age; queue serves
+        requests in order, so each job gets max_age_ms from its start (a command or puzzle that
+        waited in line, or a puzzle continued after a cut, is still answered, not cut at once)."""
+        oldest = oldest_ts_ns(inputs) if self.policy.input_policy != "queue" else None
         age_ms = max((time.time_ns() - oldest) / 1e6, 0.0) if oldest is not None else 0.0
         return time.perf_counter_ns() + int(max(self.policy.max_age_ms - age_ms, 0.0) * 1e6)
 
