@@ -352,7 +352,8 @@ def test_readme_language_example_through_the_daemon(tmp_path):
     from sage_runtime.client import ResultSubscriber, SensorPublisher
     from tests.harness import DaemonProcess
 
-    d = DaemonProcess(tmp_path, {"plugins": {"enabled": ["language"]}, "tick": {"rate_hz": 20}})
+    # 2 Hz: a tick leaves the plugin time to converge (at 20 Hz the ATP quota cuts runs short)
+    d = DaemonProcess(tmp_path, {"plugins": {"enabled": ["language"]}, "tick": {"rate_hz": 2}})
     sub = ResultSubscriber(d.results, topics=("result/language",))
     try:
         d.start()
@@ -379,3 +380,62 @@ def test_readme_language_example_through_the_daemon(tmp_path):
     finally:
         sub.close()
         d.kill()
+
+
+# ---- the issue's bars on held-out subsets (fixed seeds never used for training or fitting) -------
+
+@pytest.fixture(scope="module")
+def understood(model):
+    from sage_plugins.language.evaluate import understanding
+    from sage_plugins.language.understand import Calibrator
+    return understanding(model, Calibrator.load(), n=UNDERSTOOD_N, n_oog=UNDERSTOOD_OOG, n_neg=UNDERSTOOD_NEG)
+
+
+UNDERSTOOD_N, UNDERSTOOD_OOG, UNDERSTOOD_NEG = 100, 100, 30
+
+
+def test_out_of_grammar_speech_yields_no_command(understood):
+    """>= 97% of held-out non-commands (own templates and words) yield no command, clean and at 10%
+    CER, where the refined text read by the grammar alone (the old plugin) makes many commands."""
+    for name in ("out_of_grammar", "out_of_grammar_cer10"):
+        s = understood[name]
+        assert s["n"] == UNDERSTOOD_OOG and s["plugin"] >= 0.97, s
+        assert s["refined_constrained"] < s["plugin"] - 0.1, s
+
+
+def test_negated_commands_never_yield_the_negated_action(understood):
+    for rate in (0, 10, 20):
+        s = understood[f"negated_cer{rate}"]
+        assert s["plugin_yields_negated_action"] == 0, s
+    assert understood["negated_cer0"]["refined_constrained_yields"] > 0  # what it did before
+
+
+def test_in_grammar_commands_are_read_and_accepted(understood, quality):
+    """Intent exact >= 97% at 10% CER and >= 94% with word-level errors (the candidate read; the
+    uncorrected input by the exact parser is far below), and at the documented threshold the
+    accepted intents at 10% CER are >= 99% right with >= 90% of commands accepted and right."""
+    c10, words = understood["commands_cer10"], understood["commands_words"]
+    assert c10["candidate_exact"] >= 0.97 and words["candidate_exact"] >= 0.94, (c10, words)
+    assert quality["noisy_input"]["intent_exact"] < 0.2
+    assert c10["precision"] >= 0.99 and c10["recall"] >= 0.90, c10
+
+
+def test_confidence_is_calibrated(understood):
+    cal = understood["calibration"]
+    assert cal["ece_10_bins"] <= 0.05, cal
+    assert 0.2 < cal["accuracy"] < 0.8  # the mix holds commands and non-commands, so ECE is not trivial
+
+
+def test_word_noise_model_makes_recognizer_errors_and_is_seeded(grammar):
+    from sage_plugins.language.noise import FILLERS, corrupt_words
+    from sage_plugins.language.utterance import clean_words
+    rng = random.Random(4)
+    clean = [grammar.sample(rng).text for _ in range(300)]
+    noisy = [corrupt_words(c, 0.2, random.Random(i)) for i, c in enumerate(clean)]
+    assert noisy == [corrupt_words(c, 0.2, random.Random(i)) for i, c in enumerate(clean)]
+    words = [w for n in noisy for w in n.split()]
+    assert any(w in FILLERS for w in words)
+    assert any(n.count(" the the ") for n in noisy) and any(len(n.split()) < len(c.split()) for c, n in
+                                                            zip(clean, noisy))
+    assert sum(n != c for c, n in zip(clean, noisy)) > 200
+    assert clean_words("uh pick up um the the red cup") == "pick up the red cup"

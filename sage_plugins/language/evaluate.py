@@ -249,6 +249,8 @@ def understanding(model: Denoiser, calibrator: Calibrator, n: int = 1000, n_oog:
     for name, data in (("commands_cer10", heldout_set(n, EVAL_SEED, 0.1)), ("commands_words", word_noise_set(n))):
         got = readings([x for _, _, x in data])
         out[name] = _accepting([r for r, _, _ in got], [i for _, i, _ in data])
+        if name == "commands_cer10":
+            add_mix(got, [i for _, i, _ in data])
     mix = heldout_set(n // 2, EVAL_MIX_SEED, (0.0, 0.2))
     got = readings([x for _, _, x in mix])
     out["commands_cer0_20"] = _accepting([r for r, _, _ in got], [i for _, i, _ in mix])
@@ -265,7 +267,8 @@ def understanding(model: Denoiser, calibrator: Calibrator, n: int = 1000, n_oog:
         got = readings([x for x, _ in noisy])
         out[f"negated_cer{int(rate * 100)}"] = _negated(grammar, noisy, got, max_normalized)
         add_mix(got, [None] * len(noisy))
-    out["calibration"] = {"n": len(mix_conf), "ece_10_bins": ece(mix_conf, mix_right),
+    out["calibration"] = {"n": len(mix_conf), "sets": "commands_cer10 + commands_cer0_20 + out_of_grammar (clean, "
+                          "cer10) + negated (cer 0/10/20)", "ece_10_bins": ece(mix_conf, mix_right),
                           "mean_confidence": sum(mix_conf) / len(mix_conf), "accuracy": sum(mix_right) / len(mix_right)}
     out["out_of_grammar_utterances"] = len(said)
     return out
