@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def plugin() -> VisionPlugin:
     p = VisionPlugin()
-    p.setup(make_context({}))
+    p.setup(make_context(p, {}))
     p.warmup()
     yield p
     p.close()
@@ -61,8 +61,8 @@ def test_model_and_weights_within_budget() -> None:
 
 
 def test_unknown_config_key_is_rejected() -> None:
-    with pytest.raises(ValueError, match="unknown config"):
-        VisionPlugin().setup(make_context({"lamda": 1.0}))
+    with pytest.raises(ValueError, match=r"plugins\.options\.vision\.lamda: unknown key"):
+        VisionPlugin().setup(make_context(VisionPlugin, {"lamda": 1.0}))
 
 
 def test_accepts_images_only(plugin: VisionPlugin) -> None:
@@ -110,11 +110,11 @@ def test_runner_history_is_monotone(plugin: VisionPlugin) -> None:
 
 def test_halts_on_convergence_not_before(plugin: VisionPlugin) -> None:
     w = plugin.cfg.window
-    assert plugin.halt([1.0] * w) is None, "needs a full window"
-    assert plugin.halt([1.0, 0.9, 0.8, 0.7][-(w + 1):]) is None
-    assert plugin.halt([1.0, 1.0, 1.0, 1.0][-(w + 1):]) == "converged"  # stalled backtracking
+    assert plugin.halt(None, [1.0] * w) is None, "needs a full window"
+    assert plugin.halt(None, [1.0, 0.9, 0.8, 0.7][-(w + 1):]) is None
+    assert plugin.halt(None, [1.0, 1.0, 1.0, 1.0][-(w + 1):]) == "converged"  # stalled backtracking
     loose = VisionPlugin()
-    loose.setup(make_context({"rel_eps": 0.02}))
+    loose.setup(make_context(loose, {"rel_eps": 0.02}))
     res = run(loose, loose.sample_inputs(5).frames["camera"])
     assert res.halt == "converged" and 1 <= res.steps < loose.max_steps, (res.halt, res.steps)
 

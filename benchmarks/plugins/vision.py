@@ -74,7 +74,7 @@ def _steps_to_halt(plugin: VisionPlugin, seeds: range) -> dict[str, Any]:
 def run(quick: bool = False) -> dict[str, Any]:
     torch.set_num_threads(1)
     plugin = VisionPlugin()
-    plugin.setup(make_context({}))
+    plugin.setup(make_context(plugin, {}))
     plugin.warmup()
     result: dict[str, Any] = {"machine": machine(), "plugin": "vision", "quick": quick,
                               "working_size": plugin.size, "max_steps": plugin.max_steps}

@@ -48,7 +48,7 @@ TRAJECTORY_MARKS = (0, 1, 2, 5, 10, 20, 30, 40, 50)
 class FixedStepsVision(VisionPlugin):
     """The same plugin with halting switched off: it runs until max_steps."""
 
-    def halt(self, history: Sequence[float]) -> str | None:
+    def halt(self, state: Any, history: Sequence[float]) -> str | None:
         return None
 
 
@@ -106,7 +106,7 @@ def evaluate_condition(clean: torch.Tensor, condition: str, seed: int, config: d
     if fixed:
         plugins["fixed50"] = FixedStepsVision()
     for p in plugins.values():
-        p.setup(make_context({**(config or {}), "max_steps": FIXED_STEPS}))
+        p.setup(make_context(p, {**(config or {}), "max_steps": FIXED_STEPS}))
         p.warmup()
     rows: dict[str, list[Any]] = {"step0": [], "early": [], "fixed50": [], "early_ms": [], "fixed50_ms": [],
                                   "step0_ms": [], "early_steps": [], "input": []}

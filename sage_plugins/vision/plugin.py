@@ -42,11 +42,12 @@ class VisionPlugin(IRPPlugin):
     """Autoencoder + monotone latent refinement over the newest image frame."""
 
     name = "vision"
+    Options = VisionConfig
     accepts_kinds = frozenset({"tensor"})
 
     def setup(self, ctx: PluginContext) -> None:
         super().setup(ctx)
-        cfg = self.cfg = VisionConfig.from_mapping(ctx.config)
+        cfg = self.cfg = ctx.options
         self.max_steps = cfg.max_steps
         self.refine_cfg = refine.RefineConfig(lam=cfg.lam, lr0=cfg.lr0, memory=cfg.memory,
                                               max_halvings=cfg.max_halvings, fill=cfg.fill)
@@ -91,7 +92,7 @@ class VisionPlugin(IRPPlugin):
     def energy(self, state: VisionState) -> float:
         return float(state.r.energy[0])
 
-    def halt(self, history: Sequence[float]) -> str | None:
+    def halt(self, state: VisionState, history: Sequence[float]) -> str | None:
         """Converged when E fell by less than rel_eps of itself over the last `window` steps
         (E never rises, so this is a true plateau, and a stalled backtracking gives zero drop)."""
         k = self.cfg.window
