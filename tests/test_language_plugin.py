@@ -386,9 +386,10 @@ def test_readme_language_example_through_the_daemon(tmp_path):
 
 @pytest.fixture(scope="module")
 def understood(model):
-    from sage_plugins.language.evaluate import understanding
+    from sage_plugins.language.evaluate import merge_understanding, understanding
     from sage_plugins.language.understand import Calibrator
-    return understanding(model, Calibrator.load(), n=UNDERSTOOD_N, n_oog=UNDERSTOOD_OOG, n_neg=UNDERSTOOD_NEG)
+    return merge_understanding([understanding(model, Calibrator.load(), n=UNDERSTOOD_N, n_oog=UNDERSTOOD_OOG,
+                                              n_neg=UNDERSTOOD_NEG)])
 
 
 UNDERSTOOD_N, UNDERSTOOD_OOG, UNDERSTOOD_NEG = 100, 100, 30

@@ -229,63 +229,98 @@ def _negated(grammar: Grammar, pairs: list[tuple[str, dict[str, Any]]], got: lis
                                                                                  "low_confidence")}}
 
 
+PARTS = ("commands", "out_of_grammar", "negated")
+
+
 def understanding(model: Denoiser, calibrator: Calibrator, n: int = 1000, n_oog: int = 600, n_neg: int = 300,
-                  max_normalized: float = MAX_NORMALIZED) -> dict[str, Any]:
+                  max_normalized: float = MAX_NORMALIZED, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     """The plugin's readings on every held-out set: in-grammar at 10% CER and with word-level
     errors (precision / recall at the threshold), out-of-grammar (clean and 10% CER), negated (0,
-    10, 20% CER), and the calibration of the confidence on a mix of all of them."""
+    10, 20% CER), and the calibration of the confidence on a mix of all of them. `parts` computes
+    some of them (the rest can run in another process; `merge_understanding` joins them)."""
     grammar = Grammar.load()
-    out: dict[str, Any] = {"threshold": calibrator.threshold}
-    mix_conf: list[float] = []
-    mix_right: list[bool] = []
+    out: dict[str, Any] = {"threshold": calibrator.threshold, "mix_confidence": [], "mix_right": []}
 
     def readings(raws: list[str]) -> list[tuple[Reading, str, float]]:
         return plugin_readings(model, grammar, calibrator, raws, max_normalized=max_normalized)
 
     def add_mix(got: list[tuple[Reading, str, float]], truths: list[dict[str, Any] | None]) -> None:
-        mix_conf.extend(r.confidence for r, _, _ in got)
-        mix_right.extend(r.candidate is not None and r.candidate == t for (r, _, _), t in zip(got, truths))
+        out["mix_confidence"].extend(r.confidence for r, _, _ in got)
+        out["mix_right"].extend(r.candidate is not None and r.candidate == t for (r, _, _), t in zip(got, truths))
 
-    for name, data in (("commands_cer10", heldout_set(n, EVAL_SEED, 0.1)), ("commands_words", word_noise_set(n))):
-        got = readings([x for _, _, x in data])
-        out[name] = _accepting([r for r, _, _ in got], [i for _, i, _ in data])
-        if name == "commands_cer10":
-            add_mix(got, [i for _, i, _ in data])
-    mix = heldout_set(n // 2, EVAL_MIX_SEED, (0.0, 0.2))
-    got = readings([x for _, _, x in mix])
-    out["commands_cer0_20"] = _accepting([r for r, _, _ in got], [i for _, i, _ in mix])
-    add_mix(got, [i for _, i, _ in mix])
-    said = oog.utterances("evaluation", n_oog, EVAL_OOG_SEED, grammar)
+    if "commands" in parts:
+        for name, data in (("commands_cer10", heldout_set(n, EVAL_SEED, 0.1)), ("commands_words", word_noise_set(n)),
+                           ("commands_cer0_20", heldout_set(n // 2, EVAL_MIX_SEED, (0.0, 0.2)))):
+            got = readings([x for _, _, x in data])
+            out[name] = _accepting([r for r, _, _ in got], [i for _, i, _ in data])
+            if name != "commands_words":
+                add_mix(got, [i for _, i, _ in data])
     rng = random.Random(EVAL_OOG_SEED)
-    for name, raws in (("out_of_grammar", said), ("out_of_grammar_cer10", [corrupt(t, 0.1, rng) for t in said])):
-        got = readings(raws)
-        out[name] = _no_command(grammar, raws, got, max_normalized)
-        add_mix(got, [None] * len(raws))
-    pairs = oog.negated("evaluation", n_neg, EVAL_NEGATED_SEED, grammar, part="evaluation")
-    for rate in (0.0, 0.1, 0.2):
-        noisy = [(corrupt(x, rate, rng), i) for x, i in pairs]
-        got = readings([x for x, _ in noisy])
-        out[f"negated_cer{int(rate * 100)}"] = _negated(grammar, noisy, got, max_normalized)
-        add_mix(got, [None] * len(noisy))
-    out["calibration"] = {"n": len(mix_conf), "sets": "commands_cer10 + commands_cer0_20 + out_of_grammar (clean, "
-                          "cer10) + negated (cer 0/10/20)", "ece_10_bins": ece(mix_conf, mix_right),
-                          "mean_confidence": sum(mix_conf) / len(mix_conf), "accuracy": sum(mix_right) / len(mix_right)}
-    out["out_of_grammar_utterances"] = len(said)
+    if "out_of_grammar" in parts:
+        said = oog.utterances("evaluation", n_oog, EVAL_OOG_SEED, grammar)
+        for name, raws in (("out_of_grammar", said), ("out_of_grammar_cer10", [corrupt(t, 0.1, rng) for t in said])):
+            got = readings(raws)
+            out[name] = _no_command(grammar, raws, got, max_normalized)
+            add_mix(got, [None] * len(raws))
+    if "negated" in parts:
+        pairs = oog.negated("evaluation", n_neg, EVAL_NEGATED_SEED, grammar, part="evaluation")
+        for rate in (0.0, 0.1, 0.2):
+            noisy = [(corrupt(x, rate, rng), i) for x, i in pairs]
+            got = readings([x for x, _ in noisy])
+            out[f"negated_cer{int(rate * 100)}"] = _negated(grammar, noisy, got, max_normalized)
+            add_mix(got, [None] * len(noisy))
+    return out
+
+
+def merge_understanding(pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    """Join `understanding` results computed in parts; the calibration error is over the joined mix
+    (in-grammar at 10% and 0-20% CER, out-of-grammar clean and at 10% CER, negated at 0/10/20%)."""
+    out: dict[str, Any] = {}
+    conf: list[float] = []
+    right: list[bool] = []
+    for piece in pieces:
+        conf += piece.get("mix_confidence", [])
+        right += piece.get("mix_right", [])
+        out.update({k: v for k, v in piece.items() if not k.startswith("mix_")})
+    out["calibration"] = {"n": len(conf), "ece_10_bins": ece(conf, right), "mean_confidence": sum(conf) / len(conf),
+                          "accuracy": sum(right) / len(right),
+                          "sets": "commands_cer10 + commands_cer0_20 + out_of_grammar (clean, cer10) + negated"}
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, default=PACKAGE / "weights.pt")
-    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--n", type=int, default=1000, help="in-grammar commands per set")
+    p.add_argument("--n-oog", type=int, default=600)
+    p.add_argument("--n-neg", type=int, default=300)
+    p.add_argument("--sets", choices=("rows", "understanding", "all", *PARTS), default="all",
+                   help="rows: the denoiser rows (character and word noise); understanding: the plugin's "
+                        "readings on every set, or one part of them (commands, out_of_grammar, negated)")
+    p.add_argument("--full-schedule", action="store_true", help="also the no-early-halt row (slow)")
+    p.add_argument("--merge", type=Path, nargs="*", default=[], help="join these partial results into --out")
     p.add_argument("--out", type=Path, default=QUALITY)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     model = load_checkpoint(args.weights)
-    result = evaluate(model, n=args.n, full_schedule=True)
-    result["word_noise"] = evaluate(model, data=word_noise_set(args.n), grammar_only=True)
-    result["word_noise"].update({"word_rate": WORD_RATE, "cer": WORD_CER, "seed": EVAL_WORD_SEED})
-    result["understanding"] = understanding(model, Calibrator.load(), n=args.n)
+    result: dict[str, Any] = {}
+    if args.merge:
+        parts = [json.loads(path.read_text()) for path in args.merge]
+        for piece in parts:
+            result.update({k: v for k, v in piece.items() if k != "understanding"})
+        result["understanding"] = merge_understanding([p["understanding"] for p in parts if "understanding" in p])
+    if args.sets in ("rows", "all") and not args.merge:
+        result.update(evaluate(model, n=args.n, full_schedule=args.full_schedule))
+        result["word_noise"] = evaluate(model, data=word_noise_set(args.n))
+        result["word_noise"].update({"word_rate": WORD_RATE, "word_cer": WORD_CER, "seed": EVAL_WORD_SEED})
+    if args.sets != "rows" and not args.merge:
+        parts_ = PARTS if args.sets in ("understanding", "all") else (args.sets,)
+        t0 = time.perf_counter()
+        result["understanding"] = understanding(model, Calibrator.load(), n=args.n, n_oog=args.n_oog,
+                                                n_neg=args.n_neg, parts=parts_)
+        result["understanding"]["wall_s"] = round(time.perf_counter() - t0)
+        if args.sets in ("understanding", "all"):
+            result["understanding"] = merge_understanding([result["understanding"]])
     result["params"] = sum(p.numel() for p in model.parameters())
     result["machine"] = {"python": platform.python_version(), "torch": torch.__version__,
                          "cpu": platform.processor() or platform.machine(), "threads": 1}

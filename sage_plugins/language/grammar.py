@@ -282,9 +282,10 @@ class Grammar:
         total, parts = found
         return Nearest(" ".join(p for _, p in parts[1:]), self._intent(parts), total)
 
-    def _search(self, text: str) -> tuple[int, tuple[tuple[str, str], ...]] | None:
-        """(edits, ((role, phrase) per element)) of the nearest element sequence, by `_align`."""
-        best: list[Any] = [1 << 30, None]
+    def _search(self, text: str, bound: int = 1 << 30) -> tuple[int, tuple[tuple[str, str], ...]] | None:
+        """(edits, ((role, phrase) per element)) of the nearest element sequence, by `_align`;
+        only sequences nearer than `bound` edits are looked for (bound=1: exact ones, fast)."""
+        best: list[Any] = [bound, None]
         for words, extra in self._tokenizations(text.split()):
             self._align(words, extra, best)
         total, choice = best
@@ -316,7 +317,7 @@ class Grammar:
         if command not in cache:
             if len(cache) > 4096:
                 cache.clear()
-            found = self._search(command)
+            found = self._search(command, bound=1)
             cache[command] = None if found is None or found[0] != 0 else found[1]
         return cache[command]
 
