@@ -114,8 +114,8 @@ def _scores(grammar: Grammar, data: list[tuple[str, dict, str]], hyps: list[str]
 
 def snap(grammar: Grammar, text: str, max_normalized: float = MAX_NORMALIZED) -> str:
     """`text` replaced by its nearest command when within `max_normalized`, else unchanged."""
-    near = grammar.nearest(text)
-    return near.text if near is not None and near.normalized(text) <= max_normalized else normalize(text)
+    near = grammar.nearest(text, max_normalized)
+    return near.text if near is not None else normalize(text)
 
 
 def evaluate(model: Denoiser, n: int = 1000, seed: int = EVAL_SEED, rate: float = 0.1, total: int = 10,

@@ -84,6 +84,15 @@ class _Element:
     max_words: int
 
 
+def _bound(length: int, within: float | None) -> int:
+    """Edits (exclusive) a command within `within` edits per character of a text of `length`
+    characters can be: d <= within * max(length, len(command)) and d >= len(command) - length give
+    d <= within * length / (1 - within)."""
+    if within is None or within >= 1:
+        return 1 << 30
+    return int(within * length / (1 - within)) + 1
+
+
 @lru_cache(maxsize=1 << 14)
 def _distance(a: str, b: str) -> int:
     return levenshtein(a, b)
@@ -249,16 +258,21 @@ class Grammar:
             out = [(ws + a, c + d) for ws, c in out for a, d in alts][:limit]
         return out
 
-    def nearest(self, text: str) -> Nearest | None:
-        """`_nearest`, memoized (refinement asks again for texts it has already snapped)."""
-        cache: dict[str, Nearest | None] = self.__dict__.setdefault("_nearest_cache", {})
-        if text not in cache:
+    def nearest(self, text: str, within: float | None = None) -> Nearest | None:
+        """`_nearest`, memoized (refinement asks again for texts it has already snapped). With
+        `within` (edits per character, `Nearest.normalized`) only a command that near is looked
+        for, and None returned when there is none: the same answer for the commands that near,
+        found much faster for text far from every command (the bound prunes the search)."""
+        cache: dict[tuple[str, float | None], Nearest | None] = self.__dict__.setdefault("_nearest_cache", {})
+        key = (text, within)
+        if key not in cache:
             if len(cache) > 4096:
                 cache.clear()
-            cache[text] = self._nearest(text)
-        return cache[text]
+            near = self._nearest(text, _bound(len(normalize(text)), within))
+            cache[key] = near if within is None or (near is not None and near.normalized(text) <= within) else None
+        return cache[key]
 
-    def _nearest(self, text: str) -> Nearest | None:
+    def _nearest(self, text: str, bound: int = 1 << 30) -> Nearest | None:
         """The command of the grammar nearest to `text` in character edits (None for empty text).
 
         The text's words are aligned with a template's elements by dynamic programming: each
@@ -276,7 +290,7 @@ class Grammar:
         exact = self.parse(text)
         if exact is not None:
             return Nearest(text, exact, 0)
-        found = self._search(text)
+        found = self._search(text, bound)
         if found is None:
             return None
         total, parts = found
@@ -387,10 +401,8 @@ class Grammar:
         """The intent of the nearest command when it is within `max_normalized` edits per character
         of `text` (see `Nearest.normalized`), else None: text too far from every command is not
         turned into one."""
-        near = self.nearest(text)
-        if near is None or near.normalized(text) > max_normalized:
-            return None
-        return near.intent
+        near = self.nearest(text, max_normalized)
+        return None if near is None else near.intent
 
     def parse(self, text: str) -> dict[str, Any] | None:
         """The intent a text expresses, or None when it is not a command of the grammar."""

@@ -139,8 +139,8 @@ def read(grammar: Grammar, calibrator: Calibrator, raw: str, refined: str, model
     neg = negation(heard, grammar._lexicon)
     if neg is not None:
         return Reading(None, "negated", 0.0, heard=heard, negation=neg)
-    near = grammar.nearest(refined)
-    if near is None or near.normalized(refined) > max_normalized:
+    near = grammar.nearest(refined, max_normalized)
+    if near is None:
         return Reading(None, "out_of_grammar", 0.0, heard=heard)
     return _scored(grammar, calibrator, heard, near.text, near.intent, model_confidence)
 
