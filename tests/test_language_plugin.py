@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 import pytest
@@ -241,9 +242,10 @@ def test_plugin_corrects_a_garbled_command_to_its_intent(plugin, grammar):
         res = run_plugin(plugin, _text_inputs(noisy), atp_ms=1e9, deadline_ns=FAR, cost=StepCost())
         assert res.halt in ("converged", "max_steps") and res.steps >= 1
         out = res.outputs
-        assert out["input"] == normalize(noisy) and 0.0 < out["confidence"] <= 1.0
+        assert out["input"] == normalize(noisy) and 0.0 <= out["confidence"] <= 1.0
+        assert 0.0 < out["model_confidence"] <= 1.0
         assert out["embedding"].shape == (256,) and torch.isfinite(out["embedding"]).all()
-        right += out["intent"] == intent and out["text"] == clean
+        right += out["candidate"] == intent and out["text"] == clean
     assert right >= 24  # a smoke test through the runner; the measured rate is in quality.json
 
 
@@ -259,13 +261,14 @@ def test_plugin_snaps_to_the_grammar_and_can_run_model_only():
                              for _, _, noisy in data]
         p.close()
     grammar = Grammar.load()
-    snapped = [o for o in runs[True] if o["intent"] is not None]
-    assert all(grammar.parse(o["text"]) == o["intent"] for o in snapped) and len(snapped) >= 55
+    snapped = [o for o in runs[True] if o["candidate"] is not None and "unknown" not in o["candidate"]]
+    assert all(grammar.parse(o["text"]) == o["candidate"] for o in snapped) and len(snapped) >= 55
+    assert all(o["intent"] in (None, o["candidate"]) for o in runs[True])
     model_only_ungrammatical = sum(grammar.parse(o["text"]) is None for o in runs[False])
     assert model_only_ungrammatical >= 3  # the model alone leaves non-commands the grammar fixes
     right = {k: sum(o["text"] == c for o, (c, _, _) in zip(v, data)) for k, v in runs.items()}
     assert right[True] > right[False], right
-    assert all(np.isfinite(o["confidence"]) and 0 < o["confidence"] <= 1 for o in runs[True])
+    assert all(np.isfinite(o["confidence"]) and 0 <= o["confidence"] <= 1 for o in runs[True])
 
 
 def test_plugin_leaves_text_far_from_every_command_alone(plugin):
@@ -310,3 +313,148 @@ def test_embedding_groups_commands_by_meaning(plugin, grammar):
     same = label[:, None] == label[None, :]
     off_diag = ~np.eye(len(label), dtype=bool)
     assert sim[same & off_diag].mean() > sim[~same].mean() + 0.1
+
+
+# ---- understanding: no command, negation, stop/cancel, unknown slots ------------------------------
+
+@pytest.mark.parametrize("said, intent, reason", [
+    ("go to the dock", {"action": "go", "object": None, "attributes": [], "place": None,
+                        "unknown": {"place": "dock"}}, None),
+    ("go to the kitchen", {"action": "go", "object": None, "attributes": [], "place": "kitchen"}, None),
+    ("don't pick up the knife", None, "negated"),
+    ("do not open the door", None, "negated"),
+    ("never turn on the light in the bedroom", None, "negated"),
+    ("the cat is on the roof", None, "out_of_grammar"),
+    ("what time is it", None, "out_of_grammar"),
+    ("stop", {"action": "stop", "object": None, "attributes": [], "place": None}, None),
+    ("wait", {"action": "stop", "object": None, "attributes": [], "place": None}, None),
+    ("cancel that", {"action": "cancel", "object": None, "attributes": [], "place": None}, None),
+    ("never mind", {"action": "cancel", "object": None, "attributes": [], "place": None}, None),
+    ("uh pick up the the red cup", {"action": "pick_up", "object": "cup", "attributes": ["red"], "place": None},
+     None),
+])
+def test_plugin_says_no_command_when_none_was_said(plugin, said, intent, reason):
+    out = run_plugin(plugin, _text_inputs(said), atp_ms=1e9, deadline_ns=FAR, cost=StepCost()).outputs
+    assert out["intent"] == intent, out
+    if reason == "out_of_grammar":  # far from every command, or too unlike the one nearest
+        assert out["reason"] in ("out_of_grammar", "low_confidence"), out
+    else:
+        assert out["reason"] == reason, out
+    assert 0.0 <= out["confidence"] <= 1.0
+    if intent is not None:
+        assert out["confidence"] >= plugin.calibrator.threshold
+
+
+def test_readme_language_example_through_the_daemon(tmp_path):
+    """README: `pub.text("operator", "go to the dock")` over real ZeroMQ comes back as intent go with
+    the place reported unknown ("dock"), never snapped to a known place; a negated command and
+    chit-chat come back as no command."""
+    from sage_runtime.client import ResultSubscriber, SensorPublisher
+    from tests.harness import DaemonProcess
+
+    # 2 Hz: a tick leaves the plugin time to converge (at 20 Hz the ATP quota cuts runs short)
+    d = DaemonProcess(tmp_path, {"plugins": {"enabled": ["language"]}, "tick": {"rate_hz": 2}})
+    sub = ResultSubscriber(d.results, topics=("result/language",))
+    try:
+        d.start()
+        pub = SensorPublisher(d.ingest)
+        got = {}
+        for said in ("go to the dock", "don't pick up the knife", "the cat is on the roof"):
+            deadline = time.monotonic() + 30
+            while said not in got and time.monotonic() < deadline:
+                pub.text("operator", said)  # again until seen: ZeroMQ's slow joiner drops early messages
+                msg = sub.recv(timeout_s=1.0)
+                while msg is not None:
+                    if msg.header["halt"] in ("converged", "max_steps"):
+                        for cmd in msg.outputs["commands"]:
+                            got.setdefault(cmd["input"], cmd)
+                    msg = sub.recv(timeout_s=0.2)
+            assert said in got, d.log()
+        dock = got["go to the dock"]
+        assert dock["intent"] == {"action": "go", "object": None, "attributes": [], "place": None,
+                                  "unknown": {"place": "dock"}}, dock
+        assert dock["reason"] is None and dock["confidence"] >= 0.5
+        assert got["don't pick up the knife"]["intent"] is None
+        assert got["don't pick up the knife"]["reason"] == "negated"
+        assert got["the cat is on the roof"]["intent"] is None
+    finally:
+        sub.close()
+        d.kill()
+
+
+# ---- the issue's bars on held-out subsets (fixed seeds never used for training or fitting) -------
+
+@pytest.fixture(scope="module")
+def understood(model):
+    from sage_plugins.language.evaluate import merge_understanding, understanding
+    from sage_plugins.language.understand import Calibrator
+    return merge_understanding([understanding(model, Calibrator.load(), n=UNDERSTOOD_N, n_oog=UNDERSTOOD_OOG,
+                                              n_neg=UNDERSTOOD_NEG)])
+
+
+UNDERSTOOD_N, UNDERSTOOD_OOG, UNDERSTOOD_NEG = 100, 100, 30
+
+
+def test_out_of_grammar_speech_mostly_yields_no_command(understood):
+    """Held-out non-commands (own templates and words), clean and at 10% CER: most yield no command,
+    where the refined text read by the grammar alone (the plugin before this layer) made commands of
+    more than half of them."""
+    for name in ("out_of_grammar", "out_of_grammar_cer10"):
+        s = understood[name]
+        assert s["n"] == UNDERSTOOD_OOG and s["plugin"] >= 0.90, s
+        assert s["refined_constrained"] < s["plugin"] - 0.3, s
+
+
+@pytest.mark.xfail(reason="short of the issue's bar: measured on 500 held-out out-of-grammar utterances, "
+                          "93.6% clean and 95.2% at 10% CER yield no command (bar 97%); see the model card",
+                   strict=False)
+def test_out_of_grammar_bar(understood):
+    for name in ("out_of_grammar", "out_of_grammar_cer10"):
+        assert understood[name]["plugin"] >= 0.97, understood[name]
+
+
+def test_negated_commands_never_yield_the_negated_action(understood):
+    for rate in (0, 10, 20):
+        s = understood[f"negated_cer{rate}"]
+        assert s["plugin_yields_negated_action"] == 0, s
+    assert understood["negated_cer0"]["refined_constrained_yields"] > 0  # what it did before
+
+
+def test_in_grammar_commands_are_read_with_word_level_noise(understood, quality):
+    """Intent exact >= 94% with word-level recognizer errors (the candidate read), where the
+    uncorrected input by the exact parser is far below; at 10% CER the candidate stays above 95%."""
+    c10, words = understood["commands_cer10"], understood["commands_words"]
+    assert words["candidate_exact"] >= 0.94, words
+    assert c10["candidate_exact"] >= 0.95, c10
+    assert quality["noisy_input"]["intent_exact"] < 0.2
+    assert c10["precision"] >= 0.97 and words["precision"] >= 0.97, (c10, words)
+
+
+@pytest.mark.xfail(reason="short of the issue's bars: measured on 400 held-out commands at 10% CER, "
+                          "candidate exact 95.75% (bar 97%), precision 98.0% (bar 99%) with recall 84.75% "
+                          "(bar 90%) at threshold 0.925; see the model card", strict=False)
+def test_in_grammar_bars_at_ten_percent_cer(understood):
+    c10 = understood["commands_cer10"]
+    assert c10["candidate_exact"] >= 0.97, c10
+    assert c10["precision"] >= 0.99 and c10["recall"] >= 0.90, c10
+
+
+def test_confidence_is_calibrated(understood):
+    cal = understood["calibration"]
+    assert cal["ece_10_bins"] <= 0.05, cal
+    assert 0.2 < cal["accuracy"] < 0.8  # the mix holds commands and non-commands, so ECE is not trivial
+
+
+def test_word_noise_model_makes_recognizer_errors_and_is_seeded(grammar):
+    from sage_plugins.language.noise import FILLERS, corrupt_words
+    from sage_plugins.language.utterance import clean_words
+    rng = random.Random(4)
+    clean = [grammar.sample(rng).text for _ in range(300)]
+    noisy = [corrupt_words(c, 0.2, random.Random(i)) for i, c in enumerate(clean)]
+    assert noisy == [corrupt_words(c, 0.2, random.Random(i)) for i, c in enumerate(clean)]
+    words = [w for n in noisy for w in n.split()]
+    assert any(w in FILLERS for w in words)
+    assert any(n.count(" the the ") for n in noisy) and any(len(n.split()) < len(c.split()) for c, n in
+                                                            zip(clean, noisy))
+    assert sum(n != c for c, n in zip(clean, noisy)) > 200
+    assert clean_words("uh pick up um the the red cup") == "pick up the red cup"

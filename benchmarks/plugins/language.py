@@ -48,6 +48,7 @@ def _per_run(plugin: LanguagePlugin, data: list) -> dict[str, Any]:
     for _, _, noisy in data[:10]:
         run_plugin(plugin, _inputs(noisy, 0), atp_ms=1e9, deadline_ns=FAR_FUTURE_NS, cost=cost)
     latency, cpu, steps, halts, step_ms, intent_right, text_right = [], [], [], Counter(), [], 0, 0
+    read_ms = []
     for i, (clean, intent, noisy) in enumerate(data):
         c0 = time.thread_time()
         res = run_plugin(plugin, _inputs(noisy, i), atp_ms=1e9, deadline_ns=FAR_FUTURE_NS, cost=cost)
@@ -57,11 +58,15 @@ def _per_run(plugin: LanguagePlugin, data: list) -> dict[str, Any]:
         halts[res.halt] += 1
         intent_right += res.outputs["intent"] == intent
         text_right += res.outputs["text"] == clean
+        t0 = time.perf_counter()
+        plugin.reading(res.outputs["input"], res.outputs["text"], res.outputs["model_confidence"])
+        read_ms.append((time.perf_counter() - t0) * 1e3)
         state = plugin.init_state(_inputs(noisy, i))
         t0 = time.perf_counter()
         plugin.step(state)
         step_ms.append((time.perf_counter() - t0) * 1e3)
     return {"latency_ms": _pct(latency), "cpu_ms": _pct(cpu), "step_ms": _pct(step_ms),
+            "read_ms": _pct(read_ms),
             "steps_to_halt": {str(k): v for k, v in sorted(Counter(steps).items())},
             "halt": dict(halts), "text_exact": text_right / len(data), "intent_exact": intent_right / len(data),
             "n": len(data)}

@@ -41,6 +41,13 @@ def is_heldout(text: str) -> bool:
     return int.from_bytes(digest, "little") % HELDOUT_MODULUS == 0
 
 
+def heldout_part(text: str) -> str:
+    """Which half of the evaluation-only split a command text is in: "calibration" (fits the
+    confidence calibrator and its threshold) or "evaluation" (measured only). Decided by hash."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8, person=b"sage-cal").digest()
+    return "calibration" if digest[0] % 2 else "evaluation"
+
+
 def _alternation(phrases: list[str]) -> str:
     """Regex alternation, longest phrase first so 'kitchen table' wins over 'kitchen'."""
     return "|".join(re.escape(p) for p in sorted(set(phrases), key=lambda p: (-len(p), p)))
@@ -75,6 +82,15 @@ class _Element:
     role: str | None          # action / det / attr / object / place, None for fixed words and nav
     phrases: tuple[str, ...]
     max_words: int
+
+
+def _bound(length: int, within: float | None) -> int:
+    """Edits (exclusive) a command within `within` edits per character of a text of `length`
+    characters can be: d <= within * max(length, len(command)) and d >= len(command) - length give
+    d <= within * length / (1 - within)."""
+    if within is None or within >= 1:
+        return 1 << 30
+    return int(within * length / (1 - within)) + 1
 
 
 @lru_cache(maxsize=1 << 14)
@@ -144,11 +160,12 @@ class Grammar:
             text = text.replace("{place}", place)
         return Command(text, intent)
 
-    def sample_split(self, rng: random.Random, heldout: bool) -> Command:
-        """A command from the training split (heldout=False) or the evaluation split (True)."""
+    def sample_split(self, rng: random.Random, heldout: bool, part: str | None = None) -> Command:
+        """A command from the training split (heldout=False) or the evaluation split (True); `part`
+        narrows the evaluation split to its "calibration" or "evaluation" half (heldout_part)."""
         while True:
             cmd = self.sample(rng)
-            if is_heldout(cmd.text) == heldout:
+            if is_heldout(cmd.text) == heldout and (part is None or heldout_part(cmd.text) == part):
                 return cmd
 
     # ---- parsing ----------------------------------------------------------------------------
@@ -241,16 +258,21 @@ class Grammar:
             out = [(ws + a, c + d) for ws, c in out for a, d in alts][:limit]
         return out
 
-    def nearest(self, text: str) -> Nearest | None:
-        """`_nearest`, memoized (refinement asks again for texts it has already snapped)."""
-        cache: dict[str, Nearest | None] = self.__dict__.setdefault("_nearest_cache", {})
-        if text not in cache:
+    def nearest(self, text: str, within: float | None = None) -> Nearest | None:
+        """`_nearest`, memoized (refinement asks again for texts it has already snapped). With
+        `within` (edits per character, `Nearest.normalized`) only a command that near is looked
+        for, and None returned when there is none: the same answer for the commands that near,
+        found much faster for text far from every command (the bound prunes the search)."""
+        cache: dict[tuple[str, float | None], Nearest | None] = self.__dict__.setdefault("_nearest_cache", {})
+        key = (text, within)
+        if key not in cache:
             if len(cache) > 4096:
                 cache.clear()
-            cache[text] = self._nearest(text)
-        return cache[text]
+            near = self._nearest(text, _bound(len(normalize(text)), within))
+            cache[key] = near if within is None or (near is not None and near.normalized(text) <= within) else None
+        return cache[key]
 
-    def _nearest(self, text: str) -> Nearest | None:
+    def _nearest(self, text: str, bound: int = 1 << 30) -> Nearest | None:
         """The command of the grammar nearest to `text` in character edits (None for empty text).
 
         The text's words are aligned with a template's elements by dynamic programming: each
@@ -268,23 +290,64 @@ class Grammar:
         exact = self.parse(text)
         if exact is not None:
             return Nearest(text, exact, 0)
-        best: list[Any] = [1 << 30, None]
+        found = self._search(text, bound)
+        if found is None:
+            return None
+        total, parts = found
+        return Nearest(" ".join(p for _, p in parts[1:]), self._intent(parts), total)
+
+    def _search(self, text: str, bound: int = 1 << 30) -> tuple[int, tuple[tuple[str, str], ...]] | None:
+        """(edits, ((role, phrase) per element)) of the nearest element sequence, by `_align`;
+        only sequences nearer than `bound` edits are looked for (bound=1: exact ones, fast)."""
+        best: list[Any] = [bound, None]
         for words, extra in self._tokenizations(text.split()):
             self._align(words, extra, best)
         total, choice = best
         if choice is None:
             return None
         ti, seq, phrases = choice
-        tpl = self.templates[ti]
+        roles = [el.role or ("fixed" if el.key.startswith("w:") else el.key) for el in seq]
+        return total, (("template", str(ti)),) + tuple(zip(roles, phrases))
+
+    def _intent(self, parts: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+        tpl = self.templates[int(parts[0][1])]
         intent: dict[str, Any] = {"action": tpl.get("action"), "object": None, "attributes": [], "place": None}
-        for el, phrase in zip(seq, phrases):
-            if el.role == "action":
+        for role, phrase in parts[1:]:
+            if role == "action":
                 intent["action"] = self._surface_action[phrase]
-            elif el.role in ("object", "place"):
-                intent[el.role] = phrase
-            elif el.role == "attr":
+            elif role in ("object", "place"):
+                intent[role] = phrase
+            elif role == "attr":
                 intent["attributes"].append(phrase)
-        return Nearest(" ".join(phrases), intent, total)
+        return intent
+
+    def parts(self, command: str) -> tuple[tuple[str, str], ...] | None:
+        """A command's elements as (role, phrase) pairs after a ("template", index) pair, roles
+        action / nav / det / attr / object / place / fixed; None when `command` is no command."""
+        command = normalize(command)
+        if self.parse(command) is None:
+            return None
+        cache: dict[str, Any] = self.__dict__.setdefault("_parts_cache", {})
+        if command not in cache:
+            if len(cache) > 4096:
+                cache.clear()
+            found = self._search(command, bound=1)
+            cache[command] = None if found is None or found[0] != 0 else found[1]
+        return cache[command]
+
+    def heard(self, text: str, command: str) -> list[tuple[str, str, str, int]] | None:
+        """How the words of `text` line up with the elements of `command`: per element (role,
+        phrase, the words heard there ("" when none), edits), over the cheapest tokenization of
+        `text` (merged words split again, `_tokenizations`). None when they cannot be aligned."""
+        parts = self.parts(command)
+        if parts is None:
+            return None
+        best: tuple[int, list[tuple[str, str, str, int]]] | None = None
+        for words, extra in self._tokenizations(normalize(text).split()):
+            got = align_to(words, list(parts[1:]))
+            if got is not None and (best is None or got[0] + extra < best[0]):
+                best = (got[0] + extra, got[1])
+        return None if best is None else best[1]
 
     def _align(self, words: list[str], extra: int, best: list[Any]) -> None:
         """Branch-and-bound alignment of `words` with every element sequence; updates best =
@@ -338,10 +401,8 @@ class Grammar:
         """The intent of the nearest command when it is within `max_normalized` edits per character
         of `text` (see `Nearest.normalized`), else None: text too far from every command is not
         turned into one."""
-        near = self.nearest(text)
-        if near is None or near.normalized(text) > max_normalized:
-            return None
-        return near.intent
+        near = self.nearest(text, max_normalized)
+        return None if near is None else near.intent
 
     def parse(self, text: str) -> dict[str, Any] | None:
         """The intent a text expresses, or None when it is not a command of the grammar."""
@@ -356,3 +417,33 @@ class Grammar:
             return {"action": action, "object": groups.get("object"),
                     "attributes": attrs.split() if attrs else [], "place": groups.get("place")}
         return None
+
+
+def align_to(words: list[str], parts: list[tuple[str, str]], slack: int = 2
+             ) -> tuple[int, list[tuple[str, str, str, int]]] | None:
+    """Align `words` with a fixed sequence of (role, phrase) elements by dynamic programming: each
+    element takes a run of 0 to (its words + slack) words and costs the edit distance of that run to
+    its phrase (an empty run: the phrase and its space). Returns (total edits, per element (role,
+    phrase, run, edits)) or None when the words cannot all be covered."""
+    n, inf = len(words), 1 << 30
+    dp = [[inf] * (n + 1) for _ in range(len(parts) + 1)]
+    back: list[list[int]] = [[-1] * (n + 1) for _ in range(len(parts) + 1)]
+    dp[0][0] = 0
+    for e, (_, phrase) in enumerate(parts):
+        width = len(phrase.split()) + slack
+        for i in range(n + 1):
+            if dp[e][i] >= inf:
+                continue
+            for j in range(i, min(n, i + width) + 1):
+                d = len(phrase) + 1 if i == j else _distance(" ".join(words[i:j]), phrase)
+                if dp[e][i] + d < dp[e + 1][j]:
+                    dp[e + 1][j], back[e + 1][j] = dp[e][i] + d, i
+    if dp[len(parts)][n] >= inf:
+        return None
+    out, j = [], n
+    for e in range(len(parts), 0, -1):
+        i = back[e][j]
+        role, phrase = parts[e - 1]
+        out.append((role, phrase, " ".join(words[i:j]), dp[e][j] - dp[e - 1][i]))
+        j = i
+    return dp[len(parts)][n], out[::-1]

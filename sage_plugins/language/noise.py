@@ -99,3 +99,74 @@ def corrupt(text: str, rate: float, rng: random.Random, max_tries: int = 20) -> 
         if levenshtein(text, out) == k:
             return out
     return out
+
+
+# ---- word-level recognizer errors ---------------------------------------------------------------
+
+#: Hesitations a recognizer writes out. The plugin strips exactly these (utterance.FILLERS).
+FILLERS = ("uh", "um", "uhm", "er", "erm", "ah", "hmm")
+#: Short words a recognizer drops or stutters; the grammar tolerates their loss.
+FUNCTION_WORDS = ("the", "a", "to", "in", "on", "from", "and", "please", "my", "me", "that", "this")
+#: Sound-alike whole-word confusions (homophones and near-homophones), both directions.
+SOUND_ALIKE_PAIRS = [
+    ("to", "too"), ("to", "two"), ("for", "four"), ("the", "a"), ("in", "and"), ("on", "an"), ("me", "mi"),
+    ("red", "read"), ("blue", "blew"), ("cup", "cop"), ("pick", "peek"), ("up", "op"), ("pot", "pat"),
+    ("pan", "pen"), ("box", "socks"), ("bag", "back"), ("hat", "had"), ("light", "lite"), ("door", "dour"),
+    ("bowl", "ball"), ("knife", "nice"), ("keys", "ease"), ("shirt", "short"), ("towel", "tower"),
+    ("glass", "class"), ("plate", "played"), ("table", "cable"), ("bed", "bad"), ("sink", "think"),
+    ("desk", "disk"), ("floor", "flour"), ("stairs", "stares"), ("go", "goal"), ("get", "got"),
+    ("bring", "ring"), ("grab", "crab"), ("take", "tape"), ("open", "often"), ("close", "clothes"),
+    ("find", "fine"), ("hold", "old"), ("check", "chick"), ("wash", "watch"), ("fold", "fooled"),
+    ("move", "groove"), ("turn", "tern"), ("new", "knew"), ("white", "wide"), ("big", "pig"),
+    ("wet", "what"), ("full", "fool"), ("where", "wear"), ("is", "his"), ("you", "yew"), ("here", "hear"),
+]
+SOUND_ALIKE: dict[str, list[str]] = {}
+for _a, _b in SOUND_ALIKE_PAIRS:
+    SOUND_ALIKE.setdefault(_a, []).append(_b)
+    SOUND_ALIKE.setdefault(_b, []).append(_a)
+
+
+def _sound_alike(word: str, rng: random.Random) -> str:
+    """A word that sounds like `word`: a listed confusion, else one phonetically close letter."""
+    if word in SOUND_ALIKE:
+        return rng.choice(SOUND_ALIKE[word])
+    i = rng.randrange(len(word))
+    pool = PHONETIC.get(word[i], "") or LETTERS
+    return word[:i] + rng.choice(pool) + word[i + 1:]
+
+
+def corrupt_words(text: str, rate: float, rng: random.Random, cer: float = 0.0) -> str:
+    """Word-level recognizer errors, then `cer` character edits (`corrupt`).
+
+    Each word is hit with probability `rate` by one error: a sound-alike substitution, a filler
+    ("uh") before it, a dropped or repeated function word, a split (a space inside the word) or a
+    merge with the next word. The generator is the caller's `rng`: training, calibration and
+    evaluation each use their own seeds."""
+    words = text.split()
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        i += 1
+        if rng.random() >= rate:
+            out.append(w)
+            continue
+        op = rng.choices(["sound", "filler", "function", "split", "merge"], [0.35, 0.2, 0.2, 0.1, 0.15])[0]
+        if op == "function" and w not in FUNCTION_WORDS:
+            op = "sound"
+        if op == "sound":
+            out.append(_sound_alike(w, rng))
+        elif op == "filler":
+            out += [rng.choice(FILLERS), w]
+        elif op == "function":
+            out += [w, w] if rng.random() < 0.4 else []
+        elif op == "split" and len(w) >= 4:
+            k = rng.randrange(2, len(w) - 1)
+            out += [w[:k], w[k:]]
+        elif op == "merge" and i < len(words):
+            out.append(w + words[i])
+            i += 1
+        else:
+            out.append(w)
+    noisy = " ".join(out) or text
+    return corrupt(noisy, cer, rng)

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
+from pydantic import Field
 
 from sage_plugins.language.grammar import MAX_NORMALIZED, Grammar, normalize
 from sage_plugins.language.model import Denoiser, load_checkpoint
 from sage_plugins.language.noise import corrupt
 from sage_plugins.language.refine import (RefineState, advance, converged, energies, first_pass, grammar_projection,
-                                     texts)
-from pydantic import Field
+                                          texts)
+from sage_plugins.language.understand import CALIBRATION_PATH, Calibrator, read
+from sage_plugins.language.utterance import clean_words
 
 from sage_runtime.plugin import Frame, InputQueue, IRPPlugin, PluginContext, PluginInputs, PluginOptions
 
@@ -41,6 +43,8 @@ class LanguageOptions(PluginOptions):
     sample_cer: float = Field(0.1, ge=0, le=1)
     grammar_constraint: bool = True
     max_normalized: float = Field(MAX_NORMALIZED, ge=0)
+    calibration: str | None = None
+    accept_threshold: float | None = Field(None, ge=0, le=1)
 
 
 class LanguagePlugin(IRPPlugin):
@@ -54,7 +58,11 @@ class LanguagePlugin(IRPPlugin):
     (noise of sample_inputs, default 0.1), `grammar_constraint` (default true: `project` snaps a
     converged text that is not a command to the nearest command, and the intent is the
     edit-distance-tolerant parse; false: the model's text and the exact parser, model only),
-    `max_normalized` (how far from a command a text may be and still be read as it, default 0.3).
+    `max_normalized` (how far from a command a text may be and still be read as it, default 0.3),
+    `calibration` (path of the confidence calibrator, default the packaged calibration.json),
+    `accept_threshold` (calibrated confidence from which an intent is returned, default the one
+    documented in calibration.json). With the grammar constraint, each command is read by
+    understand.read: stop/cancel phrases, negation, unknown slots, calibrated confidence.
     """
 
     name: ClassVar[str] = "language"
@@ -76,6 +84,9 @@ class LanguagePlugin(IRPPlugin):
         self.max_normalized = cfg.max_normalized
         self._project = (grammar_projection(self.model, self.grammar, self.max_normalized, self.max_reads)
                          if self.constrained else None)
+        cal = Calibrator.load(Path(cfg.calibration) if cfg.calibration else CALIBRATION_PATH)
+        threshold = cal.threshold if cfg.accept_threshold is None else cfg.accept_threshold
+        self.calibrator = Calibrator(cal.weights, threshold, cal.meta)
 
     def accepts(self, frame: Frame) -> bool:
         return frame.kind == "text" and isinstance(frame.data, str)
@@ -97,7 +108,8 @@ class LanguagePlugin(IRPPlugin):
         if not frames:
             return None
         noisy = tuple(normalize(f.data) for f in frames)
-        return LanguageState(tuple(frames), noisy, first_pass(self.model, list(noisy), self.total))
+        heard = [clean_words(x) or x for x in noisy]  # the denoiser never saw fillers or stutters
+        return LanguageState(tuple(frames), noisy, first_pass(self.model, heard, self.total))
 
     def step(self, state: LanguageState) -> LanguageState:
         return replace(state, refine=advance(self.model, state.refine))
@@ -110,10 +122,19 @@ class LanguagePlugin(IRPPlugin):
             return state
         return replace(state, refine=self._project(state.refine))
 
-    def intent(self, text: str) -> dict[str, Any] | None:
-        if self.constrained:
-            return self.grammar.parse_fuzzy(text, self.max_normalized)
-        return self.grammar.parse(text)
+    def reading(self, raw: str, text: str, model_confidence: float) -> dict[str, Any]:
+        """What one refined command means: intent (None: no command), reason, calibrated confidence.
+        Model only (no grammar constraint): the exact parse of the model's text and its own
+        confidence, no understanding layer."""
+        if not self.constrained:
+            intent = self.grammar.parse(text)
+            return {"intent": intent, "reason": None if intent else "out_of_grammar", "candidate": intent,
+                    "confidence": model_confidence}
+        r = read(self.grammar, self.calibrator, raw, text, model_confidence, self.max_normalized)
+        out = {"intent": r.intent, "reason": r.reason, "candidate": r.candidate, "confidence": r.confidence}
+        if r.negation is not None:
+            out["negation"] = r.negation
+        return out
 
     def energy(self, state: LanguageState) -> float:
         return float(energies(state.refine).mean())
@@ -128,14 +149,17 @@ class LanguagePlugin(IRPPlugin):
     def outputs(self, state: LanguageState) -> dict[str, Any]:
         corrected = texts(state.refine)
         energy = energies(state.refine).tolist()
-        commands = [{"sensor": f.sensor, "seq": f.seq, "input": x, "text": t, "intent": self.intent(t),
-                     "confidence": math.exp(-e)}
+        commands = [{"sensor": f.sensor, "seq": f.seq, "input": x, "text": t, "model_confidence": math.exp(-e),
+                     **self.reading(x, t, math.exp(-e))}
                     for f, x, t, e in zip(state.frames, state.inputs, corrected, energy)]
         newest = commands[-1]
         return {
             "text": newest["text"],
             "intent": newest["intent"],
             "confidence": newest["confidence"],
+            "reason": newest["reason"],
+            "candidate": newest["candidate"],
+            "model_confidence": newest["model_confidence"],
             "embedding": torch.nn.functional.normalize(state.refine.embedding[-1], dim=0).cpu(),
             "input": newest["input"],
             "commands": commands,

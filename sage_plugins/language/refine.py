@@ -172,8 +172,8 @@ def grammar_projection(model: Denoiser, grammar: Grammar, max_normalized: float,
             return state
         targets: list[str | None] = []
         for text in texts(state):
-            near = grammar.nearest(text)
-            close = near is not None and near.distance > 0 and near.normalized(text) <= max_normalized
+            near = grammar.nearest(text, max_normalized)
+            close = near is not None and near.distance > 0
             targets.append(near.text if close else None)
         return write_texts(model, state, targets) if any(t is not None for t in targets) else state
     return project
