@@ -302,3 +302,30 @@ def test_big_tensors_are_featurized_from_a_sample_with_the_same_features():
     img = torch.from_numpy(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
     assert np.allclose(featurize("tensor", img, 64, 16384), featurize("tensor", img.numpy().astype(np.float32), 64,
                                                                        16384), atol=1e-5)
+
+
+def test_status_is_answered_within_1s_during_a_flood_of_big_frames(daemon):
+    """Was: ingest drained every queued message before yielding, so a sender faster than the
+    daemon kept `sagectl status` waiting (no reply within 5 s while 40 x 30 MiB texts arrived)."""
+    import threading
+
+    pub = connect(daemon)
+    text = "f" * (int(1.9 * MIB))
+    done = threading.Event()
+
+    def flood():
+        while not done.is_set():
+            pub.text("flood", text)
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    try:
+        wait_for(lambda: daemon.status()["ingest"]["sensors"].get("flood", {}).get("received", 0) > 20, timeout_s=20)
+        for _ in range(10):
+            t0 = time.monotonic()
+            daemon.control(timeout_s=1.0).status()  # DaemonNotRunning past 1 s
+            assert time.monotonic() - t0 < 1.0
+            time.sleep(0.1)
+    finally:
+        done.set()
+        sender.join(timeout=10)
+    still_fine(daemon)
