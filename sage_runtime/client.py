@@ -23,7 +23,7 @@ SYSTEM_RUNTIME_DIR = Path("/run/sage")
 
 
 def default_runtime_dir() -> Path:
-    """Where a daemon with default settings puts its sockets (DESIGN section 4). When that has no
+    """Where a daemon with default settings puts its sockets (docs/operations.md). When that has no
     control socket but the systemd service's /run/sage has one, that one: `sagectl` run by an
     operator finds the installed daemon without flags."""
     for name in ("SAGE_RUNTIME_DIR", "RUNTIME_DIRECTORY"):

@@ -244,6 +244,26 @@ def test_bad_config_exits_2_naming_the_key(tmp_path):
     assert "tick.rate_hz" in d.log()
 
 
+def test_a_second_daemon_on_the_same_runtime_dir_exits_3_and_leaves_the_first_alone(daemon, tmp_path):
+    (tmp_path / "second").mkdir()
+    second = DaemonProcess(tmp_path / "second", ECHO, env={"SAGE_RUNTIME_DIR": str(daemon.run_dir)})
+    second.start(wait=False)
+    assert second.proc.wait(timeout=60) == 3
+    assert "another sage-runtime is running" in second.log() and "Traceback" not in second.log()
+    assert daemon.status()["tick"]["count"] > 0  # its sockets were not removed by the refused one
+    assert (daemon.run_dir / "control.sock").exists()
+
+
+def test_a_plugin_whose_setup_fails_exits_2_naming_it(tmp_path):
+    """--check-config passes (weights are not loaded there); the real start loads them and fails."""
+    d = DaemonProcess(tmp_path, {"plugins": {"enabled": ["vision"],
+                                             "options": {"vision": {"weights": str(tmp_path / "absent.pt")}}}})
+    d.start(wait=False)
+    assert d.proc.wait(timeout=60) == 2
+    assert "plugin vision: setup failed" in d.log() and "Traceback" not in d.log()
+    assert not (d.run_dir / "control.sock").exists()  # teardown ran: sockets removed
+
+
 def test_sighup_applies_live_keys_and_reports_the_rest(daemon):
     import yaml
     cfg = yaml.safe_load(daemon.config_path.read_text())

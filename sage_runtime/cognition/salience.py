@@ -298,10 +298,6 @@ class SnarcScorer:
         value, at = self._rewards.get(target, (0.0, now))
         return value * 0.5 ** (max(now - at, 0.0) / self.params.reward_half_life_s)
 
-    def reward_value(self, target: str, now: float) -> float:
-        """The learned (signed, decayed) reward of a target, for status displays."""
-        return self._reward_value(target, now)
-
     # ------------------------------------------------------------------ scoring
 
     def score(self, features: Mapping[str, np.ndarray], now: float) -> dict[str, Snarc]:

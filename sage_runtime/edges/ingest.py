@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,7 +131,7 @@ class SensorTable:
                 raise WireError("declared_mismatch", f"declared dtype {dtype!r} is not a wire dtype")
             shape = tuple(declared.max_shape) if declared and declared.max_shape else msg.shape
             sensor.dtype = dtype
-            sensor.max_numel = _numel(shape)
+            sensor.max_numel = math.prod(shape or ())
         return sensor, shape
 
     def _reserve(self, sensor: Sensor, nbytes: int) -> None:
@@ -170,9 +171,10 @@ class SensorTable:
         if msg.kind == "tensor":
             if msg.dtype != sensor.dtype:
                 raise WireError("declared_mismatch", f"sensor {msg.sensor!r} sends {sensor.dtype}, got {msg.dtype}")
-            if _numel(msg.shape) > sensor.max_numel:
+            numel = math.prod(msg.shape or ())
+            if numel > sensor.max_numel:
                 raise WireError("declared_mismatch",
-                                f"frame of {_numel(msg.shape)} elements exceeds the channel's {sensor.max_numel}")
+                                f"frame of {numel} elements exceeds the channel's {sensor.max_numel}")
 
     def admit(self, msg: IngestMessage, nbytes: int | None = None) -> None:
         """Put a validated message in its sensor's channel; raises WireError if it does not fit.
@@ -297,13 +299,6 @@ def _payload_bytes(msg: IngestMessage) -> int:
     return len(repr(msg.payload)) if msg.payload is not None else 0
 
 
-def _numel(shape: tuple[int, ...] | None) -> int:
-    n = 1
-    for d in shape or ():
-        n *= d
-    return n
-
-
 class IngestServer:
     """Owns the SUB socket(s); one task reads them. `on_input` wakes the tick loop.
 
@@ -321,7 +316,6 @@ class IngestServer:
         self.max_parts = table.capacity.max_message_parts
         self.messages = 0
         self.internal_errors = 0
-        self.paused = False
 
     def handle(self, parts: list[Any], size: int | None = None) -> None:
         self.messages += 1
