@@ -242,11 +242,14 @@ def test_a_signal_in_the_first_moments_is_logged(tmp_path):
         with open(f"/proc/{d.proc.pid}/status") as f:
             mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
         return mask & (1 << (signal.SIGTERM - 1))
-    wait_for(caught, timeout_s=10, interval_s=0.002)
-    d.signal(signal.SIGTERM)
-    code = d.proc.wait(timeout=60)
-    log = d.log()
-    assert code == 0 and "SIGTERM" in log and "ready" not in log, (code, log)
+    try:
+        wait_for(caught, timeout_s=10, interval_s=0.002)
+        d.signal(signal.SIGTERM)
+        code = d.proc.wait(timeout=60)
+        log = d.log()
+        assert code == 0 and "SIGTERM" in log and "ready" not in log, (code, log)
+    finally:
+        d.kill()
 
 
 def test_sagectl_outside_the_sockets_group_gets_a_clear_message(daemon, tmp_path):
