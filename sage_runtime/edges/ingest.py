@@ -155,7 +155,7 @@ class SensorTable:
         and its slots (depth x frame size) fit the capacity budgets."""
         if shape is not None:
             slots = LATEST_DEPTH if sensor.policy == "latest" else 2 * sensor.depth  # fifo: queued + leased
-            self._reserve(sensor, slots * _numel(shape) * torch_dtype(sensor.dtype).itemsize)
+            self._reserve(sensor, slots * math.prod(shape) * torch_dtype(sensor.dtype).itemsize)
             sensor.channel = self.mailbox.register(
                 f"sensor/{sensor.sensor_id}", kind="focus", dtype=torch_dtype(sensor.dtype), max_shape=shape,
                 policy="latest" if sensor.policy == "latest" else "fifo",
