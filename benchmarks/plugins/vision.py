@@ -11,7 +11,7 @@ fixed 50 steps, with wall times, and an `early_stop_vs_fixed_50` summary per con
 saved, PSNR given up, whether the judged 2 dB bar is met). Needs scikit-image (the photos) for the
 quality part; without it that part is skipped.
 
-    python benchmarks/sage_plugins/vision.py [--quick]     # prints JSON
+    python benchmarks/plugins/vision.py [--quick]     # prints JSON
 """
 
 from __future__ import annotations
