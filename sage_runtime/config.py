@@ -236,12 +236,12 @@ def check_capacity(cfg: "SageConfig") -> None:
     for name, sensor in ing.sensors.items():
         default = ing.default_tensor_policy if sensor.kind == "tensor" else ing.default_fifo_policy
         policy = sensor.policy or default
-        if sensor.kind != "tensor":
-            continue  # text/event/reward queues hold what arrived, bounded by bytes at run time
+        if sensor.kind != "tensor" or not sensor.max_shape:
+            continue  # queues, and channels sized by their first frame, are checked at registration
         numel = 1
-        for d in sensor.max_shape or ():
+        for d in sensor.max_shape:
             numel *= d
-        frame_bytes = min(numel * _itemsize(sensor.dtype), frame) if sensor.max_shape else frame
+        frame_bytes = min(numel * _itemsize(sensor.dtype), frame)
         need = channel_slots(policy) * frame_bytes
         if need > budget:
             raise ValueError(f"ingest.sensors.{name}: policy {policy} x frame {frame_bytes} bytes = {need} bytes "

@@ -85,6 +85,8 @@ def log_early_signals() -> None:
             return
         print(f"{stamp} info sage.daemon: {name} during start-up: stopping before the daemon ran",
               file=sys.stderr, flush=True)
-        raise SystemExit(0)
+        # Not SystemExit: raised inside a __del__ or a finally it would be swallowed and the start
+        # would go on. Nothing needs flushing yet; a socket file left behind is swept at the next start.
+        os._exit(0)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, handler)

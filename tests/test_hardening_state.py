@@ -158,11 +158,14 @@ def test_unsafe_runtime_dir_is_refused_with_exit_2_saying_why(tmp_path, unsafe):
             pytest.skip("chown to another user needs root")
         os.chown(d.run_dir, 65534, 65534)
     d.start(wait=False)
-    assert d.proc is not None
-    assert d.proc.wait(timeout=60) == 2
-    log = d.log()
-    assert "runtime dir" in log and str(d.run_dir) in log
-    assert not (d.run_dir / "control.sock").exists()
+    try:
+        assert d.proc is not None
+        assert d.proc.wait(timeout=60) == 2
+        log = d.log()
+        assert "runtime dir" in log and str(d.run_dir) in log
+        assert not (d.run_dir / "control.sock").exists()
+    finally:
+        d.kill()
 
 
 def test_runtime_dir_is_created_private(tmp_path):

@@ -169,7 +169,7 @@ def test_only_authorised_curve_clients_get_through(curve_daemon, certs):
         s = d.status()["ingest"]
         return s if "friend" in s["sensors"] and s["auth"]["failed_auth"] >= 1 \
             and s["auth"]["failed_protocol"] >= 1 else None
-    status = wait_for(friend_in, timeout_s=20, interval_s=0.1)
+    status = wait_for(friend_in, timeout_s=60, interval_s=0.1)
     assert "stranger" not in status["sensors"] and "plain" not in status["sensors"]
     assert status["auth"]["curve"] is True and status["auth"]["succeeded"] >= 1
     assert status["auth"]["failed_auth"] >= 1, "the unknown key must be refused at the handshake"
@@ -277,13 +277,17 @@ def test_tcp_peers_past_the_cap_are_refused_and_the_daemon_stays_up(tmp_path, ce
     socks = []
     try:
         fds = d.status()["process"]["open_fds"]
-        for i in range(10):
+        for i in range(3):  # one at a time: the cap counts peers from monitor events, ZAP can overtake them
             sock = curve_socket(zmq.PUB, certs, "client")
             sock.connect(f"tcp://127.0.0.1:{port}")
             socks.append(sock)
-        auth = wait_for(lambda: (a := d.status()["ingest"]["auth"])["refused_peers"] >= 7 and a, timeout_s=20)
-        assert auth["succeeded"] <= 3 + auth["refused_peers"] and auth["peers"] <= 10
-        wait_for(lambda: d.status()["ingest"]["auth"]["succeeded"] >= 3, timeout_s=10)
+            wait_for(lambda: d.status()["ingest"]["auth"]["succeeded"] >= i + 1, timeout_s=30)
+        for i in range(7):
+            sock = curve_socket(zmq.PUB, certs, "client")
+            sock.connect(f"tcp://127.0.0.1:{port}")
+            socks.append(sock)
+        auth = wait_for(lambda: (a := d.status()["ingest"]["auth"])["refused_peers"] >= 7 and a, timeout_s=60)
+        assert auth["succeeded"] == 3, auth
         status = d.control(timeout_s=1.0).status()
         assert status["process"]["open_fds"] - fds < 20
         assert status["tick"]["count"] > 0 and d.proc.poll() is None

@@ -125,8 +125,11 @@ def _pool(values: np.ndarray, bins: int) -> np.ndarray:
 
 
 def _tensor_features(data: Any, dim: int, max_elements: int) -> np.ndarray:
-    if hasattr(data, "detach"):  # a torch tensor; featurize on the host
-        data = data.detach().cpu().float().numpy()
+    if hasattr(data, "detach"):  # a torch tensor: stride on its device, then copy only the sample
+        flat_t = data.detach().reshape(-1)
+        if flat_t.numel() > max_elements:
+            flat_t = flat_t[:: -(-flat_t.numel() // max_elements)]
+        data = flat_t.cpu().float().numpy()
     flat = np.asarray(data).reshape(-1)
     if flat.size > max_elements:
         flat = flat[:: -(-flat.size // max_elements)]

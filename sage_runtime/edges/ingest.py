@@ -32,7 +32,9 @@ log = logging.getLogger("sage.ingest")
 #: read and counted as `oversize`; a part far over makes libzmq drop the peer before allocating it.
 #: The total over all parts, and the number of parts, the daemon counts itself, part by part.
 PART_LIMIT_FACTOR = 2
-LATEST_DEPTH = LATEST_SLOTS  # slots per latest channel: the writer always finds one no reader holds
+LATEST_DEPTH = LATEST_SLOTS
+#: Longest stretch the ingest task reads messages before it lets the control socket and the tick run.
+DRAIN_S = 0.005  # slots per latest channel: the writer always finds one no reader holds
 
 
 def parse_policy(policy: str) -> tuple[str, int]:
@@ -385,10 +387,15 @@ class IngestServer:
         raw = zmq.Socket.shadow(sock.underlying)
         while True:
             await sock.poll(flags=zmq.POLLIN)
-            # Drain what is already queued before waking the tick, so a burst costs one wake-up.
+            # Drain what is already queued before waking the tick, so a burst costs one wake-up; but
+            # at most DRAIN_S of work at a time, then yield: a flood must not starve control or the tick.
+            until = time.monotonic() + DRAIN_S
             while raw.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 self._receive(raw)
+                if time.monotonic() >= until:
+                    break
             self.on_input()
+            await asyncio.sleep(0)
 
     async def run(self) -> None:
         await asyncio.gather(*(self._pump(sock) for sock in self.socks))

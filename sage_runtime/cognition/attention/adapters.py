@@ -127,17 +127,20 @@ def _interp_plan(n: int, length: int) -> tuple[np.ndarray, np.ndarray]:
 
 def resample(vec: np.ndarray, length: int) -> np.ndarray:
     """Linear resampling of a 1-D array to ``length`` points (a single value is repeated, NaN -> 0)."""
-    vec = np.nan_to_num(vec.astype(np.float32, copy=False))
     n = vec.size
-    if n == length:
-        return vec
     if n == 0:
         return np.zeros(length, dtype=np.float32)
-    if n == 1:
-        return np.full(length, vec[0], dtype=np.float32)
+    if n <= length:
+        vec = np.nan_to_num(vec.astype(np.float32, copy=False))
+        if n == length:
+            return vec
+        if n == 1:
+            return np.full(length, vec[0], dtype=np.float32)
+    # Gather the 2 x length points first: a 30 MiB vector costs what a short one does.
     lo, frac = _interp_plan(n, length)
-    left = vec[lo]
-    return left + (vec[lo + 1] - left) * frac
+    left = np.nan_to_num(vec[lo].astype(np.float32, copy=False))
+    right = np.nan_to_num(vec[lo + 1].astype(np.float32, copy=False))
+    return left + (right - left) * frac
 
 
 def vector_features(data: object, length: int) -> np.ndarray:
