@@ -9,16 +9,14 @@ from typing import Any
 
 @dataclass(frozen=True)
 class VisionConfig:
-    weights: str | None = None   # default: weights.pt shipped in this package
-    lam: float = 1e-3            # latent prior weight in E(z)
-    lr0: float = 3000.0          # scale of the first (gradient) step; later steps are L-BFGS
-    memory: int = 6              # L-BFGS curvature pairs per image
-    max_halvings: int = 8        # backtracking trials per step
-    fill: str = "mean"           # encoder input at invalid pixels: "mean" of valid pixels, or "zero"
-    max_steps: int = 50          # hard ceiling per run (the runner's quota is usually lower)
-    rel_eps: float = 1e-3        # converged when E fell by less than this share over `window` steps
-    window: int = 3
-    tiles: int = 8               # error map is tiles x tiles
+    weights: str | None = None   # embedding encoder (VAE); default: weights.pt shipped in this package
+    prior: str | None = None     # prior net; default: prior.pt shipped in this package
+    prior_sigma: float = 0.02    # tau: how far the prior's estimate is trusted (data weight tau^2 / (tau^2 + sigma^2))
+    max_halvings: int = 2        # backtracking trials per step
+    tv_per_sigma: float = 0.9    # the floor's TV weight per unit of noise sigma
+    max_side: int = 256          # working size: the frame's own, scaled down to this longer side if larger
+    max_steps: int = 10          # hard ceiling per run (the runner's quota is usually lower)
+    rel_eps: float = 1e-3        # converged when a step lowered E by less than this share of it
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "VisionConfig":
@@ -27,10 +25,8 @@ class VisionConfig:
         if unknown:
             raise ValueError(f"vision plugin: unknown config key(s) {unknown}; known: {sorted(known)}")
         cfg = cls(**dict(values))
-        if (cfg.lam < 0 or cfg.lr0 <= 0 or cfg.memory < 1 or cfg.max_halvings < 0 or cfg.max_steps < 1
-                or cfg.rel_eps < 0 or cfg.window < 1 or cfg.tiles < 1):
-            raise ValueError("vision plugin: need lam >= 0, lr0 > 0, memory/max_steps/window/tiles >= 1, "
-                             f"max_halvings >= 0, rel_eps >= 0: {cfg}")
-        if cfg.fill not in ("mean", "zero"):
-            raise ValueError(f"vision plugin: fill must be 'mean' or 'zero', not {cfg.fill!r}")
+        if (cfg.prior_sigma <= 0 or cfg.max_halvings < 0 or cfg.tv_per_sigma < 0 or cfg.max_side < 8
+                or cfg.max_steps < 1 or cfg.rel_eps < 0):
+            raise ValueError("vision plugin: need prior_sigma > 0, max_halvings >= 0, tv_per_sigma >= 0, "
+                             f"max_side >= 8, max_steps >= 1, rel_eps >= 0: {cfg}")
         return cfg
