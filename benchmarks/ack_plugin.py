@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from sage_runtime.plugin.contract import IRPPlugin, PluginInputs
-from sage_runtime.records import Frame
+from sage_runtime.plugin import Frame, IRPPlugin, PluginInputs
 
 
 class Ack(IRPPlugin):

@@ -38,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     plugin = ReasoningPlugin()
-    plugin.setup(make_context())
+    plugin.setup(make_context(plugin))
     plugin.warmup()
     model = plugin.models[4]
     split = test_split(args.quick)

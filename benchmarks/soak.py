@@ -13,8 +13,10 @@ runnable waiting for a CPU, so a stall can be told apart from a box busy with ot
 Criteria (exit code 1 when any fails; all measured after `--warmup` unless said otherwise):
 - RSS growth < 5% (largest sample vs the first sample after warmup);
 - fd and thread counts flat (max == min);
-- no tick-loop stall over 100 ms while under load: the daemon's `tick.stalls_over_100ms` counter
-  must not rise after the publishers start;
+- no tick-loop stall over 100 ms while under load that the box's load does not explain: the
+  daemon's `tick.stalls_over_100ms` counter may rise after the publishers start only in a sample
+  where the daemon's threads waited runnable for a CPU at least as long as the stall's excess over
+  100 ms (`explained_by_load`: another process had the CPU, not the daemon stalling itself);
 - drops only where a `latest` sensor superseded a frame: no fifo overflow, no rejection, no seq
   gap, no result the daemon failed to publish, no request dropped while it waited for its plugin
   to be scheduled or in a plugin's own queue;
@@ -151,6 +153,14 @@ def status_sample(status: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def explained_by_load(sample: dict[str, Any], interval_s: float) -> bool:
+    """True when, over the sample's interval, the daemon's threads waited runnable for a CPU at least
+    as long as the worst tick ran past 100 ms: the box's other work can account for the stall."""
+    excess_s = max((sample["tick"]["max_ms"] or 0.0) - 100.0, 0.0) / 1e3
+    waited_s = (sample["runqueue_wait"] or 0.0) * max(interval_s, 0.0)
+    return waited_s >= excess_s
+
+
 def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_stalls: int, final: dict[str, Any],
               reports: list[dict[str, Any]], exit_code: int) -> dict[str, Any]:
     after = [s for s in samples if s["t_s"] >= warmup_s] or samples[-1:]
@@ -160,14 +170,16 @@ def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_stalls: in
     fds = [s["fds"] for s in after]
     threads = [s["threads"] for s in after]
     # The daemon counts ticks over 100 ms; each sample where the count rose records how many.
-    stalls, prev = [], startup_stalls
+    stalls, prev, t_prev = [], startup_stalls, 0.0
     for s in samples:
         cur = s["tick"]["stalls_over_100ms"]
         if cur > prev:
             stalls.append({"t_s": s["t_s"], "count": cur - prev, "tick_max_ms": s["tick"]["max_ms"],
                            "cpu_pressure_pct": s["cpu_pressure_pct"], "loadavg_1m": s["loadavg_1m"],
-                           "runqueue_wait": s["runqueue_wait"]})
+                           "runqueue_wait": s["runqueue_wait"],
+                           "explained_by_load": explained_by_load(s, s["t_s"] - t_prev)})
         prev = max(prev, cur)
+        t_prev = s["t_s"]
     sensors = final["sensors"]
     sent = {sid: n for r in reports for sid, n in r["sent"].items()}
     drops = {
@@ -187,7 +199,11 @@ def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_stalls: in
                            "ok": growth < RSS_GROWTH_LIMIT_PCT},
         "fds_flat": {"value": [min(fds), max(fds)], "ok": min(fds) == max(fds)},
         "threads_flat": {"value": [min(threads), max(threads)], "ok": min(threads) == max(threads)},
-        "stalls_over_100ms": {"value": sum(s["count"] for s in stalls), "ok": not stalls},
+        # A stall the daemon's threads spent at least as long waiting for a CPU (runnable, not
+        # running) is the box's load, not the daemon's; only the others fail the soak.
+        "stalls_over_100ms": {"value": sum(s["count"] for s in stalls),
+                              "not_explained_by_load": sum(s["count"] for s in stalls if not s["explained_by_load"]),
+                              "ok": all(s["explained_by_load"] for s in stalls)},
         "drops_only_latest_superseded": {
             "value": {k: v for k, v in drops.items() if k not in ("latest_superseded", "sent_not_received")},
             "ok": not (drops["fifo_overflow_or_no_slot"] or drops["rejected"] or drops["seq_gaps"]

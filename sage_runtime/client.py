@@ -23,7 +23,7 @@ SYSTEM_RUNTIME_DIR = Path("/run/sage")
 
 
 def default_runtime_dir() -> Path:
-    """Where a daemon with default settings puts its sockets (DESIGN section 4). When that has no
+    """Where a daemon with default settings puts its sockets (docs/operations.md). When that has no
     control socket but the systemd service's /run/sage has one, that one: `sagectl` run by an
     operator finds the installed daemon without flags."""
     for name in ("SAGE_RUNTIME_DIR", "RUNTIME_DIRECTORY"):
@@ -117,6 +117,25 @@ class DaemonNotRunning(ConnectionError):
     """No daemon answered on the control socket."""
 
 
+class ControlAccessDenied(PermissionError):
+    """The control socket exists but this user may not reach it (file modes); the message says who may."""
+
+
+def _check_access(path: Path) -> bool:
+    """True when the socket file exists and is ours to use; ControlAccessDenied when modes refuse us."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    except PermissionError:
+        raise ControlAccessDenied(f"permission denied reaching {path}: its directory is closed to this user "
+                                  f"(uid {os.getuid()}); run as the daemon's user or a member of its group") from None
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise ControlAccessDenied(f"permission denied on {path} (owner uid {st.st_uid}, group gid {st.st_gid}, "
+                                  f"mode {st.st_mode & 0o777:04o}): run as that user or a member of that group")
+    return True
+
+
 class ControlError(RuntimeError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
@@ -134,7 +153,7 @@ class ControlClient:
         self.ctx = context or zmq.Context.instance()
 
     def call(self, cmd: str, **args: Any) -> Any:
-        if self.endpoint.startswith("ipc://") and not Path(self.endpoint[6:]).exists():
+        if self.endpoint.startswith("ipc://") and not _check_access(Path(self.endpoint[6:])):
             raise DaemonNotRunning(f"no control socket at {self.endpoint[6:]}")
         sock = self.ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)

@@ -21,13 +21,10 @@ from sage_runtime.cognition.metabolic import MetabolicParams
 from sage_runtime.cognition.salience import SalienceParams
 from sage_runtime.telemetry import TelemetryParams
 from sage_runtime.cognition.trust import TrustParams
+from sage_runtime.errors import ConfigError
 
 ENV_PREFIX = "SAGE_"
 _POLICY_RE = re.compile(r"latest|fifo:([1-9][0-9]{0,5})\Z")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the key."""
 
 
 class Section(BaseModel):
@@ -77,8 +74,10 @@ class SensorSection(Section):
 
 
 class IngestSection(Section):
-    endpoints: list[str] = ["ipc://{runtime_dir}/ingest.sock", "tcp://127.0.0.1:5560"]
-    #: ZMQ_MAXMSGSIZE: larger messages are dropped by libzmq before the daemon sees them.
+    #: ipc only by default: a TCP endpoint, even on 127.0.0.1, lets in every local user (opt-in).
+    endpoints: list[str] = ["ipc://{runtime_dir}/ingest.sock"]
+    #: One message, all parts together (counted part by part); a single part over twice this makes
+    #: libzmq drop the peer (ZMQ_MAXMSGSIZE is per part).
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_elements: int = Field(16 * 1024 * 1024, ge=1)
     allow_undeclared: bool = True
@@ -86,7 +85,8 @@ class IngestSection(Section):
     default_tensor_policy: str = "latest"
     default_fifo_policy: str = "fifo:64"
     rcvhwm: int = Field(1000, ge=1)
-    max_sensors: int = Field(256, ge=1)
+    #: Filled from capacity.max_sensors (one number for ingest, salience and the mailbox).
+    max_sensors: int = Field(64, ge=1)
     sensors: dict[str, SensorSection] = {}
 
     @field_validator("default_tensor_policy", "default_fifo_policy")
@@ -96,7 +96,7 @@ class IngestSection(Section):
 
 
 class ResultsSection(Section):
-    endpoints: list[str] = ["ipc://{runtime_dir}/results.sock", "tcp://127.0.0.1:5561"]
+    endpoints: list[str] = ["ipc://{runtime_dir}/results.sock"]
     #: A subscriber that never reads costs at most this many queued messages, then drops.
     sndhwm: int = Field(64, ge=1)
 
@@ -159,6 +159,73 @@ class SecuritySection(Section):
         return self
 
 
+MIB = 1024 * 1024
+#: Slots a sensor channel allocates: `latest` keeps 4 (ingest.LATEST_DEPTH), `fifo:N` N queued + N leased.
+LATEST_SLOTS = 4
+
+
+def channel_slots(policy: str) -> int:
+    return LATEST_SLOTS if policy == "latest" else 2 * int(policy.split(":", 1)[1])
+
+
+class CapacitySection(Section):
+    """One capacity model: every bound a client can push against (docs/config.md, "capacity").
+
+    Checked here at load so a config that could outgrow its budget never starts; enforced at run time
+    by ingest (refusals counted by reason in `sagectl status`), health `degraded` past `warn_share`."""
+
+    #: Sensors the daemon tracks: ingest registrations, salience slots and mailbox channels alike.
+    max_sensors: int = Field(64, ge=1, le=4096)
+    #: All sensor channels and queued text/event frames together (preallocated slots count in full).
+    mailbox_bytes: int = Field(512 * MIB, ge=MIB)
+    #: One sensor: its channel's slots (depth x frame size), or its queued text/event frames.
+    sensor_bytes: int = Field(128 * MIB, ge=64 * 1024)
+    #: Parts of one ingest message (3 are used) or control request (1-2 + envelope); counted part by part.
+    max_message_parts: int = Field(8, ge=3, le=64)
+    #: Event `type`/`target`/`priority` and reward `target` strings: status and the ledgers keep them.
+    max_string_bytes: int = Field(256, ge=16, le=65536)
+    #: Concurrent peers per TCP endpoint (ZAP refuses more); ipc endpoints are guarded by file modes.
+    max_tcp_peers: int = Field(64, ge=1, le=4096)
+    #: Health turns `degraded` when a budget is this full.
+    warn_share: float = Field(0.9, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _sensor_within_total(self) -> "CapacitySection":
+        if self.sensor_bytes > self.mailbox_bytes:
+            raise ValueError(f"sensor_bytes {self.sensor_bytes} exceeds mailbox_bytes {self.mailbox_bytes}")
+        return self
+
+
+def _itemsize(dtype: str | None) -> int:
+    """Bytes per element of a wire dtype; 1 when undeclared (the frame's own dtype is checked at run time)."""
+    digits = "".join(c for c in (dtype or "") if c.isdigit())
+    return max(int(digits) // 8, 1) if digits else 1
+
+
+def check_capacity(cfg: "SageConfig") -> None:
+    """Every declared sensor and the default policies fit the per-sensor budget (ValueError naming the key)."""
+    cap, ing = cfg.capacity, cfg.ingest
+    budget = cap.sensor_bytes
+    frame = ing.max_message_bytes
+    worst = channel_slots(ing.default_tensor_policy) * frame
+    if ing.allow_undeclared and worst > budget:
+        raise ValueError(f"ingest.default_tensor_policy {ing.default_tensor_policy!r} x max_message_bytes {frame} "
+                         f"= {worst} bytes exceeds capacity.sensor_bytes {budget}")
+    for name, sensor in ing.sensors.items():
+        default = ing.default_tensor_policy if sensor.kind == "tensor" else ing.default_fifo_policy
+        policy = sensor.policy or default
+        if sensor.kind != "tensor":
+            continue  # text/event/reward queues hold what arrived, bounded by bytes at run time
+        numel = 1
+        for d in sensor.max_shape or ():
+            numel *= d
+        frame_bytes = min(numel * _itemsize(sensor.dtype), frame) if sensor.max_shape else frame
+        need = channel_slots(policy) * frame_bytes
+        if need > budget:
+            raise ValueError(f"ingest.sensors.{name}: policy {policy} x frame {frame_bytes} bytes = {need} bytes "
+                             f"exceeds capacity.sensor_bytes {budget}")
+
+
 class DemoSection(Section):
     rate_hz: float = Field(10.0, gt=0, le=1000)
 
@@ -179,6 +246,34 @@ class SageConfig(Section):
     telemetry: TelemetryParams = TelemetryParams()
     attention: AttentionSection = AttentionSection()
     cognition: CognitionSection = CognitionSection()
+    capacity: CapacitySection = CapacitySection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_max_sensors(cls, data: Any) -> Any:
+        """capacity.max_sensors is the one number: ingest and salience take it, never their own."""
+        if not isinstance(data, dict):
+            return data
+        cap = data.get("capacity") or {}
+        n = cap.get("max_sensors", CapacitySection.model_fields["max_sensors"].default) \
+            if isinstance(cap, dict) else None
+        out = dict(data)
+        for section in ("ingest", "salience"):
+            raw = out.get(section)
+            if raw is None:
+                raw = {}
+            if not isinstance(raw, dict):
+                continue
+            if "max_sensors" in raw and raw["max_sensors"] != n:
+                raise ValueError(f"{section}.max_sensors is capacity.max_sensors (one number for ingest, salience "
+                                 f"and the mailbox): set that instead")
+            out[section] = {**raw, "max_sensors": n}
+        return out
+
+    @model_validator(mode="after")
+    def _within_capacity(self) -> "SageConfig":
+        check_capacity(self)
+        return self
 
 
 #: Sections (or "section.key") a SIGHUP reload applies without a restart.
@@ -234,7 +329,8 @@ def _format_errors(exc: ValidationError, origin: str) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] in ("extra_forbidden", "unexpected_keyword_argument") \
+            else err["msg"].removeprefix("Value error, ")
         lines.append(f"{key}: {msg}")
     return f"invalid configuration ({origin}):\n  " + "\n  ".join(lines)
 

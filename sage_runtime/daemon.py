@@ -1,6 +1,9 @@
-"""`sage-runtime`: the daemon's lifecycle: config, sockets, plugins, signals, systemd notify.
+"""The daemon's lifecycle, the way uvicorn does it: build everything in one place, each resource
+registered on an AsyncExitStack as it is made (so teardown is the mirror of build), then start,
+signal READY, wait for SIGTERM/SIGINT (or the tick loop failing).
 
-The CLI here only parses; `Daemon` owns every resource and shuts them down in reverse order.
+Typed failures (AlreadyRunning, ConfigError, PluginLoadError) propagate to the command line
+(cli.py), which owns the exit codes.
 """
 
 from __future__ import annotations
@@ -13,9 +16,8 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import time
-from pathlib import Path
+from collections.abc import Coroutine
 from typing import Any
 
 import torch
@@ -26,52 +28,27 @@ from sage_runtime import __version__
 from sage_runtime.capabilities import capability_report
 from sage_runtime.cognition.plan import Cognition
 from sage_runtime.config import (
-    ConfigError, SageConfig, expand_endpoint, load_config, resolve_runtime_dir, resolve_state_dir, split_reload,
+    SageConfig, expand_endpoint, load_config, resolve_runtime_dir, resolve_state_dir, split_reload,
 )
 from sage_runtime.edges.control import CommandError, ControlServer
 from sage_runtime.edges.ingest import IngestServer, SensorTable
-from sage_runtime.plugin.contract import PluginContext
-from sage_runtime.cli import EXIT_CONFIG, EXIT_RUNNING
-from sage_runtime.mailbox import Mailbox
 from sage_runtime.edges.notify import SystemdNotifier
-from sage_runtime.tick import Orchestrator
-from sage_runtime.plugin.host import PluginHost
-from sage_runtime.plugin.registry import load_plugin_class
 from sage_runtime.edges.publish import ResultPublisher
 from sage_runtime.edges.security import EdgeSecurity, load_keys
+from sage_runtime.errors import AlreadyRunning, ConfigError, PluginLoadError
+from sage_runtime.limits import bound_malloc, private_dir, raise_nofile
+from sage_runtime.mailbox import Mailbox
+from sage_runtime.plugin.contract import PluginContext
+from sage_runtime.plugin.host import PluginHost
+from sage_runtime.plugin.registry import check_plugins, load_plugin_classes
+from sage_runtime.status import StatusReport
 from sage_runtime.telemetry import open_telemetry
+from sage_runtime.tick import Orchestrator
 
 log = logging.getLogger("sage.daemon")
 
-STATUS_SCHEMA_VERSION = 1
 STOP_TIMEOUT_S = 4.0
-STATE_PROBE_INTERVAL_S = 5.0
-
-
-def _probe_writable(directory: Path) -> str | None:
-    """Write and remove 4 KiB in `directory`; the error text when that fails."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe.") as f:
-            f.write(b"\0" * 4096)
-            f.flush()
-    except OSError as exc:
-        return f"{exc.strerror or exc} ({directory})"
-    return None
-
-
-def _process_stats() -> dict[str, Any]:
-    """The daemon's own footprint from procfs (None where there is none): RSS, open fds, threads."""
-    rss = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    fds = None
-    with contextlib.suppress(OSError):
-        fds = len(os.listdir("/proc/self/fd"))
-    threads = None
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        status = Path("/proc/self/status").read_text()
-        threads = int(next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1])
-    return {"rss_bytes": rss, "open_fds": fds, "threads": threads}
+SOCKET_FILES = ("control.sock", "ingest.sock", "results.sock")
 
 
 class _LogfmtFormatter(logging.Formatter):
@@ -100,7 +77,9 @@ def pick_device(name: str) -> torch.device:
 
 
 class Daemon:
-    def __init__(self, cfg: SageConfig, config_path: str | None, *, demo: bool = False) -> None:
+    """`demo` is the module of the `sage_runtime.demo` entry point (cli.py looks it up), or None."""
+
+    def __init__(self, cfg: SageConfig, config_path: str | None, *, demo: Any = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.demo = demo
@@ -108,163 +87,194 @@ class Daemon:
         self.state_dir = resolve_state_dir(cfg)
         self.device = pick_device(cfg.runtime.device)
         self.notifier = SystemdNotifier()
-        self.started = time.monotonic()
         self.last_reload: dict[str, Any] | None = None
         self._last_watchdog = 0.0
         self._last_status = 0.0
-        self._stopping: asyncio.Event | None = None
-        self._state_probe: tuple[float, str | None] = (-STATE_PROBE_INTERVAL_S, None)
+        self._stopping = asyncio.Event()
+        self._stop_t0 = 0.0
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def run(self) -> int:
+        """Build, start, signal READY, wait; teardown (the exit stack) mirrors the build."""
+        async with contextlib.AsyncExitStack() as stack:
+            hosts = self._build(stack)
+            await self._start(stack, hosts)
+            await self._wait()
+        return 0
 
     # ---------------------------------------------------------------- build
 
+    def _build(self, stack: contextlib.AsyncExitStack) -> list[PluginHost]:
+        """Make every resource, registering its teardown right after it is made."""
+        cfg = self.cfg
+        torch.set_num_threads(cfg.runtime.torch_threads)
+        stack.callback(self._stopped)
+        stack.callback(self.notifier.close)
+        self._prepare_dirs()
+        stack.callback(self._remove_socket_files)
+        self.mailbox = Mailbox(self.device)
+        stack.callback(self.mailbox.close)
+        actx = zmq.asyncio.Context()
+        stack.callback(actx.destroy, linger=0)
+        self.security = EdgeSecurity(actx, load_keys(cfg), max_peers=cfg.capacity.max_tcp_peers)
+        stack.callback(self.security.close)
+        self.control = ControlServer(actx, expand_endpoint(cfg.control.endpoint, self.runtime_dir),
+                                     cfg.control.socket_mode, tcp_endpoint=cfg.control.tcp_endpoint,
+                                     security=self.security, max_parts=cfg.capacity.max_message_parts)
+        stack.callback(self.control.close)
+        self.publisher = ResultPublisher(zmq.Context.shadow(actx.underlying), self._endpoints(cfg.results.endpoints),
+                                         cfg.results.sndhwm, self.security)
+        stack.callback(self.publisher.close)
+        self.compute = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        stack.callback(self.compute.shutdown, wait=False, cancel_futures=True)
+        self.telemetry = open_telemetry(cfg.telemetry)
+        self.telemetry.start()
+        stack.callback(self.telemetry.stop)
+        self.plugin_options = check_plugins(cfg.plugins.enabled, cfg.plugins.options)
+        classes = load_plugin_classes(cfg.plugins.enabled)
+        self.cognition = Cognition(cfg, [c.name for c in classes], self.mailbox, self.state_dir, self.device,
+                                   telemetry=self.telemetry.latest)
+        stack.callback(self.cognition.save_trust)
+        hosts = [PluginHost(c(), breaker_failures=cfg.plugins.breaker_failures,
+                            breaker_cooldown_s=cfg.plugins.breaker_cooldown_s) for c in classes]
+        stack.callback(self._close_hosts, hosts)
+        self.table = SensorTable(cfg.ingest, self.mailbox, cfg.capacity)
+        self.orch = Orchestrator(cfg, self.table, hosts, self.publisher, self.cognition, self.compute,
+                                 on_tick=self._on_tick)
+        self.ingest = IngestServer(actx, self._endpoints(cfg.ingest.endpoints), self.table,
+                                   self.orch.notify_input, self.security)
+        stack.callback(self.ingest.close)
+        stack.push_async_callback(self._stop_tasks)
+        self.report = StatusReport(
+            lambda: self.cfg, str(self.device), self.runtime_dir, self.state_dir, self.orch, self.cognition,
+            self.table, self.ingest, self.publisher, self.security, self.mailbox, self.control, self.telemetry,
+            capability_report(str(self.device), jtop_socket=cfg.telemetry.jtop_socket), lambda: self.last_reload)
+        self._register_commands()
+        self._install_signals(stack)
+        return hosts
+
     def _prepare_dirs(self) -> None:
-        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        private_dir(self.runtime_dir, "runtime dir")  # UnsafeDirectory (a ConfigError): exit 2, saying why
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            private_dir(self.state_dir, "state dir")
         except OSError as exc:  # run without persistence rather than not at all; status says so
             log.error("state dir %s unusable: %s", self.state_dir, exc)
         control = self.runtime_dir / "control.sock"
         if control.exists():
             if _daemon_answers(f"ipc://{control}"):
-                raise RuntimeError(f"another sage-runtime is running on {control}")
-            for stale in ("control.sock", "ingest.sock", "results.sock"):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.runtime_dir / stale).unlink()
+                raise AlreadyRunning(f"another sage-runtime is running on {control}")
+            self._remove_socket_files()
 
     def _endpoints(self, eps: list[str]) -> list[str]:
         return [expand_endpoint(ep, self.runtime_dir) for ep in eps]
 
-    def _load_plugins(self) -> list[PluginHost]:
-        hosts = []
-        for spec in self.cfg.plugins.enabled:
-            cls = load_plugin_class(spec)
-            plugin = cls()
-            hosts.append(PluginHost(plugin, breaker_failures=self.cfg.plugins.breaker_failures,
-                                    breaker_cooldown_s=self.cfg.plugins.breaker_cooldown_s))
-        return hosts
+    def _install_signals(self, stack: contextlib.AsyncExitStack) -> None:
+        loop = asyncio.get_running_loop()
+        for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
+                             (signal.SIGHUP, self._reload_from_signal)):
+            loop.add_signal_handler(sig, handler)
+            stack.callback(loop.remove_signal_handler, sig)
+
+    # ---------------------------------------------------------------- start, ready, wait
+
+    def _task(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        return task
+
+    async def _start(self, stack: contextlib.AsyncExitStack, hosts: list[PluginHost]) -> None:
+        """Serve control while plugins set up and warm, then take input and tick."""
+        log.info("sage-runtime %s starting: device=%s torch=%s threads=%d runtime_dir=%s state_dir=%s",
+                 __version__, self.device, torch.__version__, torch.get_num_threads(), self.runtime_dir,
+                 self.state_dir)
+        self._task("control", self.control.run())
+        self._task("security", self.security.run())
+        await self._warmup(hosts)
+        # Start-up objects (torch, weights, plugins) go to the permanent generation, so a full
+        # collection later walks only what the loop allocates: ~280 ms -> ~0 ms measured.
+        gc.collect()
+        gc.freeze()
+        self._task("ingest", self.ingest.run())
+        self._tick_task = self._task("tick", self.orch.run())
+        self._task("trust", self._save_trust_periodically())
+        if self.demo is not None:
+            sources = self.demo.DemoSources(self.ingest.endpoints[0], rate_hz=self.cfg.demo.rate_hz)
+            sources.start()
+            stack.callback(sources.stop)
 
     async def _warmup(self, hosts: list[PluginHost]) -> None:
         for host in hosts:
-            opts = self.cfg.plugins.options.get(host.name, {})
             pdir = self.state_dir / "plugins" / host.name
             try:
                 pdir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 log.error("plugin %s state dir %s unusable: %s", host.name, pdir, exc)
-            ctx = PluginContext(self.device, opts, pdir, logging.getLogger(f"sage.plugin.{host.name}"))
-            await asyncio.wrap_future(host.setup_and_warmup(ctx))
+            ctx = PluginContext(self.device, self.plugin_options[host.name], pdir,
+                                logging.getLogger(f"sage.plugin.{host.name}"))
+            try:
+                await asyncio.wrap_future(host.setup_and_warmup(ctx))
+            except Exception as exc:  # noqa: BLE001 - any setup failure means this plugin set cannot run
+                raise PluginLoadError(f"plugin {host.name}: setup failed: {type(exc).__name__}: {exc}") from exc
 
-    # ---------------------------------------------------------------- run
-
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
-        torch.set_num_threads(self.cfg.runtime.torch_threads)
-        self._prepare_dirs()
-        actx = zmq.asyncio.Context()
-        sctx = zmq.Context.shadow(actx.underlying)
-        compute = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
-        self.mailbox = Mailbox(self.device)
-        self.table = SensorTable(self.cfg.ingest, self.mailbox)
-        hosts = self._load_plugins()
-        self.security = EdgeSecurity(actx, load_keys(self.cfg))
-        self.publisher = ResultPublisher(sctx, self._endpoints(self.cfg.results.endpoints), self.cfg.results.sndhwm,
-                                         self.security)
-        self.telemetry = open_telemetry(self.cfg.telemetry)
-        self.telemetry.start()
-        self.capabilities = capability_report(str(self.device), jtop_socket=self.cfg.telemetry.jtop_socket)
-        self.cognition = Cognition(self.cfg, [h.name for h in hosts], self.mailbox, self.state_dir, self.device,
-                                   telemetry=self.telemetry.latest)
-        self.orch = Orchestrator(self.cfg, self.table, hosts, self.publisher, self.cognition, compute,
-                                 on_tick=self._on_tick)
-        self.ingest = IngestServer(actx, self._endpoints(self.cfg.ingest.endpoints), self.table,
-                                   self.orch.notify_input, self.security)
-        self.control = ControlServer(actx, expand_endpoint(self.cfg.control.endpoint, self.runtime_dir),
-                                     self.cfg.control.socket_mode, tcp_endpoint=self.cfg.control.tcp_endpoint,
-                                     security=self.security)
-        self._register_commands()
-        for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
-                             (signal.SIGHUP, self._reload_from_signal)):
-            loop.add_signal_handler(sig, handler)
-        log.info("sage-runtime %s starting: device=%s torch=%s threads=%d runtime_dir=%s state_dir=%s",
-                 __version__, self.device, torch.__version__, torch.get_num_threads(), self.runtime_dir,
-                 self.state_dir)
-        tasks: list[asyncio.Task[Any]] = []
+    async def _wait(self) -> None:
+        """READY after the first full tick; then until stop is requested or the tick loop fails."""
+        tick = self._tick_task
+        first = asyncio.create_task(self.orch.first_full_tick.wait())
+        stop = asyncio.create_task(self._stopping.wait())
         try:
-            tasks.append(asyncio.create_task(self.control.run(), name="control"))
-            tasks.append(asyncio.create_task(self.security.run(), name="security"))
-            await self._warmup(hosts)
-            # Start-up objects (torch, weights, plugins) go to the permanent generation, so a full
-            # collection later walks only what the loop allocates: ~280 ms -> ~0 ms measured.
-            gc.collect()
-            gc.freeze()
-            tasks.append(asyncio.create_task(self.ingest.run(), name="ingest"))
-            tick_task = asyncio.create_task(self.orch.run(), name="tick")
-            tasks.append(tick_task)
-            tasks.append(asyncio.create_task(self._save_trust_periodically(compute), name="trust"))
-            if self.demo:
-                from sage_plugins.demo import DemoSources
-
-                self._demo = DemoSources(self.ingest.endpoints[0], rate_hz=self.cfg.demo.rate_hz)
-                self._demo.start()
-            first = asyncio.create_task(self.orch.first_full_tick.wait())
-            stop_wait = asyncio.create_task(self._stopping.wait())
-            await asyncio.wait({first, stop_wait, tick_task}, return_when=asyncio.FIRST_COMPLETED)
-            if tick_task.done():
-                tick_task.result()  # surfaces the loop's exception
+            await asyncio.wait({first, stop, tick}, return_when=asyncio.FIRST_COMPLETED)
+            if tick.done():
+                tick.result()  # surfaces the loop's exception
             if first.done():
-                self.notifier.ready(self.status_line())
+                self.notifier.ready(self.report.line())
                 log.info("ready: ingest %s; results %s; control %s", ", ".join(self.ingest.endpoints),
                          ", ".join(self.publisher.endpoints), self.control.endpoint)
-            await asyncio.wait({stop_wait, tick_task}, return_when=asyncio.FIRST_COMPLETED)
-            if tick_task.done() and not self._stopping.is_set():
-                tick_task.result()
+            await asyncio.wait({stop, tick}, return_when=asyncio.FIRST_COMPLETED)
+            if tick.done() and not self._stopping.is_set():
+                tick.result()
         finally:
-            await self._shutdown(tasks, compute, hosts, actx)
-        return 0
+            first.cancel()
+            stop.cancel()
 
     def request_stop(self) -> None:
-        if self._stopping is not None and not self._stopping.is_set():
+        if not self._stopping.is_set():
             log.info("stopping")
             self.notifier.stopping()
             self._stopping.set()
 
-    async def _shutdown(self, tasks: list[asyncio.Task[Any]], compute: concurrent.futures.ThreadPoolExecutor,
-                        hosts: list[PluginHost], actx: zmq.asyncio.Context) -> None:
-        t0 = time.monotonic()
-        if getattr(self, "_demo", None) is not None:
-            self._demo.stop()
-        self.ingest.close()  # stop taking input first
+    # ---------------------------------------------------------------- teardown (registered in _build)
+
+    async def _stop_tasks(self) -> None:
+        """Let the tick in progress finish (bounded), then cancel every task."""
+        self._stop_t0 = time.monotonic()
         self.orch.stop()
-        tick_task = next((t for t in tasks if t.get_name() == "tick"), None)
-        if tick_task is not None and not tick_task.done():
+        tick = getattr(self, "_tick_task", None)
+        if tick is not None and not tick.done():
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(tick_task), timeout=STOP_TIMEOUT_S / 2)
-        for task in tasks:
+                await asyncio.wait_for(asyncio.shield(tick), timeout=STOP_TIMEOUT_S / 2)
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        budget = max(0.1, STOP_TIMEOUT_S - (time.monotonic() - t0))
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _close_hosts(self, hosts: list[PluginHost]) -> None:
+        budget = max(0.1, STOP_TIMEOUT_S - (time.monotonic() - (self._stop_t0 or time.monotonic())))
         for host in hosts:
             host.close(timeout_s=budget / max(len(hosts), 1))
-        self.cognition.save_trust()
-        self.telemetry.stop()
-        compute.shutdown(wait=False, cancel_futures=True)
-        self.publisher.close()
-        self.control.close()
-        self.security.close()
-        actx.destroy(linger=0)
-        self.mailbox.close()
-        for name in ("control.sock", "ingest.sock", "results.sock"):
+
+    def _remove_socket_files(self) -> None:
+        for name in SOCKET_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (self.runtime_dir / name).unlink()
-        self.notifier.close()
-        log.info("stopped in %.2f s", time.monotonic() - t0)
 
-    async def _save_trust_periodically(self, compute: concurrent.futures.ThreadPoolExecutor) -> None:
+    def _stopped(self) -> None:
+        if self._stop_t0:
+            log.info("stopped in %.2f s", time.monotonic() - self._stop_t0)
+
+    async def _save_trust_periodically(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.cfg.cognition.trust_save_interval_s)
-            await loop.run_in_executor(compute, self.cognition.save_trust)
+            await loop.run_in_executor(self.compute, self.cognition.save_trust)
 
     # ---------------------------------------------------------------- systemd
 
@@ -275,16 +285,8 @@ class Daemon:
             self.notifier.watchdog()
             self._last_watchdog = now
         if self.notifier.enabled and now - self._last_status >= 1.0:
-            self.notifier.status(self.status_line())
+            self.notifier.send_status(self.report.line())
             self._last_status = now
-
-    def status_line(self) -> str:
-        t = self.orch.tick_summary()
-        plugins = self.orch.plugins_summary()
-        ok = sum(1 for p in plugins.values() if p["status"] == "ok")
-        return (f"{self.cognition.state} tick p99 {t['p99_ms']} ms/{t['budget_ms']} ms, "
-                f"{len(self.table.sensors)} sensors, plugins {ok}/{len(plugins)} ok, "
-                f"rejected {sum(self.table.rejected.values())}")
 
     # ---------------------------------------------------------------- reload
 
@@ -292,14 +294,19 @@ class Daemon:
         report = self.reload()
         log.info("reload (SIGHUP): %s", report)
 
+    def _read_config(self) -> SageConfig:
+        """The config file as the CLI reads it (demo overlay included), its plugins resolved and
+        their options validated; ConfigError when any of it is wrong."""
+        new = load_config(self.config_path)
+        if self.demo is not None:
+            new = self.demo.demo_overlay(new)
+        check_plugins(new.plugins.enabled, new.plugins.options)
+        return new
+
     def reload(self) -> dict[str, Any]:
         """Re-read the config; apply what can change live, report the rest; keep the old on error."""
         try:
-            new = load_config(self.config_path)
-            if self.demo:
-                from sage_plugins.demo import demo_overlay
-
-                new = demo_overlay(new)
+            new = self._read_config()
         except ConfigError as exc:
             self.last_reload = {"ok": False, "error": str(exc), "at": time.time()}
             log.error("reload refused, keeping the running config: %s", exc)
@@ -323,8 +330,8 @@ class Daemon:
 
     def _register_commands(self) -> None:
         c = self.control
-        c.register("status", lambda args: self.status())
-        c.register("stats", lambda args: self.stats())
+        c.register("status", lambda args: self.report.status())
+        c.register("stats", lambda args: self.report.stats())
         c.register("config", lambda args: self.cfg.model_dump(mode="json"))
         c.register("plugins", lambda args: self.orch.plugins_summary())
         c.register("reload", lambda args: self.reload())
@@ -343,56 +350,7 @@ class Daemon:
         if not paused:
             host.breaker_until = 0.0
             host.consecutive_failures = 0
-        return {"plugin": name, "status": host.status()}
-
-    def health(self) -> tuple[str, list[str]]:
-        reasons = []
-        for name, p in self.orch.plugins_summary().items():
-            if p["status"] not in ("ok", "paused"):
-                reasons.append(f"plugin {name} {p['status']}")
-        if self.orch.deadline_miss_rate() > 0.2:
-            reasons.append(f"deadline misses {self.orch.deadline_miss_rate():.0%}")
-        reasons += self.cognition.health_reasons()
-        state_dir_error = self._state_dir_error()
-        if state_dir_error:
-            reasons.append(f"state dir not writable: {state_dir_error}")
-        return ("degraded" if reasons else "ok"), reasons
-
-    def _state_dir_error(self) -> str | None:
-        """Why the state dir cannot take a write (None when it can), probed at most every few seconds:
-        a full or read-only disk must show in status before a save fails."""
-        now = time.monotonic()
-        if now - self._state_probe[0] >= STATE_PROBE_INTERVAL_S:
-            self._state_probe = (now, _probe_writable(self.state_dir))
-        return self._state_probe[1]
-
-    def status(self) -> dict[str, Any]:
-        health, reasons = self.health()
-        status = {
-            "schema_version": STATUS_SCHEMA_VERSION, "version": __version__, "pid": os.getpid(),
-            "health": health, "health_reasons": reasons, "uptime_s": round(time.monotonic() - self.started, 3),
-            "device": str(self.device), "runtime_dir": str(self.runtime_dir), "state_dir": str(self.state_dir),
-            **self.cognition.status(),
-            "tick": self.orch.tick_summary(),
-            "state_dir_error": self._state_dir_error(),
-            "process": _process_stats(),
-            "ingest": {**self.table.stats(), "messages": self.ingest.messages, "endpoints": self.ingest.endpoints,
-                       "internal_errors": self.ingest.internal_errors, "auth": self.security.stats("ingest")},
-            "plugins": self.orch.plugins_summary(),
-            "results": {**self.publisher.stats(), "endpoints": self.publisher.endpoints,
-                        "auth": self.security.stats("results")},
-            "mailbox": self.mailbox.stats(),
-            "control": {"requests": self.control.requests, "bad_requests": self.control.bad_requests,
-                        "auth": self.security.stats("control")},
-            "last_reload": self.last_reload,
-            "telemetry": self.telemetry.status(self.cfg.telemetry),
-            "capabilities": self.capabilities,
-        }
-        return status
-
-    def stats(self) -> dict[str, Any]:
-        return {"stages": self.orch.stages.summary(), "tick": self.orch.tick_summary(),
-                "ingest": self.table.stats(), "results": self.publisher.stats()}
+        return {"plugin": name, "status": host.health()}
 
 
 def _daemon_answers(endpoint: str, timeout_ms: int = 300) -> bool:
@@ -409,22 +367,14 @@ def _daemon_answers(endpoint: str, timeout_ms: int = 300) -> bool:
         sock.close(linger=0)
 
 
-def serve(cfg: SageConfig, config_path: str | None, *, demo: bool = False) -> int:
-    """Run the daemon until SIGTERM/SIGINT; the exit code for the CLI."""
+def serve(cfg: SageConfig, config_path: str | None, *, demo: Any = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT. Typed failures propagate (cli.py maps them to codes)."""
     setup_logging(cfg.runtime.log_level)
-    daemon = Daemon(cfg, config_path, demo=demo)
+    bound_malloc()
+    raise_nofile()
     if cfg.runtime.uvloop:
         with contextlib.suppress(ImportError):
             import uvloop
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    try:
-        return asyncio.run(daemon.run())
-    except RuntimeError as exc:
-        if "another sage-runtime" in str(exc):
-            log.error("%s", exc)
-            return EXIT_RUNNING
-        raise
-    except (LookupError, TypeError, ImportError) as exc:
-        log.error("cannot load plugins: %s", exc)
-        return EXIT_CONFIG
+    return asyncio.run(Daemon(cfg, config_path, demo=demo).run())

@@ -23,12 +23,10 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-Kind = Literal["focus", "broadcast"]
+Kind = Literal["focus"]
 Policy = Literal["latest", "fifo"]
 OnFull = Literal["overwrite_oldest", "drop_newest"]
 
-#: Broadcast channels carry small records (salience vectors, state); larger frames belong in focus.
-BROADCAST_MAX_BYTES = 64 * 1024
 DEFAULT_DEPTH = {"latest": 3, "fifo": 8}
 #: Byte copies up to this size go through memoryview (cheapest call); larger ones through numpy,
 #: which releases the GIL while it copies so the compute thread is not held up.
@@ -188,7 +186,6 @@ class Channel:
         self.itemsize = torch.empty((), dtype=spec.dtype).element_size()
         self._np_dtype = _numpy_dtype(spec.dtype)
         self._max_numel = spec.max_numel
-        self._fixed_shape = spec.max_shape if spec.kind == "broadcast" else None
         n_slots = spec.depth + (spec.lease_slots if spec.policy == "fifo" else 0)
         with torch.inference_mode(False):  # inference tensors could not be written outside inference mode
             self._slots = [_Slot(spec.max_numel, spec.dtype, device) for _ in range(n_slots)]
@@ -278,8 +275,6 @@ class Channel:
 
     def _reserve(self, numel: int, shape: tuple[int, ...]) -> tuple[_Slot, WriteStatus] | WriteResult:
         """Under the lock: count the write and take a slot only this writer may touch."""
-        if self._fixed_shape is not None and shape != self._fixed_shape:
-            return self._reject("shape", f"broadcast records have shape {self._fixed_shape}, got {shape}")
         if numel > self._max_numel:
             return self._reject("too_large", f"shape {shape} has {numel} elements, "
                                              f"channel max is {self._max_numel}")
@@ -545,8 +540,8 @@ class Mailbox:
         still leased, so holding a batch does not shrink the queue (default depth). on_full (fifo):
         evict the oldest queued frame (OVERWROTE_OLDEST) or refuse the new one (DROPPED).
         """
-        if kind not in ("focus", "broadcast"):
-            raise ValueError(f"channel {name!r}: kind must be 'focus' or 'broadcast', got {kind!r}")
+        if kind != "focus":
+            raise ValueError(f"channel {name!r}: kind must be 'focus', got {kind!r}")
         if policy not in ("latest", "fifo"):
             raise ValueError(f"channel {name!r}: policy must be 'latest' or 'fifo', got {policy!r}")
         if on_full not in ("overwrite_oldest", "drop_newest"):
@@ -561,12 +556,6 @@ class Mailbox:
         if lease_slots < 0:
             raise ValueError(f"channel {name!r}: lease_slots must be >= 0")
         spec = ChannelSpec(kind, dtype, max_shape, policy, depth, on_full, lease_slots)
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if kind == "broadcast" and policy != "latest":
-            raise ValueError(f"channel {name!r}: broadcast channels use policy 'latest' (each reader keeps a cursor)")
-        if kind == "broadcast" and spec.max_numel * itemsize > BROADCAST_MAX_BYTES:
-            raise ValueError(f"channel {name!r}: broadcast records are at most {BROADCAST_MAX_BYTES} bytes; "
-                             f"use kind='focus' for {spec.max_numel * itemsize}")
         with self._lock:
             existing = self._channels.get(name)
             if existing is not None:

@@ -1,6 +1,7 @@
 """`sagectl`: inspect and steer a running sage-runtime over its control socket.
 
-Exit codes: 0 healthy (or command done), 1 degraded, 2 usage or command error, 3 not running.
+Exit codes: 0 healthy (or command done), 1 degraded, 2 usage or command error, or no permission on
+the control socket (the message says who has it), 3 not running.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from sage_runtime.client import ControlClient, ControlError, DaemonNotRunning
+from sage_runtime.client import ControlAccessDenied, ControlClient, ControlError, DaemonNotRunning
 
 EXIT_OK, EXIT_DEGRADED, EXIT_ERROR, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -128,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sagectl: sage-runtime is not running ({exc})", file=sys.stderr)
         return EXIT_NOT_RUNNING
     except ControlError as exc:
+        print(f"sagectl: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ControlAccessDenied as exc:
         print(f"sagectl: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except ValueError as exc:

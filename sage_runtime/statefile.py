@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("sage.statefile")
 
 FORMAT = "sage-state"
 VERSION = 1
@@ -101,3 +106,70 @@ def read(path: str | os.PathLike[str], *, kind: str) -> Any:
     if "data" not in doc or _digest(_payload(doc["data"])) != doc.get("sha256"):
         raise StateFileError(f"{target}: corrupt state file (checksum mismatch)")
     return doc["data"]
+
+
+def move_aside(path: str | os.PathLike[str], *, sidecars: tuple[str, ...] = ()) -> Path:
+    """Rename a state file that cannot be loaded to `<name>.corrupt-<UTC timestamp>` (never
+    overwritten: a suffix is added when that name exists), with its sidecars (e.g. SQLite's
+    `-wal`, `-shm`) under the same stamp. Returns the kept path."""
+    target = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = target.with_name(f"{target.name}.corrupt-{stamp}")
+    n = 1
+    while kept.exists():
+        kept = target.with_name(f"{target.name}.corrupt-{stamp}-{n}")
+        n += 1
+    os.replace(target, kept)
+    for suffix in sidecars:
+        side = target.with_name(target.name + suffix)
+        if side.exists():
+            os.replace(side, kept.with_name(kept.name + suffix))
+    _fsync_dir(target.parent)
+    return kept
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What loading a state file at start gave: `status` is "none saved", "restored", "corrupt"
+    (moved aside to `kept`, starting fresh) or "failed" (unreadable, left in place)."""
+
+    status: str
+    error: str | None = None
+    kept: Path | None = None
+
+    def describe(self) -> str:
+        if self.status == "corrupt":
+            return f"corrupt: {self.error}; kept as {self.kept}"
+        return self.status if self.error is None else f"{self.status}: {self.error}"
+
+
+def restore_or_set_aside(path: str | os.PathLike[str], *, kind: str, apply: Callable[[Any], None]) -> Restored:
+    """Read `path` and hand its data to `apply`. A file that is corrupt, or whose data `apply`
+    refuses (ValueError/TypeError/KeyError), is moved aside, so the next save cannot overwrite the
+    only copy of what was learned; an unreadable one (OSError) is left where it is."""
+    target = Path(path)
+    try:
+        data = read(target, kind=kind)
+    except FileNotFoundError:
+        return Restored("none saved")
+    except OSError as exc:
+        log.error("%s not restored (left in place): %s", target, exc)
+        return Restored("failed", f"{exc.strerror or exc} ({target})")
+    except StateFileError as exc:
+        return _set_aside(target, str(exc))
+    try:
+        apply(data)
+    except (ValueError, TypeError, KeyError) as exc:
+        return _set_aside(target, f"{target}: {kind} data refused: {exc}")
+    log.info("%s state restored from %s", kind, target)
+    return Restored("restored")
+
+
+def _set_aside(target: Path, error: str) -> Restored:
+    try:
+        kept = move_aside(target)
+    except OSError as exc:
+        log.error("%s; moving it aside failed too (%s): starting fresh", error, exc)
+        return Restored("failed", f"{error}; not moved aside: {exc.strerror or exc}")
+    log.error("%s; kept as %s, starting fresh", error, kept)
+    return Restored("corrupt", error, kept)

@@ -56,8 +56,12 @@ REJECT_REASONS = (
     "part_count", "topic", "sensor_id", "topic_mismatch", "header_msgpack", "header_type",
     "version", "missing_key", "key_type", "kind", "dtype", "shape", "too_large", "payload_size",
     "utf8", "non_finite", "meta", "event", "reward", "undeclared", "declared_mismatch",
-    "oversize", "channel",
+    "oversize", "channel", "too_long", "too_many_parts", "sensor_limit", "sensor_budget", "mailbox_budget",
 )
+#: Event and reward strings kept by status and the ledgers (type, target, priority) are at most this long.
+MAX_STRING_BYTES = 256
+#: msgpack containers in headers and event/reward bodies: more entries cannot be sent in one message.
+_UNPACK_LIMITS = {"max_map_len": 1024, "max_array_len": 4096}
 
 
 class WireError(ValueError):
@@ -105,7 +109,7 @@ def _require(header: Mapping[str, Any], key: str, types: type | tuple[type, ...]
 
 def _unpack_map(raw: bytes | memoryview, what: str) -> dict[str, Any]:
     try:
-        obj = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        obj = msgpack.unpackb(raw, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
     except Exception as exc:  # msgpack raises several unrelated types for malformed input
         raise WireError("header_msgpack", f"{what} is not valid msgpack: {type(exc).__name__}") from None
     if not isinstance(obj, dict):
@@ -118,8 +122,28 @@ def check_sensor_id(sensor: str) -> None:
         raise WireError("sensor_id", f"sensor id {sensor[:80]!r} does not match [A-Za-z0-9_.-]{{1,64}}")
 
 
-def decode_ingest(parts: Sequence[Any], *, max_elements: int = 1 << 24,
-                  reject_non_finite: bool = True) -> IngestMessage:
+def _check_meta(meta: Any) -> None:
+    """meta is JSON-like: string keys all the way down (a msgpack bin key broke the memory plugin)."""
+    stack = [meta]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if any(not isinstance(k, str) for k in node):
+                raise WireError("meta", "meta keys must be strings (found a binary or numeric key)")
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
+def _check_strings(body: Mapping[str, Any], keys: tuple[str, ...], limit: int, kind: str) -> None:
+    for key in keys:
+        value = body.get(key)
+        if isinstance(value, str) and (len(value) > limit or len(value.encode("utf-8", "replace")) > limit):
+            raise WireError("too_long", f"{kind} {key!r} is {len(value)} characters, more than {limit} bytes")
+
+
+def decode_ingest(parts: Sequence[Any], *, max_elements: int = 1 << 24, reject_non_finite: bool = True,
+                  max_string_bytes: int = MAX_STRING_BYTES) -> IngestMessage:
     """Validate one multipart ingest message; raise WireError on the first broken rule."""
     if len(parts) != 3:
         raise WireError("part_count", f"expected 3 parts (topic, header, payload), got {len(parts)}")
@@ -152,6 +176,7 @@ def decode_ingest(parts: Sequence[Any], *, max_elements: int = 1 << 24,
         raise WireError("meta", "meta must be a map")
     if len(header_raw) > MAX_META_BYTES and len(msgpack.packb(meta)) > MAX_META_BYTES:
         raise WireError("meta", f"meta exceeds {MAX_META_BYTES} bytes")
+    _check_meta(meta)
 
     if kind == "tensor":
         return _decode_tensor(sensor, seq, ts_ns, header, payload, meta, max_elements, reject_non_finite)
@@ -162,6 +187,7 @@ def decode_ingest(parts: Sequence[Any], *, max_elements: int = 1 << 24,
             raise WireError("utf8", f"text payload is not UTF-8 at byte {exc.start}") from None
         return IngestMessage(sensor, seq, ts_ns, kind, text, meta=meta)
     body = _unpack_map(payload, f"{kind} payload")
+    _check_strings(body, ("type", "target", "priority"), max_string_bytes, kind)
     if kind == "reward":
         value = body.get("value")
         target = body.get("target")

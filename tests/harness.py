@@ -29,6 +29,9 @@ def ipc_only(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class DaemonProcess:
+    #: The command that starts the daemon (a test may run it from another environment's python).
+    command: tuple[str, ...] = (SAGE_RUNTIME,)
+
     def __init__(self, tmp: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
                  args: list[str] | None = None) -> None:
         self.tmp = tmp
@@ -60,7 +63,7 @@ class DaemonProcess:
 
     def start(self, wait: bool = True, timeout_s: float = 60.0) -> "DaemonProcess":
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([SAGE_RUNTIME, "--config", str(self.config_path), *self.args],
+        self.proc = subprocess.Popen([*self.command, "--config", str(self.config_path), *self.args],
                                      env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready(timeout_s)
@@ -121,3 +124,22 @@ def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05):
             return value
         time.sleep(interval_s)
     raise TimeoutError("condition not met")
+
+
+def confirmed_subscriber(results_endpoint: str, pub: Any, topics: tuple[str, ...] = ("result/",),
+                         timeout_s: float = 15.0) -> Any:
+    """A ResultSubscriber that has provably joined: probe events go in until one of their results
+    comes out (ZeroMQ's slow joiner drops what is published before the subscription arrives; a
+    fixed sleep was not always long enough on a loaded box). Drains what the probes produced."""
+    from sage_runtime.client import ResultSubscriber
+
+    sub = ResultSubscriber(results_endpoint, topics=topics)
+    deadline = time.monotonic() + timeout_s
+    while sub.recv(timeout_s=0.1) is None:
+        if time.monotonic() > deadline:
+            sub.close()
+            raise TimeoutError(f"no result on {results_endpoint} within {timeout_s} s")
+        pub.event("subscriber_probe", "hello")
+    while sub.recv(timeout_s=0.2) is not None:
+        pass
+    return sub

@@ -7,12 +7,18 @@ import time
 
 import torch
 
-from sage_runtime.plugin.contract import IRPPlugin, PluginInputs
-from sage_runtime.records import Frame
+from typing import Literal
+
+from pydantic import Field
+
+from sage_runtime.plugin import Frame, IRPPlugin, PluginInputs, PluginOptions
 
 
 class Echo(IRPPlugin):
     """Refines a summary of its inputs toward (mean, count, text length); converges geometrically."""
+
+    class Options(PluginOptions):
+        output_kb: int = Field(0, ge=0)  # a zero tensor this big rides on each result
 
     name = "echo"
     accepts_kinds = frozenset({"tensor", "text", "event"})
@@ -21,7 +27,7 @@ class Echo(IRPPlugin):
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
-        self.output_kb = int(ctx.config.get("output_kb", 0))  # a zero tensor this big rides on each result
+        self.output_kb = ctx.options.output_kb
 
     def sample_inputs(self, seed: int) -> PluginInputs:
         frame = Frame("s", seed, 0, "tensor", torch.full((4,), float(seed)), {})
@@ -60,16 +66,21 @@ class Faulty(Echo):
     mailbox must not hand their slots to a writer meanwhile). leak: keeps `leak_mb` more MiB on
     every run, up to `leak_max_mb`."""
 
+    class Options(Echo.Options):
+        mode: Literal["raise", "hang", "nan", "leak", "ok"] | None = None  # None: the class's default_mode
+        after: int = Field(0, ge=0)
+        hang_s: float = Field(2.0, ge=0)
+        leak_mb: float = Field(1.0, ge=0)
+        leak_max_mb: float = Field(64.0, ge=0)
+
     name = "faulty"
     default_mode = "ok"
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
-        self.mode = ctx.config.get("mode", self.default_mode)
-        self.after = int(ctx.config.get("after", 0))
-        self.hang_s = float(ctx.config.get("hang_s", 2.0))
-        self.leak_mb = float(ctx.config.get("leak_mb", 1.0))
-        self.leak_max_mb = float(ctx.config.get("leak_max_mb", 64.0))
+        o = ctx.options
+        self.mode = o.mode or self.default_mode
+        self.after, self.hang_s, self.leak_mb, self.leak_max_mb = o.after, o.hang_s, o.leak_mb, o.leak_max_mb
         self.leaked: list[bytearray] = []
         self.calls = 0
 
@@ -128,13 +139,16 @@ class Burner(Echo):
     """Spends its whole allocation: each step busy-waits `step_ms` and barely lowers the energy,
     so it never converges. Drains the ATP reservoir in state-machine tests."""
 
+    class Options(Echo.Options):
+        step_ms: float = Field(1.0, ge=0)
+
     name = "burner"
     accepts_kinds = frozenset({"tensor"})
     max_steps = 10_000
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
-        self.step_ms = float(ctx.config.get("step_ms", 1.0))
+        self.step_ms = ctx.options.step_ms
 
     def init_state(self, inputs):
         return {**super().init_state(inputs), "e": 1.0}

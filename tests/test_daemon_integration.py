@@ -16,7 +16,7 @@ from sage_runtime import statefile
 from sage_runtime.client import ResultSubscriber, SensorPublisher
 from sage_runtime.cognition.plan import TRUST_FILE
 from sage_runtime.cognition.trust import TrustLedger
-from tests.harness import SAGECTL, DaemonProcess, wait_for
+from tests.harness import SAGECTL, DaemonProcess, confirmed_subscriber, wait_for
 
 ECHO = {"plugins": {"enabled": ["tests.plugins_for_tests:Echo"]}, "tick": {"rate_hz": 100}}
 
@@ -45,9 +45,8 @@ def sagectl_json(d: DaemonProcess) -> tuple[int, dict]:
 
 
 def test_three_sensors_flow_to_results_and_counters_add_up(daemon):
-    sub = ResultSubscriber(daemon.results, topics=("result/",))
     pub = connect_publisher(daemon)
-    time.sleep(0.2)  # let the subscriber join too
+    sub = confirmed_subscriber(daemon.results, pub)
     sent = {"cam": 0, "mic": 0, "bus": 0}
     rng = np.random.default_rng(0)
     for i in range(300):
@@ -243,6 +242,26 @@ def test_bad_config_exits_2_naming_the_key(tmp_path):
     d.start(wait=False)
     assert d.proc.wait(timeout=30) == 2
     assert "tick.rate_hz" in d.log()
+
+
+def test_a_second_daemon_on_the_same_runtime_dir_exits_3_and_leaves_the_first_alone(daemon, tmp_path):
+    (tmp_path / "second").mkdir()
+    second = DaemonProcess(tmp_path / "second", ECHO, env={"SAGE_RUNTIME_DIR": str(daemon.run_dir)})
+    second.start(wait=False)
+    assert second.proc.wait(timeout=60) == 3
+    assert "another sage-runtime is running" in second.log() and "Traceback" not in second.log()
+    assert daemon.status()["tick"]["count"] > 0  # its sockets were not removed by the refused one
+    assert (daemon.run_dir / "control.sock").exists()
+
+
+def test_a_plugin_whose_setup_fails_exits_2_naming_it(tmp_path):
+    """--check-config passes (weights are not loaded there); the real start loads them and fails."""
+    d = DaemonProcess(tmp_path, {"plugins": {"enabled": ["vision"],
+                                             "options": {"vision": {"weights": str(tmp_path / "absent.pt")}}}})
+    d.start(wait=False)
+    assert d.proc.wait(timeout=60) == 2
+    assert "plugin vision: setup failed" in d.log() and "Traceback" not in d.log()
+    assert not (d.run_dir / "control.sock").exists()  # teardown ran: sockets removed
 
 
 def test_sighup_applies_live_keys_and_reports_the_rest(daemon):

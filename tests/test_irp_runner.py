@@ -118,3 +118,92 @@ def test_conformance_catches_an_input_blind_plugin():
     check_plugin(Halver)
     with pytest.raises(AssertionError, match="ignores its input"):
         check_plugin(Blind)
+
+
+def test_halt_is_handed_the_state_after_the_last_step():
+    class StopAtTwo(Halver):
+        seen = []
+
+        def halt(self, state, history):
+            self.seen.append((state["i"], len(history)))
+            return "converged" if state["i"] == 2 else None
+    p = StopAtTwo()
+    res = run_plugin(p, PluginInputs(tick=5), atp_ms=1e9, deadline_ns=FAR, cost=StepCost())
+    assert res.halt == "converged" and res.steps == 2
+    assert p.seen == [(1, 2), (2, 3)]  # the state after step i, with the i+1 energies so far
+
+
+def test_public_names_come_from_one_module():
+    import sage_runtime.plugin as api
+    from sage_runtime.plugin.contract import IRPPlugin as Base
+    from sage_runtime.records import Frame, RunResult
+
+    assert api.Plugin is api.IRPPlugin is Base
+    assert api.Frame is Frame and api.RunResult is RunResult
+    for name in ("PluginInputs", "PluginContext", "PluginOptions", "InputQueue", "load_plugin_class"):
+        assert name in api.__all__ and hasattr(api, name)
+
+
+class Unnamed(IRPPlugin):
+    def init_state(self, inputs):
+        return 0
+
+    def step(self, s):
+        return s
+
+    def energy(self, s):
+        return 0.0
+
+    def outputs(self, s):
+        return {}
+
+
+class Halver2(Halver):
+    """Inherits Halver's name: loading both is a clash."""
+
+
+def test_loading_refuses_a_plugin_without_a_name():
+    from sage_runtime.errors import PluginLoadError
+    from sage_runtime.plugin.registry import load_plugin_class
+
+    with pytest.raises(PluginLoadError, match=r"Unnamed.*has no `name`"):
+        load_plugin_class("tests.test_irp_runner:Unnamed")
+
+
+def test_loading_refuses_two_plugins_with_one_name_naming_both_classes():
+    from sage_runtime.errors import PluginLoadError
+    from sage_runtime.plugin.registry import load_plugin_classes
+
+    with pytest.raises(PluginLoadError, match=r"test_irp_runner\.Halver and .*test_irp_runner\.Halver2 .*'halver'"):
+        load_plugin_classes(["tests.test_irp_runner:Halver", "tests.test_irp_runner:Halver2"])
+    assert [c.name for c in load_plugin_classes(["tests.test_irp_runner:Halver"])] == ["halver"]
+
+
+def test_unknown_plugin_name_and_bad_option_are_config_errors_naming_the_key():
+    from sage_runtime.errors import ConfigError, PluginLoadError
+    from sage_runtime.plugin.registry import check_plugins
+
+    with pytest.raises(PluginLoadError, match="no plugin named 'vison'"):
+        check_plugins(["vison"], {})
+    with pytest.raises(ConfigError, match=r"plugins\.options\.echo\.output_kbb: unknown key"):
+        check_plugins(["tests.plugins_for_tests:Echo"], {"echo": {"output_kbb": 1}})
+    with pytest.raises(ConfigError, match=r"plugins\.options\.echo\.output_kb: .*integer"):
+        check_plugins(["tests.plugins_for_tests:Echo"], {"echo": {"output_kb": "lots"}})
+    with pytest.raises(ConfigError, match=r"plugins\.options\.ecko: no enabled plugin"):
+        check_plugins(["tests.plugins_for_tests:Echo"], {"ecko": {}})
+    # A plugin without Options takes none: any key is unknown.
+    with pytest.raises(ConfigError, match=r"plugins\.options\.halver\.x: unknown key"):
+        check_plugins(["tests.test_irp_runner:Halver"], {"halver": {"x": 1}})
+    opts = check_plugins(["tests.plugins_for_tests:Echo"], {"echo": {"output_kb": 3}})
+    assert opts["echo"].output_kb == 3
+
+
+def test_conformance_takes_sample_inputs_when_the_plugin_has_none():
+    from sage_runtime.conformance import check_plugin
+
+    class NoSamples(Halver):
+        def sample_inputs(self, seed):
+            return None
+    with pytest.raises(AssertionError, match="sample_inputs returns None"):
+        check_plugin(NoSamples)
+    check_plugin(NoSamples, sample_inputs=lambda seed: PluginInputs(tick=seed))

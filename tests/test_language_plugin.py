@@ -39,7 +39,7 @@ def model():
 @pytest.fixture(scope="module")
 def plugin():
     p = LanguagePlugin()
-    p.setup(make_context())
+    p.setup(make_context(p))
     p.warmup()
     yield p
     p.close()
@@ -254,7 +254,7 @@ def test_plugin_snaps_to_the_grammar_and_can_run_model_only():
     runs = {}
     for constrained in (True, False):
         p = LanguagePlugin()
-        p.setup(make_context({"grammar_constraint": constrained}))
+        p.setup(make_context(p, {"grammar_constraint": constrained}))
         runs[constrained] = [run_plugin(p, _text_inputs(noisy), atp_ms=1e9, deadline_ns=FAR, cost=StepCost()).outputs
                              for _, _, noisy in data]
         p.close()

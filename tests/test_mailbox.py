@@ -17,7 +17,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sage_runtime.mailbox import BROADCAST_MAX_BYTES, SMALL_COPY_BYTES, Lease, Mailbox, WriteStatus
+from sage_runtime.mailbox import SMALL_COPY_BYTES, Lease, Mailbox, WriteStatus
 
 OK, OVER, DROP, REJ = WriteStatus.OK, WriteStatus.OVERWROTE_OLDEST, WriteStatus.DROPPED, WriteStatus.REJECTED
 
@@ -58,17 +58,6 @@ def test_register_rejects_bad_specs(mailbox, kwargs):
     with pytest.raises(ValueError):
         mailbox.register("x", **args)
     assert mailbox.names() == []
-
-
-def test_broadcast_records_are_small_fixed_size_and_latest(mailbox):
-    n = BROADCAST_MAX_BYTES // 4
-    ch = mailbox.register("salience", kind="broadcast", dtype=torch.float32, max_shape=(n,))
-    with pytest.raises(ValueError, match="broadcast"):
-        mailbox.register("big", kind="broadcast", dtype=torch.float32, max_shape=(n + 1,))
-    with pytest.raises(ValueError, match="broadcast"):
-        mailbox.register("queue", kind="broadcast", dtype=torch.float32, max_shape=(4,), policy="fifo")
-    assert ch.write(torch.zeros(n - 1)).reason == "shape"
-    assert ch.write(torch.zeros(n)).status is OK
 
 
 def test_close_releases_channels_and_rejects_writes(mailbox):
@@ -247,8 +236,8 @@ def test_latest_writer_never_overwrites_held_slots_and_drops_explicitly(mailbox)
     assert counts_add_up(ch.stats())
 
 
-def test_broadcast_many_readers_each_with_a_cursor(mailbox):
-    ch = mailbox.register("state", kind="broadcast", dtype=torch.float32, max_shape=(8,), depth=3)
+def test_latest_many_readers_each_with_a_cursor(mailbox):
+    ch = mailbox.register("state", dtype=torch.float32, max_shape=(8,), depth=3)
     cursors = [-1] * 6
     for tick in range(5):
         ch.write(torch.full((8,), float(tick)))

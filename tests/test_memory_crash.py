@@ -35,7 +35,7 @@ def writer(state_dir: Path) -> None:
     """The process that gets killed: stores until killed, printing acknowledgements."""
     torch.set_num_threads(1)
     plugin = MemoryPlugin()
-    plugin.setup(make_context({}, state_dir))
+    plugin.setup(make_context(plugin, {}, state_dir))
     k_of: dict[int, int] = {}
     k = 0
     print("READY", flush=True)
@@ -98,7 +98,7 @@ def test_kill_9_mid_burst_keeps_every_acknowledged_item(tmp_path: Path) -> None:
             assert np.array_equal(np.frombuffer(vec, dtype="<f4"), vector_for(k).numpy())
 
         plugin = MemoryPlugin()  # reopening rebuilds the index from everything committed
-        plugin.setup(make_context({}, tmp_path))
+        plugin.setup(make_context(plugin, {}, tmp_path))
         try:
             assert set(all_acked) <= set(plugin.index.row_of)
             assert plugin.index.n == len(rows)

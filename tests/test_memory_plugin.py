@@ -24,7 +24,7 @@ from sage_runtime.plugin.registry import load_plugin_class
 
 def open_memory(state_dir: Path, **config: Any) -> MemoryPlugin:
     plugin = MemoryPlugin()
-    plugin.setup(make_context(config, state_dir))
+    plugin.setup(make_context(plugin, config, state_dir))
     return plugin
 
 
@@ -327,7 +327,7 @@ def test_schema_version_is_checked(tmp_path: Path) -> None:
 
 def test_bad_config_is_named() -> None:
     with pytest.raises(ValueError, match="capacty"):
-        MemoryPlugin().setup(make_context({"capacty": 10}))
+        MemoryPlugin().setup(make_context(MemoryPlugin, {"capacty": 10}))
 
 
 def test_nothing_to_do_without_vectors(tmp_path: Path) -> None:

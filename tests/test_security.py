@@ -167,11 +167,13 @@ def test_only_authorised_curve_clients_get_through(curve_daemon, certs):
         stranger.send_multipart(encode_ingest("stranger", 0, "tensor", np.ones(4, np.float32), ts_ns=1))
         plain.send_multipart(encode_ingest("plain", 0, "tensor", np.ones(4, np.float32), ts_ns=1))
         s = d.status()["ingest"]
-        return s if "friend" in s["sensors"] and s["auth"]["failed_auth"] >= 1 else None
+        return s if "friend" in s["sensors"] and s["auth"]["failed_auth"] >= 1 \
+            and s["auth"]["failed_protocol"] >= 1 else None
     status = wait_for(friend_in, timeout_s=20, interval_s=0.1)
     assert "stranger" not in status["sensors"] and "plain" not in status["sensors"]
     assert status["auth"]["curve"] is True and status["auth"]["succeeded"] >= 1
     assert status["auth"]["failed_auth"] >= 1, "the unknown key must be refused at the handshake"
+    assert status["auth"]["failed_protocol"] >= 1, "a client without CURVE counts as failed_protocol (documented)"
     for sock in (stranger, plain, friend):
         sock.close()
 
@@ -260,3 +262,32 @@ def test_no_pickle_or_eval_in_the_runtime_or_plugins():
             offenders += [f"{rel}: {hit}" for hit in unsafe_calls(path.read_text(encoding="utf-8"))
                           if (rel, hit) not in ALLOWED]
     assert offenders == []
+
+
+def test_tcp_peers_past_the_cap_are_refused_and_the_daemon_stays_up(tmp_path, certs):
+    """Was: ~1,100 loopback TCP connections pushed the daemon to 1,024 fds and the next ipc
+    connection made libzmq abort it. Now ZAP refuses CURVE peers past capacity.max_tcp_peers."""
+    port = free_port("127.0.0.1")
+    d = DaemonProcess(tmp_path, {
+        "plugins": {"enabled": ["tests.plugins_for_tests:Echo"]},
+        "ingest": {"endpoints": ["ipc://{runtime_dir}/ingest.sock", f"tcp://127.0.0.1:{port}"]},
+        "capacity": {"max_tcp_peers": 3},
+        "security": {"curve_secret_key": str(certs["server"]), "authorized_keys_dir": str(certs["authorized"])},
+    }).start()
+    socks = []
+    try:
+        fds = d.status()["process"]["open_fds"]
+        for i in range(10):
+            sock = curve_socket(zmq.PUB, certs, "client")
+            sock.connect(f"tcp://127.0.0.1:{port}")
+            socks.append(sock)
+        auth = wait_for(lambda: (a := d.status()["ingest"]["auth"])["refused_peers"] >= 7 and a, timeout_s=20)
+        assert auth["succeeded"] <= 3 + auth["refused_peers"] and auth["peers"] <= 10
+        wait_for(lambda: d.status()["ingest"]["auth"]["succeeded"] >= 3, timeout_s=10)
+        status = d.control(timeout_s=1.0).status()
+        assert status["process"]["open_fds"] - fds < 20
+        assert status["tick"]["count"] > 0 and d.proc.poll() is None
+    finally:
+        for sock in socks:
+            sock.close(linger=0)
+        d.kill()

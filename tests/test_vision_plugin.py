@@ -4,6 +4,8 @@ classical floor at any budget on held-out photos, input sensitivity, embedding u
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -21,7 +23,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def plugin() -> VisionPlugin:
     p = VisionPlugin()
-    p.setup(make_context({}))
+    p.setup(make_context(p, {}))
     p.warmup()
     yield p
     p.close()
@@ -75,10 +77,10 @@ def test_models_and_weights_within_budget() -> None:
 
 
 def test_unknown_or_bad_config_is_rejected() -> None:
-    with pytest.raises(ValueError, match="unknown config"):
-        VisionPlugin().setup(make_context({"lamda": 1.0}))
+    with pytest.raises(ValueError, match=r"plugins\.options\.vision\.lamda: unknown key"):
+        VisionPlugin().setup(make_context(VisionPlugin, {"lamda": 1.0}))
     with pytest.raises(ValueError, match="prior_sigma"):
-        VisionPlugin().setup(make_context({"prior_sigma": 0.0}))
+        VisionPlugin().setup(make_context(VisionPlugin, {"prior_sigma": 0.0}))
 
 
 def test_accepts_images_only(plugin: VisionPlugin) -> None:
@@ -183,10 +185,14 @@ def test_runner_history_is_monotone(plugin: VisionPlugin) -> None:
 
 
 def test_halts_on_convergence_not_before(plugin: VisionPlugin) -> None:
-    assert plugin.halt([1.0]) is None
-    assert plugin.halt([1.0, 0.9]) is None
-    assert plugin.halt([1.0, 0.9, 0.9]) == "converged"  # a step that found no decrease
-    assert plugin.halt([1.0, 0.9, 0.89995]) == "converged"
+    assert plugin.halt(None, [1.0]) is None
+    assert plugin.halt(None, [1.0, 0.9]) is None
+    assert plugin.halt(None, [1.0, 0.9, 0.9]) == "converged"  # a step that found no decrease
+    assert plugin.halt(None, [1.0, 0.9, 0.89995]) == "converged"
+    state = plugin.init_state(plugin.sample_inputs(3))
+    assert plugin.halt(state, [1.0, 0.5]) is None
+    stalled = replace(state, r=replace(state.r, stalled=torch.ones(1, dtype=torch.bool)))
+    assert plugin.halt(stalled, [1.0, 0.5]) == "converged"
 
 
 def test_error_map_is_zero_at_invalid_pixels_and_marks_noise(plugin: VisionPlugin) -> None:

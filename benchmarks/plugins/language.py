@@ -73,7 +73,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     per_run = {}
     for name, constrained in (("constrained", True), ("model_only", False)):
         plugin = LanguagePlugin()
-        plugin.setup(make_context({"grammar_constraint": constrained}))
+        plugin.setup(make_context(plugin, {"grammar_constraint": constrained}))
         plugin.warmup()
         per_run[name] = _per_run(plugin, data)
         model = plugin.model

@@ -110,7 +110,7 @@ def _clustered(quick: bool) -> dict[str, Any]:
     for beta in (32.0, 64.0, 128.0):
         with tempfile.TemporaryDirectory(prefix="sage-bench-memory-") as tmp:
             plugin = MemoryPlugin()
-            plugin.setup(make_context({"beta": beta}, Path(tmp)))
+            plugin.setup(make_context(plugin, {"beta": beta}, Path(tmp)))
             ids = [plugin.remember(x, source="probe", salience=0.8) for x in items]
             res = _retrieval(plugin, queries, [ids[j] for j in picks])
             out[f"hopfield_beta_{beta:g}"] = {k: res[k] for k in ("recall_at_1", "steps_to_halt", "cpu_ms")}
@@ -132,7 +132,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     picks = torch.randperm(n_items, generator=torch.Generator().manual_seed(1))[:n_queries].tolist()
     with tempfile.TemporaryDirectory(prefix="sage-bench-memory-") as tmp:
         plugin = MemoryPlugin()
-        plugin.setup(make_context({}, Path(tmp)))
+        plugin.setup(make_context(plugin, {}, Path(tmp)))
         plugin.warmup()
         enqueue_ms = []
         t0 = time.perf_counter()
@@ -164,7 +164,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         plugin.close()
         t0 = time.perf_counter()
         reopened = MemoryPlugin()
-        reopened.setup(make_context({}, Path(tmp)))
+        reopened.setup(make_context(reopened, {}, Path(tmp)))
         out["restart"] = {"reopen_s": round(time.perf_counter() - t0, 3), "items": reopened.index.n}
         reopened.close()
     out["clustered_noise_0.2"] = _clustered(quick)

@@ -91,7 +91,7 @@ def plugin_runs(plugin: ReasoningPlugin, split: SudokuSplit, count: int) -> dict
 def run(quick: bool = False) -> dict[str, Any]:
     torch.set_num_threads(1)
     plugin = ReasoningPlugin()
-    plugin.setup(make_context())
+    plugin.setup(make_context(plugin))
     plugin.warmup()
     split = test_split(quick)
     model = plugin.models[4]

@@ -99,7 +99,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine(), "plugin": "vision", "quick": quick, "time_ms": {}}
     for name, (hw, max_side) in SIZES.items():
         plugin = VisionPlugin()
-        plugin.setup(make_context({"max_side": max_side}))
+        plugin.setup(make_context(plugin, {"max_side": max_side}))
         plugin.warmup()
         n = 2 if quick or max_side > 256 else 6
         result["time_ms"][name] = _costs(plugin, hw, range(100, 100 + n), 3 if quick else 5)

@@ -15,8 +15,9 @@ from sage_plugins.language.model import Denoiser, load_checkpoint
 from sage_plugins.language.noise import corrupt
 from sage_plugins.language.refine import (RefineState, advance, converged, energies, first_pass, grammar_projection,
                                      texts)
-from sage_runtime.plugin.contract import InputQueue, IRPPlugin, PluginContext, PluginInputs
-from sage_runtime.records import Frame
+from pydantic import Field
+
+from sage_runtime.plugin import Frame, InputQueue, IRPPlugin, PluginContext, PluginInputs, PluginOptions
 
 WEIGHTS = Path(__file__).with_name("weights.pt")
 
@@ -26,6 +27,20 @@ class LanguageState:
     frames: tuple[Frame, ...]   # the commands being refined, oldest first
     inputs: tuple[str, ...]     # their normalized noisy text
     refine: RefineState
+
+
+class LanguageOptions(PluginOptions):
+    """`plugins.options.language` (the keys are explained in LanguagePlugin's docstring)."""
+
+    weights: str | None = None
+    refine_steps: int = Field(10, ge=1)
+    max_reads: int = Field(3, ge=1)
+    max_steps: int = Field(40, ge=1)
+    max_batch: int = Field(4, ge=1)
+    max_queue: int = Field(256, ge=1)
+    sample_cer: float = Field(0.1, ge=0, le=1)
+    grammar_constraint: bool = True
+    max_normalized: float = Field(MAX_NORMALIZED, ge=0)
 
 
 class LanguagePlugin(IRPPlugin):
@@ -43,24 +58,24 @@ class LanguagePlugin(IRPPlugin):
     """
 
     name: ClassVar[str] = "language"
+    Options = LanguageOptions
     accepts_kinds: ClassVar[frozenset[str]] = frozenset({"text"})
 
     def setup(self, ctx: PluginContext) -> None:
         super().setup(ctx)
-        cfg = ctx.config
-        self.model: Denoiser = load_checkpoint(Path(cfg.get("weights", WEIGHTS)), ctx.device)
-        self.total = int(cfg.get("refine_steps", 10))
-        self.max_reads = int(cfg.get("max_reads", 3))
-        self.max_steps = int(cfg.get("max_steps", 40))
-        self.max_batch = int(cfg.get("max_batch", 4))
-        self._waiting = InputQueue(int(cfg.get("max_queue", 256)))
-        self.sample_cer = float(cfg.get("sample_cer", 0.1))
+        cfg: LanguageOptions = ctx.options
+        self.model: Denoiser = load_checkpoint(Path(cfg.weights) if cfg.weights else WEIGHTS, ctx.device)
+        self.total = cfg.refine_steps
+        self.max_reads = cfg.max_reads
+        self.max_steps = cfg.max_steps
+        self.max_batch = cfg.max_batch
+        self._waiting = InputQueue(cfg.max_queue)
+        self.sample_cer = cfg.sample_cer
         self.grammar = Grammar.load()
-        self.constrained = bool(cfg.get("grammar_constraint", True))
-        self.max_normalized = float(cfg.get("max_normalized", MAX_NORMALIZED))
+        self.constrained = cfg.grammar_constraint
+        self.max_normalized = cfg.max_normalized
         self._project = (grammar_projection(self.model, self.grammar, self.max_normalized, self.max_reads)
                          if self.constrained else None)
-        self._latest: LanguageState | None = None
 
     def accepts(self, frame: Frame) -> bool:
         return frame.kind == "text" and isinstance(frame.data, str)
@@ -82,14 +97,10 @@ class LanguagePlugin(IRPPlugin):
         if not frames:
             return None
         noisy = tuple(normalize(f.data) for f in frames)
-        state = LanguageState(tuple(frames), noisy, first_pass(self.model, list(noisy), self.total))
-        self._latest = state
-        return state
+        return LanguageState(tuple(frames), noisy, first_pass(self.model, list(noisy), self.total))
 
     def step(self, state: LanguageState) -> LanguageState:
-        state = replace(state, refine=advance(self.model, state.refine))
-        self._latest = state
-        return state
+        return replace(state, refine=advance(self.model, state.refine))
 
     def project(self, state: LanguageState) -> LanguageState:
         """The grammar constraint (refine.grammar_projection): when refinement would halt, texts
@@ -97,9 +108,7 @@ class LanguagePlugin(IRPPlugin):
         halting rule then asks for one more read of what changed."""
         if self._project is None:
             return state
-        state = replace(state, refine=self._project(state.refine))
-        self._latest = state
-        return state
+        return replace(state, refine=self._project(state.refine))
 
     def intent(self, text: str) -> dict[str, Any] | None:
         if self.constrained:
@@ -109,12 +118,12 @@ class LanguagePlugin(IRPPlugin):
     def energy(self, state: LanguageState) -> float:
         return float(energies(state.refine).mean())
 
-    def halt(self, history: Sequence[float]) -> str | None:
+    def halt(self, state: LanguageState, history: Sequence[float]) -> str | None:
         """Converged when a read of the texts returns them unchanged (or reads are used up); else
         the default energy-slope rule."""
-        if self._latest is not None and converged(self._latest.refine, self.max_reads):
+        if converged(state.refine, self.max_reads):
             return "converged"
-        return super().halt(history)
+        return super().halt(state, history)
 
     def outputs(self, state: LanguageState) -> dict[str, Any]:
         corrected = texts(state.refine)
@@ -133,6 +142,3 @@ class LanguagePlugin(IRPPlugin):
             "queued": len(self._waiting),
             "dropped": self._waiting.dropped,
         }
-
-    def close(self) -> None:
-        self._latest = None

@@ -70,13 +70,14 @@ class MemoryPlugin(IRPPlugin):
     """Experience memory: SQLite (WAL, one writer thread) + a preallocated Hopfield index."""
 
     name = "memory"
+    Options = MemoryConfig
     accepts_kinds = frozenset({"tensor", "text"})
 
     # ------------------------------------------------------------------ lifecycle
 
     def setup(self, ctx: PluginContext) -> None:
         super().setup(ctx)
-        cfg = self.cfg = MemoryConfig.from_mapping(ctx.config)
+        cfg = self.cfg = ctx.options
         self.max_steps = cfg.max_steps
         self.halt_eps = cfg.halt_eps
         self.path = Path(cfg.db_path) if cfg.db_path else Path(ctx.state_dir) / "memory.db"
@@ -99,7 +100,6 @@ class MemoryPlugin(IRPPlugin):
         self._pending: list[tuple[int, torch.Tensor, float, str]] = []
         self.dropped = 0
         self.evicted = 0
-        self._last_move = math.inf
         self._closed = False
 
     def warmup(self) -> None:
@@ -147,10 +147,15 @@ class MemoryPlugin(IRPPlugin):
         """Wait for the given stores to commit; True when every one did."""
         return self.store.wait_acknowledged(ids, timeout_s)
 
+    def health_reasons(self) -> list[str]:
+        rec = getattr(getattr(self, "store", None), "recovered", None)
+        return [] if rec is None else [f"{rec['error']}; kept as {rec['kept']}, started empty"]
+
     def stats(self) -> dict[str, Any]:
         return {"size": self.index.n + len(self._pending), "capacity": self.cfg.capacity,
                 "write_backlog": self.store.backlog, "dropped": self.dropped, "evicted": self.evicted,
-                "write_errors": self.store.errors, "pending_consolidation": self.pending_consolidation()}
+                "write_errors": self.store.errors, "pending_consolidation": self.pending_consolidation(),
+                "recovered": self.store.recovered}
 
     def _apply_pending(self) -> None:
         """Move queued experiences into the index, evicting the least salient when full."""
@@ -220,22 +225,20 @@ class MemoryPlugin(IRPPlugin):
         unit = query.vec / query.vec.norm()
         exclude = self.index.source_mask(query.source) if self.cfg.recall_scope == "source" else None
         recall = hopfield.start(self.index.live, unit, self.cfg.beta, exclude)
-        self._last_move = recall.move
         return MemoryState(recall, recall.logits, query.source, queued)
 
     def step(self, state: MemoryState) -> MemoryState:
         recall = hopfield.step(self.index.live, state.recall, self.cfg.beta)
-        self._last_move = recall.move  # read by halt(), which only receives energies
         return dataclasses.replace(state, recall=recall)
 
     def energy(self, state: MemoryState) -> float:
         return state.recall.energy
 
-    def halt(self, history: Sequence[float]) -> str | None:
+    def halt(self, state: MemoryState, history: Sequence[float]) -> str | None:
         """Converged when the next step would move the state by less than `move_tol` (a bound
         the last step computed), or after one flat energy interval: the energy never rises
         (CCCP), so a flat step is a fixed point, not the turning point of an oscillation."""
-        if self._last_move < self.cfg.move_tol:
+        if state.recall.move < self.cfg.move_tol:
             return "converged"
         if len(history) >= 2 and abs(history[-1] - history[-2]) < self.halt_eps:
             return "converged"

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from sage_runtime import statefile
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -45,6 +47,11 @@ log = logging.getLogger("sage.plugins.memory")
 
 class SchemaError(RuntimeError):
     """The database was written by an incompatible version of this store."""
+
+
+#: What reading a damaged file raises: SQLite's own errors, and a row whose vector or JSON columns
+#: are garbage (a zeroed page reads back as NULL blobs).
+_CORRUPT = (sqlite3.DatabaseError, TypeError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -93,12 +100,28 @@ class SqliteStore:
         self.last_error: str | None = None
         self.commits = 0
         self.highest_id = 0  # highest id ever committed, deleted ones included (set by open)
+        self.recovered: dict[str, str] | None = None  # set when open() moved a corrupt file aside
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def open(self, timeout_s: float = 60.0) -> list[Record]:
-        """Start the writer thread, open (or create) the database and return every stored item."""
+        """Start the writer thread, open (or create) the database and return every stored item.
+
+        A database SQLite cannot read (garbage, truncated, zeroed pages) is moved aside with its
+        WAL to `<name>.corrupt-<timestamp>` and an empty one is started: `recovered` says from
+        what and where the old file is kept. A schema of another version is not corruption: it
+        raises SchemaError naming the file."""
+        try:
+            return self._open(timeout_s)
+        except _CORRUPT as exc:
+            error = f"{self.path}: unreadable database ({type(exc).__name__}: {exc})"
+            kept = statefile.move_aside(self.path, sidecars=("-wal", "-shm"))
+            self.recovered = {"error": error, "kept": str(kept)}
+            log.error("%s; kept as %s, starting with an empty memory", error, kept)
+            return self._open(timeout_s)
+
+    def _open(self, timeout_s: float) -> list[Record]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         loaded: concurrent.futures.Future[list[Record]] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, args=(loaded,), name="memory-writer", daemon=True)
@@ -214,10 +237,13 @@ class SqliteStore:
         return out
 
     def _run(self, loaded: concurrent.futures.Future[list[Record]]) -> None:
+        conn = None
         try:
             conn = self._connect()
             loaded.set_result(self._load(conn))
         except BaseException as exc:  # noqa: BLE001 - handed to the opener, which raises it
+            if conn is not None:
+                conn.close()
             loaded.set_exception(exc)
             return
         try:

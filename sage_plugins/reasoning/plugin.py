@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sage_runtime.plugin.contract import InputQueue, IRPPlugin, PluginContext, PluginInputs
-from sage_runtime.records import Frame
+from pydantic import Field
+
+from sage_runtime.plugin import Frame, InputQueue, IRPPlugin, PluginContext, PluginInputs, PluginOptions
 
 from sage_plugins.reasoning import sudoku
 from sage_plugins.reasoning.checkpoint import load_checkpoint
@@ -58,29 +59,44 @@ class ReasoningState:
     energy_trace: tuple[float, ...] = ()  # energy after 0, 1, ..., segments
 
 
+class ReasoningOptions(PluginOptions):
+    """`plugins.options.reasoning`: checkpoint_4 / checkpoint_9 (paths), tau (halting threshold on
+    P(halt); default: the one chosen on validation data at training time, stored in the checkpoint),
+    stable_steps (0 disables), resume, resume_slots, allow_extra_segments (0: stop at the trained
+    M_max), max_queue (puzzles waiting for a later run; beyond it the oldest are dropped and counted)."""
+
+    checkpoint_4: str | None = None
+    checkpoint_9: str | None = None
+    tau: float | None = None
+    stable_steps: int = Field(2, ge=0)
+    resume: bool = True
+    resume_slots: int = Field(16, ge=0)
+    allow_extra_segments: int = Field(0, ge=0)
+    max_queue: int = Field(64, ge=1)
+
+
 class ReasoningPlugin(IRPPlugin):
-    """Config keys: checkpoint_4 / checkpoint_9 (paths), tau (halting threshold on P(halt); default:
-    the one chosen on validation data at training time, stored in the checkpoint), stable_steps (2; 0 disables),
-    resume (True), resume_slots (16), allow_extra_segments (0: stop at the trained M_max),
-    max_queue (puzzles waiting for a later run, 64; beyond it the oldest are dropped and counted)."""
+    """Sudoku by HRM-ACT; options: ReasoningOptions."""
 
     name = "reasoning"
+    Options = ReasoningOptions
     accepts_kinds = frozenset({"tensor", "text"})
     max_steps = 8
 
     def setup(self, ctx: PluginContext) -> None:
         super().setup(ctx)
-        cfg = ctx.config
+        cfg: ReasoningOptions = ctx.options
         self.device = ctx.device
-        self.tau_config = cfg.get("tau")
-        self.stable_steps = int(cfg.get("stable_steps", 2))
-        self.resume = bool(cfg.get("resume", True))
-        self.resume_slots = int(cfg.get("resume_slots", 16))
-        extra = int(cfg.get("allow_extra_segments", 0))
+        self.tau_config = cfg.tau
+        self.stable_steps = cfg.stable_steps
+        self.resume = cfg.resume
+        self.resume_slots = cfg.resume_slots
+        extra = cfg.allow_extra_segments
         self.models: dict[int, HRMACT] = {}
         self.taus: dict[int, float] = {}
         for n, default in DEFAULT_CHECKPOINTS.items():
-            path = Path(cfg.get(f"checkpoint_{n}", default))
+            given = getattr(cfg, f"checkpoint_{n}")
+            path = Path(given) if given else default
             if path.exists():
                 model, meta = load_checkpoint(path, map_location=self.device)
                 self.models[n] = model.to(self.device).eval()
@@ -91,9 +107,7 @@ class ReasoningPlugin(IRPPlugin):
         self.segment_limit = {n: m.cfg.halt_max_steps + extra for n, m in self.models.items()}
         self.max_steps = max(self.segment_limit.values())
         self._paused: OrderedDict[bytes, ReasoningState] = OrderedDict()
-        self._waiting = InputQueue(int(cfg.get("max_queue", 64)))
-        self._current: ReasoningState | None = None
-        self._trace: list[float] = []
+        self._waiting = InputQueue(cfg.max_queue)
 
     # -- input ---------------------------------------------------------------------------------
     def _grid_from_frame(self, frame: Frame) -> np.ndarray | None:
@@ -144,10 +158,7 @@ class ReasoningPlugin(IRPPlugin):
             state = self._paused.pop(key)
         else:
             state = self.fresh_state(grid, batched)
-        state = replace(state, frame=frame)
-        self._current = state
-        self._trace = list(state.energy_trace)
-        return state
+        return replace(state, frame=frame)
 
     @torch.inference_mode()
     def fresh_state(self, grid: np.ndarray, batched: bool = True) -> ReasoningState:
@@ -162,14 +173,15 @@ class ReasoningPlugin(IRPPlugin):
         reset = torch.ones(b, dtype=torch.bool, device=self.device)
         carry = inner.reset_carry(reset, inner.empty_carry(b, self.device))
         zeros = torch.zeros(b, device=self.device)
+        q_halt = torch.full((b,), -float("inf"), device=self.device)
         return ReasoningState(
             n=n, batched=batched, key=bytes([n]) + grid.astype(np.int8).tobytes(), givens=givens, inputs=tokens,
             x=inner.input_embeddings(tokens, ids), carry=carry,
             steps=torch.zeros(b, dtype=torch.int64, device=self.device),
             halted=torch.zeros(b, dtype=torch.bool, device=self.device), halt_detail=("",) * b,
             pred=tokens.to(torch.int64), unchanged=torch.zeros(b, dtype=torch.int64, device=self.device),
-            q_halt=torch.full((b,), -float("inf"), device=self.device), q_continue=zeros.clone(),
-            token_conf=zeros.clone(), solution=givens.clone())
+            q_halt=q_halt, q_continue=zeros.clone(),
+            token_conf=zeros.clone(), solution=givens.clone(), energy_trace=(_energy(q_halt),))
 
     @torch.inference_mode()
     def step(self, state: ReasoningState) -> ReasoningState:
@@ -210,7 +222,7 @@ class ReasoningPlugin(IRPPlugin):
                 detail[i] = reason
         return replace(state, carry=InnerCarry(z_H, z_L), steps=steps, halted=halted, halt_detail=tuple(detail),
                        segments=state.segments + 1, pred=all_pred, unchanged=unchanged, q_halt=q_halt,
-                       q_continue=q_cont, token_conf=conf)
+                       q_continue=q_cont, token_conf=conf, energy_trace=(*state.energy_trace, _energy(q_halt)))
 
     def project(self, state: ReasoningState) -> ReasoningState:
         """Givens are fixed in the published solution (the carry is never touched)."""
@@ -218,15 +230,12 @@ class ReasoningPlugin(IRPPlugin):
         return replace(state, solution=torch.where(state.givens > 0, state.givens, digits))
 
     def energy(self, state: ReasoningState) -> float:
-        e = float((1 - torch.sigmoid(state.q_halt)).mean())
-        if len(self._trace) <= state.segments:  # a resumed state already holds its energy so far
-            self._trace.append(e)
-        self._current = state
-        return e
+        """1 - mean P(halt), recorded by step() in the state's energy_trace (a resumed state
+        carries its trace so far)."""
+        return state.energy_trace[-1]
 
-    def halt(self, history: Sequence[float]) -> str | None:
-        state = self._current
-        if state is None or not bool(state.halted.all()):
+    def halt(self, state: ReasoningState, history: Sequence[float]) -> str | None:
+        if not bool(state.halted.all()):
             return None
         details = set(state.halt_detail)
         if details == {"max_steps"}:
@@ -235,7 +244,6 @@ class ReasoningPlugin(IRPPlugin):
 
     # -- results ---------------------------------------------------------------------------------
     def outputs(self, state: ReasoningState) -> dict[str, Any]:
-        state = replace(state, energy_trace=tuple(self._trace))
         finished = bool(state.halted.all())
         if self.resume:
             self._paused.pop(state.key, None)
@@ -275,7 +283,11 @@ class ReasoningPlugin(IRPPlugin):
     def close(self) -> None:
         self._paused.clear()
         self._waiting.clear()
-        self._current = None
+
+
+def _energy(q_halt: torch.Tensor) -> float:
+    """The model's own estimate that its current answer is wrong: 1 - mean sigmoid(q_halt)."""
+    return float((1 - torch.sigmoid(q_halt)).mean())
 
 
 def format_grid(grid: np.ndarray) -> str:

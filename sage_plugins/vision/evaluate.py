@@ -124,7 +124,7 @@ def as_frame(x: torch.Tensor, valid: torch.Tensor, seq: int) -> Frame:
 def through_plugin(clean: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, config: dict[str, Any]) -> dict[str, Any]:
     """The real plugin and runner, one frame per run, its own halting (max_steps BUDGET)."""
     plugin = VisionPlugin()
-    plugin.setup(make_context({**config, "max_steps": BUDGET}))
+    plugin.setup(make_context(plugin, {**config, "max_steps": BUDGET}))
     plugin.warmup()
     rows: dict[str, list[float]] = {"psnr": [], "steps": [], "ms": []}
     for i in range(clean.shape[0]):

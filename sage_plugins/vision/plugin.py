@@ -46,11 +46,12 @@ class VisionPlugin(IRPPlugin):
     """Classical floor + monotone learned-prior steps over the newest image frame."""
 
     name = "vision"
+    Options = VisionConfig
     accepts_kinds = frozenset({"tensor"})
 
     def setup(self, ctx: PluginContext) -> None:
         super().setup(ctx)
-        cfg = self.cfg = VisionConfig.from_mapping(ctx.config)
+        cfg = self.cfg = ctx.options
         self.max_steps = cfg.max_steps
         self.refine_cfg = refine.RefineConfig(prior_sigma=cfg.prior_sigma, max_halvings=cfg.max_halvings,
                                               tv_per_sigma=cfg.tv_per_sigma)
@@ -105,9 +106,11 @@ class VisionPlugin(IRPPlugin):
     def energy(self, state: VisionState) -> float:
         return float(state.r.energy[0])
 
-    def halt(self, history: Sequence[float]) -> str | None:
-        """Converged when the last step lowered E by less than rel_eps of it (E never rises, so a
-        step that found no decrease, the image left as it was, gives a zero drop)."""
+    def halt(self, state: VisionState | None, history: Sequence[float]) -> str | None:
+        """Converged when the last step found no decrease (the image left as it was) or lowered E
+        by less than rel_eps of it."""
+        if state is not None and state.r.stalled is not None and bool(state.r.stalled.all()):
+            return "converged"
         if len(history) < 2:
             return None
         drop = history[-2] - history[-1]

@@ -24,34 +24,28 @@ Tick-loop use:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from sage_runtime.params import PARAMS
 
 UNITS_PER_ATP = 1000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=PARAMS)
 class AtpParams:
     """capacity_atp: reservoir size (ms of compute). duty_cycle: sustainable share of wall time
     spent in plugins; recharge = duty_cycle * 1000 ATP per second. start_fraction: level at start.
     Thermal and power derating is telemetry.derate's (configured in the telemetry section)."""
 
-    capacity_atp: float = 5000.0
-    duty_cycle: float = 0.5
-    start_fraction: float = 1.0
+    capacity_atp: float = Field(5000.0, gt=0, le=1e9)
+    duty_cycle: float = Field(0.5, gt=0, le=1)
+    start_fraction: float = Field(1.0, ge=0, le=1)
     #: Share of the capacity only CRISIS may spend, so a critical event still gets compute after
     #: FOCUS has drained the reservoir (keep it below the table's lowest atp_below threshold).
-    crisis_reserve: float = 0.02
-
-    def __post_init__(self) -> None:
-        if not 0 < self.capacity_atp <= 1e9:
-            raise ValueError("capacity_atp must be in (0, 1e9]")
-        if not 0 < self.duty_cycle <= 1:
-            raise ValueError("duty_cycle must be in (0, 1]")
-        if not 0 <= self.start_fraction <= 1:
-            raise ValueError("start_fraction must be in [0, 1]")
-        if not 0 <= self.crisis_reserve < 1:
-            raise ValueError("crisis_reserve must be in [0, 1)")
+    crisis_reserve: float = Field(0.02, ge=0, lt=1)
 
     @property
     def recharge_per_s(self) -> float:

@@ -20,10 +20,14 @@ Tick-loop use (one call each per tick, all pure):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any, Callable, Mapping
+
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from sage_runtime.params import PARAMS
 
 
 class MetabolicState(str, Enum):
@@ -106,28 +110,23 @@ CONDITIONS: dict[str, tuple[Callable[[MetabolicInputs, float], bool], str]] = {
 }
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=PARAMS)
 class Edge:
     """One row of the transition table: source -> target when every condition in `when` holds."""
 
     source: MetabolicState
     target: MetabolicState
-    when: dict[str, float]
+    when: dict[str, float] = Field(min_length=1)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "source", MetabolicState(self.source))
-        object.__setattr__(self, "target", MetabolicState(self.target))
+    @model_validator(mode="after")
+    def _known(self) -> "Edge":
         if self.source is self.target:
             raise ValueError(f"edge {self.source.value}->{self.target.value}: source equals target")
-        if not self.when:
-            raise ValueError(f"edge {self.source.value}->{self.target.value}: 'when' is empty")
-        for name, value in self.when.items():
+        for name in self.when:
             if name not in CONDITIONS:
                 raise ValueError(f"edge {self.source.value}->{self.target.value}: unknown condition "
                                  f"{name!r}; known: {', '.join(sorted(CONDITIONS))}")
-            if not math.isfinite(value):
-                raise ValueError(f"edge {self.source.value}->{self.target.value}: when.{name} "
-                                 "must be finite")
+        return self
 
     def fires(self, x: MetabolicInputs) -> bool:
         return all(CONDITIONS[name][0](x, v) for name, v in self.when.items())
@@ -145,7 +144,7 @@ class Edge:
         return " and ".join(parts)
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=PARAMS)
 class StatePolicy:
     """What a state lets the daemon do.
 
@@ -159,23 +158,11 @@ class StatePolicy:
     min_dwell_s: time in this state before a non-CRISIS edge may leave it (hysteresis).
     """
 
-    tick_scale: float = 1.0
-    max_active_plugins: int = 3
-    spend_rate: float = 1.0
-    consolidate_share: float = 0.0
-    min_dwell_s: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.tick_scale <= 10:
-            raise ValueError("tick_scale must be in (0, 10]")
-        if self.max_active_plugins < 0:
-            raise ValueError("max_active_plugins must be >= 0")
-        if not 0 <= self.spend_rate <= 100:
-            raise ValueError("spend_rate must be in [0, 100]")
-        if not 0 <= self.consolidate_share <= 1:
-            raise ValueError("consolidate_share must be in [0, 1]")
-        if not 0 <= self.min_dwell_s <= 3600:
-            raise ValueError("min_dwell_s must be in [0, 3600]")
+    tick_scale: float = Field(1.0, gt=0, le=10)
+    max_active_plugins: int = Field(3, ge=0)
+    spend_rate: float = Field(1.0, ge=0, le=100)
+    consolidate_share: float = Field(0.0, ge=0, le=1)
+    min_dwell_s: float = Field(2.0, ge=0, le=3600)
 
 
 _S = MetabolicState
@@ -217,7 +204,7 @@ DEFAULT_EDGES: tuple[Edge, ...] = (
 )
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=PARAMS)
 class MetabolicParams:
     """The machine's config: initial state, one policy per state, the transition table.
 
@@ -234,11 +221,11 @@ class MetabolicParams:
     policies: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_POLICIES))
     edges: tuple[Edge, ...] = DEFAULT_EDGES
     crisis_preempts_override: bool = True
-    max_override_s: float = 86400.0
-    salience_half_life_s: float = 1.0
+    max_override_s: float = Field(86400.0, gt=0)
+    salience_half_life_s: float = Field(1.0, ge=0, le=3600)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "initial", MetabolicState(self.initial))
+        """Merge partial policies over the defaults and index the table (after field validation)."""
         unknown = set(self.policies) - {s.value for s in MetabolicState}
         if unknown:
             raise ValueError(f"policies: unknown state(s) {', '.join(sorted(unknown))}")
@@ -252,15 +239,10 @@ class MetabolicParams:
                 v = StatePolicy(**{**asdict(DEFAULT_POLICIES[k]), **v})
             given[k] = v
         object.__setattr__(self, "policies", {**DEFAULT_POLICIES, **given})
-        object.__setattr__(self, "edges", tuple(Edge(**e) if isinstance(e, Mapping) else e for e in self.edges))
         sources = {e.source for e in self.edges}
         for state in MetabolicState:
             if state not in sources:
                 raise ValueError(f"edges: state {state.value} has no outgoing edge (it would be a trap)")
-        if not self.max_override_s > 0:
-            raise ValueError("max_override_s must be > 0")
-        if not 0 <= self.salience_half_life_s <= 3600:
-            raise ValueError("salience_half_life_s must be in [0, 3600]")
         by_source = {s: tuple((i, e) for i, e in enumerate(self.edges) if e.source is s) for s in MetabolicState}
         object.__setattr__(self, "_by_source", by_source)
 

@@ -382,15 +382,8 @@ class Cognition:
     # ---------------------------------------------------------------- trust persistence
 
     def _restore_trust(self) -> str:
-        if not self.trust_path.exists():
-            return "none saved"
-        try:
-            self.trust.restore(statefile.read(self.trust_path, kind="trust"))
-        except (OSError, ValueError) as exc:
-            log.error("trust ledger at %s not restored, starting fresh: %s", self.trust_path, exc)
-            return f"failed: {exc}"
-        log.info("trust ledger restored from %s", self.trust_path)
-        return "restored"
+        self.trust_restored = statefile.restore_or_set_aside(self.trust_path, kind="trust", apply=self.trust.restore)
+        return self.trust_restored.describe()
 
     def save_trust(self) -> None:
         """Atomic write (temp file, fsync, rename); a failure is reported in status, not raised."""
@@ -478,6 +471,8 @@ class Cognition:
 
     def health_reasons(self) -> list[str]:
         reasons = []
+        if self.trust_restored.status in ("corrupt", "failed"):
+            reasons.append(f"trust ledger not restored: {self.trust_restore}")
         if self.trust_save_error:
             reasons.append(f"trust ledger not saved: {self.trust_save_error}")
         return reasons

@@ -21,12 +21,17 @@ constant input once it has been seen. total = weighted mean of the dims (weights
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from sage_runtime.params import PARAMS
 
 #: Feature layout: [pattern (dim - N_STATS) | stats]. Stats are signed-log compressed.
 N_STATS = 8
@@ -34,24 +39,22 @@ STAT_BIAS, STAT_LEVEL, STAT_SPREAD, STAT_MIN, STAT_MAX, STAT_MAG, STAT_SIZE, STA
 EVENT_PRIORITY_LEVEL = {"info": 0.0, "warning": 1.0, "critical": 2.0}
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=PARAMS)
 class SnarcWeights:
-    surprise: float = 0.3
-    novelty: float = 0.3
-    arousal: float = 0.2
-    reward: float = 0.1
-    conflict: float = 0.1
+    surprise: float = Field(0.3, ge=0)
+    novelty: float = Field(0.3, ge=0)
+    arousal: float = Field(0.2, ge=0)
+    reward: float = Field(0.1, ge=0)
+    conflict: float = Field(0.1, ge=0)
 
-    def __post_init__(self) -> None:
-        for name in ("surprise", "novelty", "arousal", "reward", "conflict"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"weights.{name} must be a finite number >= 0")
+    @model_validator(mode="after")
+    def _some_weight(self) -> "SnarcWeights":
         if self.surprise + self.novelty + self.arousal + self.reward + self.conflict <= 0:
             raise ValueError("weights: at least one weight must be > 0")
+        return self
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=PARAMS)
 class SalienceParams:
     """dim: feature length. max_sensors: slots (the least recently seen sensor is evicted beyond).
     memory_size: novelty memory rows per sensor; a frame is stored when its raw novelty exceeds
@@ -62,45 +65,33 @@ class SalienceParams:
     arousal is measured against. reward_rate, reward_half_life_s: reward EMA and its decay.
     conflict_slow / conflict_fast: EMA rates of the usual and the recent correlation;
     conflict_gain: a drop of 1/gain of the usual correlation is full conflict.
-    max_elements: large tensors are strided down to this many values before featurizing."""
+    max_elements: large tensors are strided down to this many values before featurizing, and only
+    the first this many characters of a text are."""
 
-    dim: int = 64
-    max_sensors: int = 64
-    memory_size: int = 128
-    store_above: float = 0.05
-    predictor_alpha: float = 0.3
-    error_rate: float = 0.1
-    surprise_scale: float = 2.0
-    rel_floor: float = 1e-3
-    novelty_rate: float = 0.05
-    arousal_window: int = 100
-    arousal_floor: float = 0.25
-    reward_rate: float = 0.3
-    reward_half_life_s: float = 60.0
-    conflict_slow: float = 0.02
-    conflict_fast: float = 0.25
-    conflict_gain: float = 2.0
-    max_elements: int = 16384
+    dim: int = Field(64, ge=N_STATS + 8, le=4096)
+    max_sensors: int = Field(64, ge=1, le=4096)
+    memory_size: int = Field(128, ge=1, le=65536)
+    store_above: float = Field(0.05, ge=0, lt=1)
+    predictor_alpha: float = Field(0.3, gt=0, le=1)
+    error_rate: float = Field(0.1, gt=0, le=1)
+    surprise_scale: float = Field(2.0, gt=0)
+    rel_floor: float = Field(1e-3, ge=0, lt=1)
+    novelty_rate: float = Field(0.05, gt=0, le=1)
+    arousal_window: int = Field(100, ge=2, le=100000)
+    arousal_floor: float = Field(0.25, gt=0)
+    reward_rate: float = Field(0.3, gt=0, le=1)
+    reward_half_life_s: float = Field(60.0, gt=0)
+    conflict_slow: float = Field(0.02, gt=0, le=1)
+    conflict_fast: float = Field(0.25, gt=0, le=1)
+    conflict_gain: float = Field(2.0, gt=0)
+    max_elements: int = Field(16384, ge=64, le=1 << 30)
     weights: SnarcWeights = field(default_factory=SnarcWeights)
 
-    def __post_init__(self) -> None:
-        ints = {"dim": (N_STATS + 8, 4096), "max_sensors": (1, 4096), "memory_size": (1, 65536),
-                "arousal_window": (2, 100000), "max_elements": (64, 1 << 30)}
-        for name, (lo, hi) in ints.items():
-            if not lo <= getattr(self, name) <= hi:
-                raise ValueError(f"{name} must be in [{lo}, {hi}]")
-        rates = ("predictor_alpha", "error_rate", "novelty_rate", "reward_rate", "conflict_slow", "conflict_fast")
-        for name in rates:
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1]")
-        for name in ("store_above", "rel_floor"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1)")
-        for name in ("surprise_scale", "arousal_floor", "reward_half_life_s", "conflict_gain"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0")
+    @model_validator(mode="after")
+    def _fast_above_slow(self) -> "SalienceParams":
         if self.conflict_fast <= self.conflict_slow:
             raise ValueError("conflict_fast must be larger than conflict_slow")
+        return self
 
 
 @dataclass(frozen=True)
@@ -162,26 +153,37 @@ def _hashed(tokens: list[bytes], bins: int, values: np.ndarray | None = None) ->
     return np.bincount(idx, weights=values, minlength=bins).astype(np.float64)
 
 
-def _text_features(text: str, dim: int) -> np.ndarray:
+def _text_features(text: str, dim: int, max_chars: int) -> np.ndarray:
+    """Features of the first `max_chars` characters (the cost is bounded; a 30 MiB text once took a
+    20 s tick); the length statistic still sees the whole text."""
     bins = dim - N_STATS
-    b = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint64)
+    head = text[:max_chars]
+    b = np.frombuffer(head.encode("utf-8", "replace"), dtype=np.uint8).astype(np.uint64)
     out = np.zeros(dim)
     if b.size >= 3:
         grams = (b[:-2] * 1000003 ^ b[1:-1] * 10007 ^ b[2:] * 101) % np.uint64(bins)
         counts = np.bincount(grams.astype(np.int64), minlength=bins).astype(np.float64)
         out[:bins] = counts / np.linalg.norm(counts) * math.sqrt(bins) / 2
-    words = len(text.split())
+    words = len(head.split())
     out[bins:] = (1.0, _slog(words), 0.0, 0.0, 0.0, math.log1p(len(text)) / 2, math.log1p(b.size) / 4,
                   float(b.size > 0))
     return out
 
 
+#: An event's first fields and their first bytes are featurized; the rest cannot stall the tick.
+EVENT_MAX_FIELDS = 64
+EVENT_TOKEN_BYTES = 256
+
+
 def _event_features(body: Mapping[str, Any], dim: int) -> np.ndarray:
     bins = dim - N_STATS
     tokens, numeric_keys, numbers = [], [], []
-    for key, value in body.items():
+    for key, value in itertools.islice(body.items(), EVENT_MAX_FIELDS):
+        key = str(key)[:EVENT_TOKEN_BYTES]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            tokens.append(f"{key}={value}".encode("utf-8", "replace")[:256])
+            shown = value[:EVENT_TOKEN_BYTES] if isinstance(value, (str, bytes)) else \
+                (value if value is None or isinstance(value, bool) else type(value).__name__)
+            tokens.append(f"{key}={shown}".encode("utf-8", "replace")[:EVENT_TOKEN_BYTES])
         elif math.isfinite(value):
             numeric_keys.append(f"#{key}".encode("utf-8", "replace"))
             numbers.append(float(value))
@@ -202,13 +204,14 @@ def featurize(kind: str, data: Any, dim: int = 64, max_elements: int = 16384) ->
     tensor: any shape/dtype (numpy, torch or nested lists): the flattened values resampled to
         dim - 8 bins, centred and scaled to unit variance, plus statistics (level, spread,
         min, max, log magnitude, size, share positive).
-    text: hashed character 3-grams, plus word count and log length (its magnitude).
+    text: hashed character 3-grams of the first max_elements characters, plus word count and log
+        length (its magnitude).
     event: hashed `key=value` tokens and numeric fields; priority is its magnitude.
     """
     if kind == "tensor":
         out = _tensor_features(data, dim, max_elements)
     elif kind == "text":
-        out = _text_features(str(data), dim)
+        out = _text_features(data if isinstance(data, str) else str(data)[:max_elements], dim, max_elements)
     elif kind == "event":
         if not isinstance(data, Mapping):
             raise ValueError("event features need a mapping payload")
@@ -291,10 +294,6 @@ class SnarcScorer:
     def _reward_value(self, target: str, now: float) -> float:
         value, at = self._rewards.get(target, (0.0, now))
         return value * 0.5 ** (max(now - at, 0.0) / self.params.reward_half_life_s)
-
-    def reward_value(self, target: str, now: float) -> float:
-        """The learned (signed, decayed) reward of a target, for status displays."""
-        return self._reward_value(target, now)
 
     # ------------------------------------------------------------------ scoring
 

@@ -25,7 +25,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
+
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from sage_runtime.params import PARAMS
 
 SCHEMA = "sage.trust"
 SCHEMA_VERSION = 1
@@ -37,48 +42,38 @@ def _unit(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in [0, 1]")
 
 
-@dataclass(frozen=True)
-class TrustParams:
-    prior: float = 0.5
-    plugin_rate: float = 0.1
-    w_monotonic: float = 0.4
-    w_converged: float = 0.3
-    w_efficiency: float = 0.3
-    halt_scores: dict[str, float] = field(default_factory=lambda: {
-        "converged": 1.0, "quota": 0.6, "max_steps": 0.4, "deadline": 0.3})
-    penalties: dict[str, float] = field(default_factory=lambda: {"error": 0.3, "timeout": 0.3, "insensitive": 0.5})
-    efficiency_rate: float = 0.1
-    monotonic_tol: float = 1e-6
-    pause_below: float = 0.2
-    relax_half_life_s: float = 600.0
-    sensor_tau_s: float = 2.0
-    stale_periods: float = 3.0
-    agreement_floor: float = 0.3
-    expert_rate: float = 0.1
-    max_contexts: int = 1024
-    max_experts_per_context: int = 1024
+Unit = Annotated[float, Field(ge=0, le=1)]
 
-    def __post_init__(self) -> None:
-        for name in ("prior", "plugin_rate", "w_monotonic", "w_converged", "w_efficiency", "efficiency_rate",
-                     "pause_below", "agreement_floor", "expert_rate"):
-            _unit(name, getattr(self, name))
+
+@pydantic_dataclass(frozen=True, config=PARAMS)
+class TrustParams:
+    prior: Unit = 0.5
+    plugin_rate: Unit = 0.1
+    w_monotonic: Unit = 0.4
+    w_converged: Unit = 0.3
+    w_efficiency: Unit = 0.3
+    halt_scores: dict[str, Unit] = field(default_factory=lambda: {
+        "converged": 1.0, "quota": 0.6, "max_steps": 0.4, "deadline": 0.3})
+    penalties: dict[str, Unit] = field(default_factory=lambda: {"error": 0.3, "timeout": 0.3, "insensitive": 0.5})
+    efficiency_rate: Unit = 0.1
+    monotonic_tol: float = Field(1e-6, ge=0)
+    pause_below: Unit = 0.2
+    relax_half_life_s: float = Field(600.0, gt=0)
+    sensor_tau_s: float = Field(2.0, gt=0)
+    stale_periods: float = Field(3.0, gt=0)
+    agreement_floor: Unit = 0.3
+    expert_rate: Unit = 0.1
+    max_contexts: int = Field(1024, ge=1)
+    max_experts_per_context: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrustParams":
         if abs(self.w_monotonic + self.w_converged + self.w_efficiency - 1.0) > 1e-6:
             raise ValueError("w_monotonic + w_converged + w_efficiency must sum to 1")
-        for key, value in self.halt_scores.items():
-            _unit(f"halt_scores.{key}", value)
-        for key in ERROR_KINDS:
-            if key not in self.penalties:
-                raise ValueError(f"penalties.{key} is missing")
-        for key, value in self.penalties.items():
-            _unit(f"penalties.{key}", value)
-        for name in ("relax_half_life_s", "sensor_tau_s", "stale_periods"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0")
-        if not self.monotonic_tol >= 0:
-            raise ValueError("monotonic_tol must be >= 0")
-        for name in ("max_contexts", "max_experts_per_context"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+        missing = [key for key in ERROR_KINDS if key not in self.penalties]
+        if missing:
+            raise ValueError(f"penalties.{missing[0]} is missing")
+        return self
 
 
 @dataclass

@@ -16,13 +16,14 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from sage_runtime.edges.security import EdgeSecurity
+from sage_runtime.edges.security import EdgeSecurity, bind
 from sage_runtime.wire import WireError, decode_request, encode_reply
 
 log = logging.getLogger("sage.control")
 
-#: ZMQ_MAXMSGSIZE of control sockets: requests are small maps; libzmq drops a peer that sends more.
-MAX_REQUEST_BYTES = 1 << 20
+#: ZMQ_MAXMSGSIZE of control sockets and the most one request may carry in all its parts: requests
+#: are small maps; libzmq drops a peer whose part is larger, and the server refuses more in total.
+MAX_REQUEST_BYTES = 64 * 1024
 
 Handler = Callable[[dict[str, Any]], Any | Awaitable[Any]]
 
@@ -39,13 +40,15 @@ class ControlServer:
     """The ipc control socket (mode `socket_mode`), plus a CURVE-only TCP one when `tcp_endpoint` is set."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, socket_mode: int = 0o660, *,
-                 tcp_endpoint: str | None = None, security: EdgeSecurity | None = None) -> None:
+                 tcp_endpoint: str | None = None, security: EdgeSecurity | None = None,
+                 max_parts: int = 8) -> None:
+        self.max_parts = max_parts
         self.sock = self._socket(ctx)
         if endpoint.startswith("ipc://"):
             path = endpoint[len("ipc://"):]
             old = os.umask(0o777 & ~socket_mode)  # created with the right mode, no window
             try:
-                self.sock.bind(endpoint)
+                bind(self.sock, endpoint, "control.endpoint")
             finally:
                 os.umask(old)
             os.chmod(path, socket_mode)
@@ -53,7 +56,7 @@ class ControlServer:
             if security is None or not security.enabled:
                 raise ValueError(f"control endpoint {endpoint} is not ipc:// and no CurveZMQ keys are configured")
             security.secure(self.sock, "control")
-            self.sock.bind(endpoint)
+            bind(self.sock, endpoint, "control.endpoint")
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.socks = [self.sock]
         self.tcp_endpoint: str | None = None
@@ -62,12 +65,13 @@ class ControlServer:
                 raise ValueError("control.tcp_endpoint needs CurveZMQ keys")
             tcp = self._socket(ctx)
             security.secure(tcp, "control")
-            tcp.bind(tcp_endpoint)
+            bind(tcp, tcp_endpoint, "control.tcp_endpoint")
             self.tcp_endpoint = tcp.getsockopt_string(zmq.LAST_ENDPOINT)
             self.socks.append(tcp)
         self.handlers: dict[str, Handler] = {}
         self.requests = 0
         self.bad_requests = 0
+        self.refused: dict[str, int] = {"too_many_parts": 0, "oversize": 0}
 
     @staticmethod
     def _socket(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
@@ -104,16 +108,43 @@ class ControlServer:
     async def run(self) -> None:
         await asyncio.gather(*(self._serve(sock) for sock in self.socks))
 
-    async def _serve(self, sock: zmq.asyncio.Socket) -> None:
+    def _receive(self, raw: zmq.Socket) -> list[bytes] | None:
+        """One request, part by part; past max_parts or MAX_REQUEST_BYTES the rest is read and let go
+        (counted in `refused`), never assembled."""
+        frames: list[bytes] = []
+        size, count, refused = 0, 0, None
         while True:
-            frames = await sock.recv_multipart()
-            self.requests += 1
-            if len(frames) < 2:
-                continue
-            # ROUTER: [identity, (empty delimiter from REQ/DEALER-with-envelope)..., body]
-            envelope, body = frames[:-1], frames[-1]
-            reply = await self._answer(body)
-            await sock.send_multipart([*envelope, reply])
+            frame = raw.recv(zmq.NOBLOCK, copy=False)
+            count += 1
+            size += len(frame)
+            if refused is None:
+                refused = ("too_many_parts" if count > self.max_parts else
+                           "oversize" if size > MAX_REQUEST_BYTES else None)
+                if refused is None:
+                    frames.append(frame.bytes)
+                else:
+                    frames.clear()
+            if not frame.more:
+                break
+        if refused is not None:
+            self.refused[refused] += 1
+            log.warning("control request of %d parts, %d bytes refused (%s)", count, size, refused)
+            return None
+        return frames
+
+    async def _serve(self, sock: zmq.asyncio.Socket) -> None:
+        raw = zmq.Socket.shadow(sock.underlying)
+        while True:
+            await sock.poll(flags=zmq.POLLIN)
+            while raw.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                frames = self._receive(raw)
+                self.requests += 1
+                if frames is None or len(frames) < 2:
+                    continue
+                # ROUTER: [identity, (empty delimiter from REQ/DEALER-with-envelope)..., body]
+                envelope, body = frames[:-1], frames[-1]
+                reply = await self._answer(body)
+                await sock.send_multipart([*envelope, reply])
 
     def close(self) -> None:
         for sock in self.socks:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from sage_runtime.config import IngestSection, SensorSection
+from sage_runtime.config import LATEST_SLOTS, CapacitySection, IngestSection, SensorSection
 from sage_runtime.records import Frame
 from sage_runtime.mailbox import Lease, Mailbox, WriteStatus
 from sage_runtime.edges.security import EdgeSecurity, bind_edge
@@ -25,10 +26,11 @@ from sage_runtime.wire import DTYPES, IngestMessage, WireError, decode_ingest, t
 
 log = logging.getLogger("sage.ingest")
 
-#: Hard libzmq limit per message part: larger parts make libzmq drop the peer, so it sits well above
-#: the daemon's own `max_message_bytes` check, which counts what it rejects.
-LIBZMQ_LIMIT_FACTOR = 4
-LATEST_DEPTH = 4  # slots per latest channel: the writer always finds one no reader holds
+#: ZMQ_MAXMSGSIZE (per part) is this many times max_message_bytes: a part a little over is still
+#: read and counted as `oversize`; a part far over makes libzmq drop the peer before allocating it.
+#: The total over all parts, and the number of parts, the daemon counts itself, part by part.
+PART_LIMIT_FACTOR = 2
+LATEST_DEPTH = LATEST_SLOTS  # slots per latest channel: the writer always finds one no reader holds
 
 
 def parse_policy(policy: str) -> tuple[str, int]:
@@ -62,13 +64,14 @@ class Sensor:
     pending_seq: int = -1  # latest: the newest admitted frame not yet taken
     taken_seq: int = -1
     seq_gaps: int = 0
+    reserved_bytes: int = 0  # tensor: the channel's preallocated slots; others: bytes queued now
 
     def stats(self, now: float) -> dict[str, Any]:
         return {
             "kind": self.kind, "policy": self.policy if self.policy == "latest" else f"fifo:{self.depth}",
             "modality": self.modality, "received": self.received, "accepted": self.accepted,
             "skipped": self.skipped, "dropped": self.dropped, "pending": self.pending(),
-            "last_seq": self.last_seq, "seq_gaps": self.seq_gaps,
+            "last_seq": self.last_seq, "seq_gaps": self.seq_gaps, "reserved_bytes": self.reserved_bytes,
             "age_ms": round((now - self.last_rx) * 1e3, 1) if self.last_rx else None,
         }
 
@@ -91,9 +94,11 @@ def _modality(kind: str, shape: tuple[int, ...] | None) -> str:
 class SensorTable:
     """Sensors by id; admits validated messages into their channels and hands frames to the tick."""
 
-    def __init__(self, cfg: IngestSection, mailbox: Mailbox) -> None:
+    def __init__(self, cfg: IngestSection, mailbox: Mailbox, capacity: CapacitySection | None = None) -> None:
         self.cfg = cfg
         self.mailbox = mailbox
+        self.capacity = capacity or CapacitySection(max_sensors=cfg.max_sensors)
+        self.reserved_bytes = 0  # every sensor's reserved_bytes together, against capacity.mailbox_bytes
         self.sensors: dict[str, Sensor] = {}
         self.rejected: collections.Counter[str] = collections.Counter()
         self.last_rejection: dict[str, str] = {}
@@ -109,7 +114,7 @@ class SensorTable:
         if declared is None and not self.cfg.allow_undeclared:
             raise WireError("undeclared", f"sensor {msg.sensor!r} is not declared and allow_undeclared is off")
         if len(self.sensors) >= self.cfg.max_sensors:
-            raise WireError("undeclared", f"sensor limit of {self.cfg.max_sensors} reached")
+            raise WireError("sensor_limit", f"sensor limit of {self.cfg.max_sensors} reached (capacity.max_sensors)")
         if declared is not None and declared.kind != msg.kind:
             raise WireError("declared_mismatch", f"sensor {msg.sensor!r} is declared as {declared.kind}")
         default = self.cfg.default_tensor_policy if msg.kind == "tensor" else self.cfg.default_fifo_policy
@@ -124,12 +129,31 @@ class SensorTable:
                 raise WireError("declared_mismatch", f"declared dtype {dtype!r} is not a wire dtype")
             shape = tuple(declared.max_shape) if declared and declared.max_shape else msg.shape
             sensor.dtype = dtype
-            sensor.max_numel = _numel(shape)
+            sensor.max_numel = math.prod(shape or ())
         return sensor, shape
 
+    def _reserve(self, sensor: Sensor, nbytes: int) -> None:
+        """Count `nbytes` against the sensor's and the mailbox's budgets, or refuse (nothing counted)."""
+        cap = self.capacity
+        if sensor.reserved_bytes + nbytes > cap.sensor_bytes:
+            raise WireError("sensor_budget", f"sensor {sensor.sensor_id!r} would hold {sensor.reserved_bytes + nbytes} "
+                                             f"bytes, more than capacity.sensor_bytes {cap.sensor_bytes}")
+        if self.reserved_bytes + nbytes > cap.mailbox_bytes:
+            raise WireError("mailbox_budget", f"the mailbox would hold {self.reserved_bytes + nbytes} bytes, more "
+                                              f"than capacity.mailbox_bytes {cap.mailbox_bytes}")
+        sensor.reserved_bytes += nbytes
+        self.reserved_bytes += nbytes
+
+    def _release(self, sensor: Sensor, nbytes: int) -> None:
+        sensor.reserved_bytes -= nbytes
+        self.reserved_bytes -= nbytes
+
     def _register(self, sensor: Sensor, shape: tuple[int, ...] | None) -> None:
-        """Allocate the sensor's channel and add it to the table: only once its first frame fits."""
+        """Allocate the sensor's channel and add it to the table: only once its first frame fits
+        and its slots (depth x frame size) fit the capacity budgets."""
         if shape is not None:
+            slots = LATEST_DEPTH if sensor.policy == "latest" else 2 * sensor.depth  # fifo: queued + leased
+            self._reserve(sensor, slots * _numel(shape) * torch_dtype(sensor.dtype).itemsize)
             sensor.channel = self.mailbox.register(
                 f"sensor/{sensor.sensor_id}", kind="focus", dtype=torch_dtype(sensor.dtype), max_shape=shape,
                 policy="latest" if sensor.policy == "latest" else "fifo",
@@ -145,17 +169,22 @@ class SensorTable:
         if msg.kind == "tensor":
             if msg.dtype != sensor.dtype:
                 raise WireError("declared_mismatch", f"sensor {msg.sensor!r} sends {sensor.dtype}, got {msg.dtype}")
-            if _numel(msg.shape) > sensor.max_numel:
+            numel = math.prod(msg.shape or ())
+            if numel > sensor.max_numel:
                 raise WireError("declared_mismatch",
-                                f"frame of {_numel(msg.shape)} elements exceeds the channel's {sensor.max_numel}")
+                                f"frame of {numel} elements exceeds the channel's {sensor.max_numel}")
 
-    def admit(self, msg: IngestMessage) -> None:
+    def admit(self, msg: IngestMessage, nbytes: int | None = None) -> None:
         """Put a validated message in its sensor's channel; raises WireError if it does not fit.
-        A message that is refused never registers its sensor."""
+        A message that is refused never registers its sensor. nbytes: its wire size (what a queued
+        text/event/reward frame counts against the budgets)."""
         sensor = self.sensors.get(msg.sensor)
         if sensor is None:
             sensor, shape = self._new_sensor(msg)
             self._check_fits(sensor, msg)
+            if shape is None:  # a queued frame: its room is checked before the sensor exists
+                self._reserve(sensor, _payload_bytes(msg) if nbytes is None else nbytes)
+                self._release(sensor, sensor.reserved_bytes)
             self._register(sensor, shape)
         else:
             self._check_fits(sensor, msg)
@@ -173,23 +202,38 @@ class SensorTable:
             elif result.status == WriteStatus.OVERWROTE_OLDEST:
                 sensor.dropped += 1
         else:
-            if sensor.policy == "latest":
-                if sensor.queue:
-                    sensor.skipped += 1
-                    sensor.queue.clear()
-                sensor.queue.append(msg)
-                sensor.pending_seq += 1
-            else:
-                if len(sensor.queue) >= sensor.depth:
-                    sensor.queue.popleft()
-                    sensor.dropped += 1
-                sensor.queue.append(msg)
+            self._queue(sensor, msg, _payload_bytes(msg) if nbytes is None else nbytes)
         if sensor.last_seq >= 0 and msg.seq != sensor.last_seq + 1:
             sensor.seq_gaps += 1
         sensor.received += 1
         sensor.last_seq = msg.seq
         sensor.last_ts_ns = msg.ts_ns
         sensor.last_rx = time.monotonic()
+
+    def _queue(self, sensor: Sensor, msg: IngestMessage, nbytes: int) -> None:
+        """Queue a text/event/reward frame: `latest` replaces, `fifo` evicts the oldest (counted) to
+        make room in depth and in the sensor's byte budget; the mailbox budget refuses instead."""
+        if nbytes > self.capacity.sensor_bytes:  # refused before anything queued is given up for it
+            raise WireError("sensor_budget", f"frame of {nbytes} bytes exceeds capacity.sensor_bytes "
+                                             f"{self.capacity.sensor_bytes}")
+        if sensor.policy == "latest" and sensor.queue:
+            sensor.skipped += 1
+            self._drop_queued(sensor, len(sensor.queue))
+        elif sensor.policy != "latest":
+            if len(sensor.queue) >= sensor.depth:
+                self._drop_queued(sensor, 1)
+                sensor.dropped += 1
+            while sensor.queue and sensor.reserved_bytes + nbytes > self.capacity.sensor_bytes:
+                self._drop_queued(sensor, 1)
+                sensor.dropped += 1
+        self._reserve(sensor, nbytes)
+        sensor.queue.append((msg, nbytes))
+        if sensor.policy == "latest":
+            sensor.pending_seq += 1
+
+    def _drop_queued(self, sensor: Sensor, count: int) -> None:
+        for _ in range(count):
+            self._release(sensor, sensor.queue.popleft()[1])
 
     def take(self) -> tuple[dict[str, list[Frame]], list[Lease]]:
         """Every frame waiting for the tick, per sensor, oldest first; leases to release after the tick."""
@@ -213,7 +257,8 @@ class SensorTable:
                                          lease.ts_ns, "tensor", lease.tensor, lease.meta))
             else:
                 while sensor.queue:
-                    msg = sensor.queue.popleft()
+                    msg, nbytes = sensor.queue.popleft()
+                    self._release(sensor, nbytes)
                     got.append(Frame(sensor.sensor_id, msg.seq, msg.ts_ns, msg.kind, msg.payload, msg.meta))
                 if sensor.policy == "latest":
                     sensor.taken_seq = sensor.pending_seq
@@ -225,14 +270,31 @@ class SensorTable:
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
         return {"sensors": {sid: s.stats(now) for sid, s in self.sensors.items()},
-                "rejected": dict(self.rejected), "last_rejection": dict(self.last_rejection)}
+                "rejected": dict(self.rejected), "last_rejection": dict(self.last_rejection),
+                "capacity": self.capacity_status()}
+
+    def capacity_status(self) -> dict[str, Any]:
+        cap = self.capacity
+        return {"sensors": len(self.sensors), "max_sensors": self.cfg.max_sensors,
+                "mailbox_bytes": self.reserved_bytes, "mailbox_budget": cap.mailbox_bytes,
+                "sensor_budget": cap.sensor_bytes}
+
+    def capacity_reasons(self) -> list[str]:
+        """Health reasons: a budget at least capacity.warn_share full (the next client may be refused)."""
+        share, reasons = self.capacity.warn_share, []
+        if len(self.sensors) >= share * self.cfg.max_sensors:
+            reasons.append(f"sensors {len(self.sensors)}/{self.cfg.max_sensors} (capacity.max_sensors)")
+        if self.reserved_bytes >= share * self.capacity.mailbox_bytes:
+            reasons.append(f"mailbox {self.reserved_bytes}/{self.capacity.mailbox_bytes} bytes "
+                           f"(capacity.mailbox_bytes)")
+        return reasons
 
 
-def _numel(shape: tuple[int, ...] | None) -> int:
-    n = 1
-    for d in shape or ():
-        n *= d
-    return n
+def _payload_bytes(msg: IngestMessage) -> int:
+    """What a queued non-tensor frame costs when its wire size is not known (tests, replays)."""
+    if isinstance(msg.payload, str):
+        return len(msg.payload)
+    return len(repr(msg.payload)) if msg.payload is not None else 0
 
 
 class IngestServer:
@@ -247,35 +309,66 @@ class IngestServer:
         self.on_input = on_input
         cfg = table.cfg
         self.socks, self.endpoints = bind_edge(ctx, zmq.SUB, endpoints, "ingest", {
-            zmq.MAXMSGSIZE: cfg.max_message_bytes * LIBZMQ_LIMIT_FACTOR, zmq.RCVHWM: cfg.rcvhwm,
+            zmq.MAXMSGSIZE: cfg.max_message_bytes * PART_LIMIT_FACTOR, zmq.RCVHWM: cfg.rcvhwm,
             zmq.LINGER: 0, zmq.SUBSCRIBE: b""}, security)
+        self.max_parts = table.capacity.max_message_parts
         self.messages = 0
         self.internal_errors = 0
-        self.paused = False
 
-    def handle(self, parts: list[Any]) -> None:
+    def handle(self, parts: list[Any], size: int | None = None) -> None:
         self.messages += 1
         cfg = self.table.cfg
-        size = sum(len(p) if isinstance(p, bytes) else p.buffer.nbytes for p in parts)
+        if size is None:
+            size = sum(len(p) if isinstance(p, bytes) else p.buffer.nbytes for p in parts)
         if size > cfg.max_message_bytes:
             self.table.reject("oversize", f"message of {size} bytes exceeds max_message_bytes {cfg.max_message_bytes}")
             return
         try:
-            msg = decode_ingest(parts, max_elements=cfg.max_elements, reject_non_finite=cfg.reject_non_finite)
-            self.table.admit(msg)
+            msg = decode_ingest(parts, max_elements=cfg.max_elements, reject_non_finite=cfg.reject_non_finite,
+                                max_string_bytes=self.table.capacity.max_string_bytes)
+            self.table.admit(msg, size)
         except WireError as exc:
             self.table.reject(exc.reason, str(exc))
         except Exception:  # noqa: BLE001 - a bug here must cost one message, never the ingest task
             self.internal_errors += 1
             log.exception("ingest failed on a message (counted as ingest.internal_errors)")
 
-    async def _pump(self, sock: zmq.asyncio.Socket) -> None:
+    def _receive(self, raw: zmq.Socket) -> None:
+        """One message, part by part: past max_message_parts or max_message_bytes the rest is read
+        and let go at once (counted), never assembled into a list of parts."""
+        cfg = self.table.cfg
+        parts: list[Any] = []
+        size, count, refused = 0, 0, None
         while True:
-            parts = await sock.recv_multipart(copy=False)
-            self.handle(parts)
+            frame = raw.recv(zmq.NOBLOCK, copy=False)
+            count += 1
+            size += len(frame)
+            if refused is None:
+                if count > self.max_parts:
+                    refused = "too_many_parts"
+                elif size > cfg.max_message_bytes:
+                    refused = "oversize"
+                else:
+                    parts.append(frame)
+                if refused is not None:
+                    parts.clear()
+            if not frame.more:
+                break
+        if refused is None:
+            self.handle(parts, size)
+            return
+        self.messages += 1
+        limit = (f"max_message_parts {self.max_parts}" if refused == "too_many_parts"
+                 else f"max_message_bytes {cfg.max_message_bytes}")
+        self.table.reject(refused, f"message of {count} parts, {size} bytes exceeds {limit}")
+
+    async def _pump(self, sock: zmq.asyncio.Socket) -> None:
+        raw = zmq.Socket.shadow(sock.underlying)
+        while True:
+            await sock.poll(flags=zmq.POLLIN)
             # Drain what is already queued before waking the tick, so a burst costs one wake-up.
-            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                self.handle(await sock.recv_multipart(copy=False))
+            while raw.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._receive(raw)
             self.on_input()
 
     async def run(self) -> None:

@@ -46,7 +46,7 @@ class SystemdNotifier:
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
 
-    def status(self, text: str) -> bool:
+    def send_status(self, text: str) -> bool:
         return self.notify(f"STATUS={text}")
 
     def stopping(self) -> bool:

@@ -40,8 +40,7 @@ class ResultPublisher:
                 self.failed += 1
                 log.warning("publish failed: %s", exc)
 
-    def result(self, res: RunResult, *, tick: int, ts_ns: int, state: str, inputs: dict[str, int],
-               extra_outputs: dict[str, Any] | None = None) -> None:
+    def result(self, res: RunResult, *, tick: int, ts_ns: int, state: str, inputs: dict[str, int]) -> None:
         header = {
             "plugin": res.plugin, "tick": tick, "ts_ns": ts_ns, "state": state, "energy": res.energy,
             "steps": res.steps, "halt": res.halt, "atp": round(res.atp_spent, 4),
@@ -51,10 +50,7 @@ class ResultPublisher:
             header["error"] = res.error
         if res.detail:
             header["detail"] = res.detail
-        outputs = dict(res.outputs)
-        if extra_outputs:
-            outputs.update(extra_outputs)
-        self._send(encode_result(header, outputs))
+        self._send(encode_result(header, res.outputs))
 
     def state(self, header: dict[str, Any]) -> None:
         self._send(encode_state(header))

@@ -27,6 +27,7 @@ import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
+from sage_runtime.limits import UnsafeDirectory, check_private
 from sage_runtime.config import ConfigError, SageConfig
 
 log = logging.getLogger("sage.security")
@@ -41,7 +42,22 @@ _HANDSHAKE_EVENTS = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "failed_protocol",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "failed_no_detail",
 }
+_PEER_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 _monitor_ids = itertools.count()
+
+
+class _CappedAuthenticator(AsyncioAuthenticator):
+    """pyzmq's ZAP handler, refusing a CURVE handshake while its edge already has `max_peers`
+    connected TCP peers: each costs a file descriptor, and at the process's limit libzmq aborted."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, security: "EdgeSecurity") -> None:
+        super().__init__(ctx, log=logging.getLogger("sage.security.zap"))
+        self.security = security
+
+    async def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:
+        if self.security.over_peer_cap(domain):
+            return False, b"too many peers"
+        return await super()._authenticate_curve(domain, client_key)
 
 
 def is_tcp(endpoint: str) -> bool:
@@ -96,6 +112,10 @@ def load_keys(cfg: SageConfig) -> CurveKeys | None:
     keys_dir = Path(sec.authorized_keys_dir or "")
     if not keys_dir.is_dir():
         raise ConfigError(f"security.authorized_keys_dir: {keys_dir} is not a directory")
+    try:  # whoever can add a file here can let a client in
+        check_private(keys_dir, "security.authorized_keys_dir")
+    except UnsafeDirectory as exc:
+        raise ConfigError(str(exc)) from None
     return CurveKeys(public, secret, keys_dir)
 
 
@@ -125,15 +145,17 @@ class EdgeSecurity:
 
     With no keys it only counts nothing, so the edges need no special case."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, keys: CurveKeys | None) -> None:
+    def __init__(self, ctx: zmq.asyncio.Context, keys: CurveKeys | None, max_peers: int = 64) -> None:
         self.ctx = ctx
         self.keys = keys
+        self.max_peers = max_peers
         self.auth: AsyncioAuthenticator | None = None
         self.counts: dict[str, collections.Counter[str]] = {}
+        self.peers: collections.Counter[str] = collections.Counter()  # TCP peers connected now, per edge
         self._monitors: list[tuple[str, zmq.Socket, zmq.asyncio.Socket]] = []
         if keys is not None:
             # Before any secured socket binds: a handshake without a ZAP handler would pass unchecked.
-            self.auth = AsyncioAuthenticator(ctx, log=logging.getLogger("sage.security.zap"))
+            self.auth = _CappedAuthenticator(ctx, self)
             self.auth.start()
             log.info("CurveZMQ on TCP endpoints: %d authorised client key(s) in %s",
                      len(zmq.auth.load_certificates(keys.authorized_keys_dir)), keys.authorized_keys_dir)
@@ -153,7 +175,7 @@ class EdgeSecurity:
         assert self.auth is not None
         self.auth.configure_curve(domain=edge, location=str(self.keys.authorized_keys_dir))
         address = f"inproc://sage-monitor-{edge}-{next(_monitor_ids)}"
-        sock.monitor(address, sum(_HANDSHAKE_EVENTS))
+        sock.monitor(address, sum(_HANDSHAKE_EVENTS) | _PEER_EVENTS)
         mon = self.ctx.socket(zmq.PAIR)
         mon.connect(address)
         self._monitors.append((edge, sock, mon))
@@ -163,9 +185,23 @@ class EdgeSecurity:
         """Read every monitor until cancelled."""
         await asyncio.gather(*(self._watch(edge, mon) for edge, _, mon in self._monitors))
 
+    def over_peer_cap(self, edge: str) -> bool:
+        """True (and counted as `refused_peers`) when the edge's connected peers exceed the cap; the
+        peer asking is already among them (its accept came before its handshake)."""
+        if self.peers[edge] <= self.max_peers:
+            return False
+        self.counts[edge]["refused_peers"] += 1
+        log.warning("%s: refusing a TCP peer: %d connected, capacity.max_tcp_peers is %d", edge,
+                    self.peers[edge], self.max_peers)
+        return True
+
     async def _watch(self, edge: str, mon: zmq.asyncio.Socket) -> None:
         while True:
             event = parse_monitor_message(await mon.recv_multipart())
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.peers[edge] += 1
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self.peers[edge] = max(self.peers[edge] - 1, 0)
             outcome = _HANDSHAKE_EVENTS.get(event["event"])
             if outcome is not None:
                 self.counts[edge][outcome] += 1
@@ -175,7 +211,8 @@ class EdgeSecurity:
 
     def stats(self, edge: str) -> dict[str, Any]:
         counts = self.counts.get(edge, collections.Counter())
-        return {"curve": edge in self.counts, **{name: counts[name] for name in _HANDSHAKE_EVENTS.values()}}
+        return {"curve": edge in self.counts, **{name: counts[name] for name in _HANDSHAKE_EVENTS.values()},
+                "peers": self.peers[edge], "refused_peers": counts["refused_peers"]}
 
     def close(self) -> None:
         for _, sock, mon in self._monitors:
@@ -186,6 +223,15 @@ class EdgeSecurity:
         if self.auth is not None:
             self.auth.stop()
             self.auth = None
+
+
+def bind(sock: zmq.Socket, endpoint: str, key: str) -> None:
+    """sock.bind, with a port in use (or any bind failure) as a ConfigError naming the key and the
+    endpoint: the daemon exits 2 with that line instead of a traceback."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise ConfigError(f"{key}: cannot bind {endpoint}: {exc.strerror}") from None
 
 
 def bind_edge(ctx: zmq.Context, sock_type: int, endpoints: list[str], edge: str,
@@ -207,7 +253,7 @@ def bind_edge(ctx: zmq.Context, sock_type: int, endpoints: list[str], edge: str,
         if curve:
             security.secure(sock, edge)  # type: ignore[union-attr]
         for ep in group:
-            sock.bind(ep)
+            bind(sock, ep, f"{edge}.endpoints")
             bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         socks.append(sock)
     return socks, bound

@@ -14,14 +14,21 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from sage_runtime.records import Frame
 
-HaltReason = Literal["converged", "quota", "deadline", "max_steps", "error"]
 HALT_REASONS: tuple[str, ...] = ("converged", "quota", "deadline", "max_steps", "error")
+
+
+class PluginOptions(BaseModel):
+    """Base of every plugin's `Options`: unknown keys are refused, so a misspelt option fails at
+    load (naming `plugins.options.<name>.<key>`) instead of being silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -86,10 +93,11 @@ class InputQueue:
 
 @dataclass(frozen=True)
 class PluginContext:
-    """What the runtime hands a plugin at setup: where to compute, its config, where to persist."""
+    """What the runtime hands a plugin at setup: where to compute, its validated options (an
+    instance of the plugin's `Options`), where to persist, where to log."""
 
     device: torch.device
-    config: Mapping[str, Any]
+    options: PluginOptions
     state_dir: Path
     log: logging.Logger
 
@@ -98,11 +106,14 @@ class IRPPlugin(ABC):
     """Base class of every plugin; subclasses are registered under the `sage_runtime.plugins`
     entry-point group (or named as `module:Class` in config).
 
+    `name` is required (the key of its results, options and status) and unique among the loaded
+    plugins; `Options` is the pydantic model of `plugins.options.<name>` (default: no options).
     Outputs (`outputs`) map a name to a torch tensor or numpy array (published as a binary part),
     a str (published as text), or a JSON-able scalar/list/dict (published as a value).
     """
 
-    name: ClassVar[str] = "plugin"
+    name: ClassVar[str]
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
     accepts_kinds: ClassVar[frozenset[str]] = frozenset({"tensor"})
     #: Hard ceiling on steps per run; the runner's quota is usually lower.
     max_steps: int = 50
@@ -119,13 +130,17 @@ class IRPPlugin(ABC):
         return frame.kind in self.accepts_kinds
 
     def warmup(self) -> None:
-        """Run once on representative input so lazy init and allocator growth happen before READY."""
-        state = self.init_state(self.sample_inputs(0))
-        self.energy(self.step(state))
+        """Run once on representative input so lazy init and allocator growth happen before READY
+        (skipped by a plugin without sample inputs)."""
+        inputs = self.sample_inputs(0)
+        state = self.init_state(inputs) if inputs is not None else None
+        if state is not None:
+            self.energy(self.step(state))
 
-    @abstractmethod
-    def sample_inputs(self, seed: int) -> PluginInputs:
-        """Representative inputs for warmup, conformance tests and benchmarks; seeds differ."""
+    def sample_inputs(self, seed: int) -> PluginInputs | None:
+        """Representative inputs for warmup, conformance and benchmarks; seeds differ. None: the
+        plugin has none (the conformance check then takes inputs as an argument)."""
+        return None
 
     @abstractmethod
     def init_state(self, inputs: PluginInputs) -> Any:
@@ -143,8 +158,9 @@ class IRPPlugin(ABC):
         """Enforce hard constraints after each step (identity by default)."""
         return state
 
-    def halt(self, history: Sequence[float]) -> str | None:
-        """Return a halt reason ("converged") or None to continue.
+    def halt(self, state: Any, history: Sequence[float]) -> str | None:
+        """Return a halt reason ("converged") or None to continue; `state` is the state after the
+        last step, `history` the energies so far (initial state first).
 
         The default needs `halt_window` full intervals and every one of them flat, so an energy
         that oscillates does not halt early and a constant energy halts only after the window.
@@ -173,6 +189,11 @@ class IRPPlugin(ABC):
     def consolidate(self, budget_ms: float) -> dict[str, Any]:
         """Offline work in DREAM/REST, bounded by budget_ms; returns a summary of what was done."""
         return {}
+
+    def health_reasons(self) -> list[str]:
+        """Why this plugin runs impaired, for the daemon's health (e.g. its state was unreadable and
+        set aside); empty when it is fine. Called from the event loop: keep it cheap."""
+        return []
 
     def close(self) -> None:
         """Flush and release resources. Called once at shutdown."""

@@ -76,7 +76,7 @@ class PluginHost:
 
     # ---------------------------------------------------------------- state
 
-    def status(self, now: float | None = None) -> str:
+    def health(self, now: float | None = None) -> str:
         now = time.monotonic() if now is None else now
         if self.paused:
             return "paused"
@@ -141,11 +141,18 @@ class PluginHost:
     def summary(self) -> dict[str, Any]:
         lat = self.latency.summary()
         return {
-            "status": self.status(), "runs": self.runs, "errors": self.errors, "hangs": self.hangs,
+            "status": self.health(), "runs": self.runs, "errors": self.errors, "hangs": self.hangs,
             "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "step_ms": round(self.cost.ms, 4),
             "last_halt": self.last_halt, "halts": dict(self.halts), "last_error": self.last_error,
             "atp_spent": round(self.atp_spent, 3), "consecutive_failures": self.consecutive_failures,
+            "health_reasons": self._health_reasons(),
         }
+
+    def _health_reasons(self) -> list[str]:
+        try:
+            return [str(r) for r in getattr(self.plugin, "health_reasons", list)()]
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug must not break `sagectl status`
+            return [f"health_reasons() failed: {type(exc).__name__}: {exc}"]
 
 
 def release_after_hangs(leases: Iterable[Lease], hosts: Iterable[PluginHost]) -> None:

@@ -70,7 +70,7 @@ def run_plugin(
             return RunResult(plugin.name, "converged", 0, None, [], {}, 0.0, 0.0, quota, detail="no input")
         energies.append(_finite_energy(plugin.energy(state)))
         while True:
-            halt = plugin.halt(energies) if steps > 0 else None
+            halt = plugin.halt(state, energies) if steps > 0 else None
             if halt is not None:
                 detail = detail or halt
                 halt = halt if halt in HALT_REASONS else "converged"

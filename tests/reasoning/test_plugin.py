@@ -21,7 +21,7 @@ from sage_plugins.reasoning.plugin import DEFAULT_CHECKPOINTS
 def plugin():
     torch.set_num_threads(1)
     p = ReasoningPlugin()
-    p.setup(make_context())
+    p.setup(make_context(p))
     p.warmup()
     yield p
     p.close()
@@ -83,7 +83,7 @@ def test_quota_of_one_runs_exactly_one_segment(plugin, held_out) -> None:
 
 def _hard_puzzle(plugin, held_out, min_steps: int = 3) -> np.ndarray:
     fresh = ReasoningPlugin()
-    fresh.setup(make_context({"resume": False}))
+    fresh.setup(make_context(fresh, {"resume": False}))
     for i in np.argsort(-held_out.blanks):
         grid = sudoku.from_tokens(held_out.inputs[i], 4)
         if run(fresh, tensor_inputs(grid)).steps >= min_steps:
@@ -110,12 +110,12 @@ def test_puzzles_that_arrive_together_are_each_solved_once_oldest_first(plugin, 
 
 def test_pause_and_resume_through_the_runner_equals_one_run(held_out) -> None:
     single = ReasoningPlugin()
-    single.setup(make_context({"resume": False}))
+    single.setup(make_context(single, {"resume": False}))
     grid = _hard_puzzle(single, held_out)
     whole = run(single, tensor_inputs(grid))
 
     paused = ReasoningPlugin()
-    paused.setup(make_context())
+    paused.setup(make_context(paused))
     cost = StepCost(5.0, alpha=0.0)
     first = run(paused, tensor_inputs(grid, seq=1), atp_ms=5.0, cost=cost)  # quota: 1 segment
     assert first.halt == "quota" and first.outputs["halt_detail"] == "paused" and not first.outputs["finished"]
@@ -206,7 +206,7 @@ def test_shipped_checkpoint_quality_and_halting(plugin, held_out) -> None:
 def test_shipped_checkpoint_with_all_segments(held_out) -> None:
     """No early halt: every puzzle runs the trained M_max = 8 segments."""
     full = ReasoningPlugin()
-    full.setup(make_context({"tau": 2.0, "stable_steps": 0}))
+    full.setup(make_context(full, {"tau": 2.0, "stable_steps": 0}))
     grids = np.stack([sudoku.from_tokens(t, 4) for t in held_out.inputs])
     res = run(full, tensor_inputs(grids))
     assert set(res.outputs["steps"]) == {8} and set(res.outputs["halt_detail"]) == {"max_steps"}

@@ -1,4 +1,4 @@
-"""The three attention modules (DESIGN section 8): ATP allocator, expert selector, sensor fusion.
+"""The three attention modules (docs/attention.md): ATP allocator, expert selector, sensor fusion.
 
 All use ``torch.nn.functional.scaled_dot_product_attention``; see docs/attention.md.
 """

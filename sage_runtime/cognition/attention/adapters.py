@@ -7,6 +7,9 @@ embedding space lives in fusion.py.
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -56,9 +59,37 @@ def image_features(data: object, grid: int) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=1024)
+def _text_prefix(text: str) -> bytes:
+    """The bytes featurized: the first _MAX_TEXT_BYTES of the UTF-8 text, encoded from a bounded slice
+    (a 30 MiB string costs what a 1 KiB one does)."""
+    return text[:_MAX_TEXT_BYTES].encode("utf-8", "replace")[:_MAX_TEXT_BYTES]
+
+
+#: Hashed texts by (digest of the featurized prefix, buckets): goal names and labels repeat. Keys are
+#: 16-byte digests, never the text, so the cache's memory does not grow with what clients send.
+_TEXT_CACHE: collections.OrderedDict[tuple[bytes, int], np.ndarray] = collections.OrderedDict()
+_TEXT_CACHE_SIZE = 1024
+_TEXT_CACHE_LOCK = threading.Lock()
+
+
 def _text_hash(text: str, buckets: int) -> np.ndarray:
-    raw = np.frombuffer(text.encode("utf-8")[:_MAX_TEXT_BYTES], dtype=np.uint8).astype(np.uint64)
+    prefix = _text_prefix(text)
+    key = (hashlib.blake2b(prefix, digest_size=16).digest(), buckets)
+    with _TEXT_CACHE_LOCK:
+        hit = _TEXT_CACHE.get(key)
+        if hit is not None:
+            _TEXT_CACHE.move_to_end(key)
+            return hit
+    out = _hash_prefix(prefix, buckets)
+    with _TEXT_CACHE_LOCK:
+        _TEXT_CACHE[key] = out
+        while len(_TEXT_CACHE) > _TEXT_CACHE_SIZE:
+            _TEXT_CACHE.popitem(last=False)
+    return out
+
+
+def _hash_prefix(prefix: bytes, buckets: int) -> np.ndarray:
+    raw = np.frombuffer(prefix, dtype=np.uint8).astype(np.uint64)
     out = np.zeros(buckets, dtype=np.float32)
     if raw.size == 0:
         out.flags.writeable = False
