@@ -138,9 +138,9 @@ def daemon(per_photo: int = 4, fps: float = 5.0) -> dict[str, Any]:
         try:
             d.control().call("state", action="set", state="FOCUS", duration_s=3600)
             pub, sub = SensorPublisher(d.ingest), ResultSubscriber(d.results, topics=("result/vision",))
-            probe = np.zeros((128, 128, 3), np.uint8)  # handshake: wait for a first result
-            wait_for(lambda: (pub.tensor("camera", probe, seq=0), sub.recv(timeout_s=0.5))[1], timeout_s=60)
-            seq, sent, got = 1, {}, []
+            probe = np.zeros((128, 128, 3), np.uint8)  # handshake: probes until a first result
+            wait_for(lambda: (pub.tensor("camera", probe), sub.recv(timeout_s=0.5))[1], timeout_s=120)
+            seq, sent, got = 1_000_000, {}, []
             for k, cond in enumerate(JUDGED):
                 y, valid = corrupt(clean, cond, TEST_SEED + 1 + k)
                 for i in range(clean.shape[0]):
