@@ -25,11 +25,12 @@ from __future__ import annotations
 import math
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sage_runtime.config import SageConfig
+from sage_runtime.config import SageConfig, resolve_state_dir
 
 #: Entry-point names (group `sage_runtime.plugins`) of the plugins the demo turns on.
 BUILTIN_PLUGINS = ("vision", "language", "memory", "reasoning")
@@ -65,7 +66,16 @@ def demo_overlay(cfg: SageConfig) -> SageConfig:
     enabled = list(data["plugins"]["enabled"])
     data["plugins"]["enabled"] = enabled + [name for name in BUILTIN_PLUGINS if name not in enabled]
     data["ingest"]["sensors"] = {**sensor_declarations(cfg.demo.rate_hz), **data["ingest"]["sensors"]}
+    # The demo's trust ledger and memory database are learnt from synthetic input: they live in a
+    # `demo/` subdirectory, never where a real run restores its own from.
+    data["runtime"]["state_dir"] = str(demo_state_dir(cfg))
     return SageConfig.model_validate(data)
+
+
+def demo_state_dir(cfg: SageConfig) -> Path:
+    """`<state dir>/demo`; idempotent, so a reload that overlays again lands in the same place."""
+    base = resolve_state_dir(cfg)
+    return base if base.name == "demo" else base / "demo"
 
 
 class Camera:
@@ -188,10 +198,10 @@ class DemoSources:
         pub = None
         try:
             send = self.generators()
-            pub = SensorPublisher(self.endpoint)
-            # PUB drops what it sends before the connection is up (slow joiner): wait it out once.
-            if self._stop.wait(0.2):
-                return
+            # Wait (briefly) for the ingest's subscription so the first frames are not lost; a
+            # source with no daemon behind it still runs (its frames go nowhere).
+            pub = SensorPublisher(self.endpoint, connect_timeout_s=None)
+            pub.wait_connected(0.5)
             periods = {name: 1.0 / (self.rate_hz * factor) for name, (factor, _) in STREAMS.items()}
             now = time.monotonic()
             due = dict.fromkeys(STREAMS, now)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from sage_runtime.wire import (
     ResultMessage, decode_published, decode_reply, encode_ingest, encode_request,
@@ -40,17 +41,50 @@ def _endpoint(endpoint: str | None, sock_name: str) -> str:
     return endpoint or f"ipc://{default_runtime_dir() / sock_name}"
 
 
+class DaemonNotRunning(ConnectionError):
+    """No daemon answered on the control socket, or none subscribed to a publisher within its timeout."""
+
+
+#: How long a SensorPublisher waits for the daemon's ingest to subscribe before it gives up.
+CONNECT_TIMEOUT_S = 5.0
+
+
 class SensorPublisher:
-    """Publishes frames for any number of sensors; numbers each sensor's frames from 0."""
+    """Publishes frames for any number of sensors; numbers each sensor's frames from 0.
+
+    The socket is an XPUB, not a PUB: the daemon's ingest is a SUB socket, and a SUB tells its
+    publisher what it subscribes to once the connection is up. Waiting for that subscription message
+    is a real handshake (a PUB would silently drop whatever it sends before it: the slow joiner), so
+    once the constructor returns, no frame is lost to the connection being young. With
+    `connect_timeout_s=None` it does not wait (frames sent before the daemon subscribes are dropped).
+    """
 
     def __init__(self, endpoint: str | None = None, *, context: zmq.Context | None = None,
-                 sndhwm: int = 1000) -> None:
+                 sndhwm: int = 1000, connect_timeout_s: float | None = CONNECT_TIMEOUT_S) -> None:
         self.ctx = context or zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.PUB)
+        self.endpoint = _endpoint(endpoint, "ingest.sock")
+        self.sock = self.ctx.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.SNDHWM, sndhwm)
         self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.connect(_endpoint(endpoint, "ingest.sock"))
+        self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every (re)connecting subscriber is reported
+        self.sock.connect(self.endpoint)
         self._seq: dict[str, int] = {}
+        self.subscribed = False
+        if connect_timeout_s is not None and not self.wait_connected(connect_timeout_s):
+            self.sock.close(linger=0)
+            raise DaemonNotRunning(f"no sage-runtime subscribed on {self.endpoint} within {connect_timeout_s} s"
+                                   " (is the daemon running, and is this its ingest endpoint?)")
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """True once the daemon's ingest has subscribed (frames sent from then on are delivered)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.subscribed:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or not self.sock.poll(left_ms):
+                return False
+            msg = self.sock.recv()
+            self.subscribed = msg[:1] == b"\x01"
+        return True
 
     def _next(self, sensor: str, seq: int | None) -> int:
         value = self._seq.get(sensor, 0) if seq is None else seq
@@ -91,17 +125,37 @@ class SensorPublisher:
         self.sock.close()
 
 
+def _connect_and_wait(sock: zmq.Socket, endpoint: str, timeout_s: float) -> bool:
+    """Connect and wait for the ZMTP handshake (socket monitor): a SUB sends its subscriptions right
+    after it, so messages published from then on reach it. False when no daemon answered in time
+    (the socket keeps trying to connect in the background)."""
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        sock.connect(endpoint)
+        deadline = time.monotonic() + timeout_s
+        while (left_ms := int((deadline - time.monotonic()) * 1000)) > 0 and monitor.poll(left_ms):
+            if recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                return True
+        return False
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+
+
 class ResultSubscriber:
-    """Receives `result/<plugin>` and `state` messages; tensors arrive as numpy arrays."""
+    """Receives `result/<plugin>` and `state` messages; tensors arrive as numpy arrays.
+
+    The constructor waits up to `connect_timeout_s` for the connection (`connected` says whether it
+    came up); unlike a publisher it does not raise, so a subscriber may start before the daemon."""
 
     def __init__(self, endpoint: str | None = None, *, topics: tuple[str, ...] = ("",),
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, connect_timeout_s: float = 1.0) -> None:
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         for topic in topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        self.sock.connect(_endpoint(endpoint, "results.sock"))
+        self.connected = _connect_and_wait(self.sock, _endpoint(endpoint, "results.sock"), connect_timeout_s)
 
     def recv(self, timeout_s: float | None = None) -> ResultMessage | None:
         """The next message, or None when timeout_s passes first."""
@@ -111,10 +165,6 @@ class ResultSubscriber:
 
     def close(self) -> None:
         self.sock.close()
-
-
-class DaemonNotRunning(ConnectionError):
-    """No daemon answered on the control socket."""
 
 
 class ControlAccessDenied(PermissionError):

@@ -230,6 +230,44 @@ class DemoSection(Section):
     rate_hz: float = Field(10.0, gt=0, le=1000)
 
 
+def _listen(value: str | None, module: str, extra: str) -> str | None:
+    """A `HOST:PORT` to serve on, checked to be one, with the optional extra that serves it installed."""
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"this needs the `{extra}` extra: pip install 'sage-runtime[{extra}]'")
+    return value
+
+
+class MetricsSection(Section):
+    """Prometheus `/metrics` over HTTP (the `metrics` extra); read at start only."""
+
+    #: "HOST:PORT" to serve on, e.g. "127.0.0.1:9464"; unset serves nothing.
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        return _listen(value, "prometheus_client", "metrics")
+
+
+class FoxgloveSection(Section):
+    """Foxglove live view over WebSocket (the `foxglove` extra); read at start only."""
+
+    #: "HOST:PORT" to serve on, e.g. "127.0.0.1:8765"; unset serves nothing.
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        return _listen(value, "foxglove", "foxglove")
+
+
 class SageConfig(Section):
     runtime: RuntimeSection = RuntimeSection()
     tick: TickSection = TickSection()
@@ -246,6 +284,8 @@ class SageConfig(Section):
     telemetry: TelemetryParams = TelemetryParams()
     attention: AttentionSection = AttentionSection()
     cognition: CognitionSection = CognitionSection()
+    metrics: MetricsSection = MetricsSection()
+    foxglove: FoxgloveSection = FoxgloveSection()
     capacity: CapacitySection = CapacitySection()
 
     @model_validator(mode="before")

@@ -26,6 +26,15 @@ class LatencyWindow:
     def values(self) -> np.ndarray:
         return self._buf[: min(self.count, self._buf.size)]
 
+    def since(self, count: int) -> np.ndarray:
+        """A copy of the samples recorded after the first `count` (at most the ring's size, newest
+        last): a scraper folds them into cumulative histograms without touching `record`."""
+        new = min(self.count - count, self._buf.size, self.count)
+        if new <= 0:
+            return self._buf[:0].copy()
+        idx = (np.arange(self._n - new, self._n)) % self._buf.size
+        return self._buf[idx]
+
     def percentile(self, q: float) -> float | None:
         vals = self.values()
         return float(np.percentile(vals, q)) if vals.size else None

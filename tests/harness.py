@@ -25,6 +25,8 @@ def ipc_only(config: dict[str, Any]) -> dict[str, Any]:
     cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     cfg.setdefault("ingest", {}).setdefault("endpoints", ["ipc://{runtime_dir}/ingest.sock"])
     cfg.setdefault("results", {}).setdefault("endpoints", ["ipc://{runtime_dir}/results.sock"])
+    # The embedded default enables the built-in plugins; a test loads only the plugins it names.
+    cfg.setdefault("plugins", {}).setdefault("enabled", [])
     return cfg
 
 

@@ -281,3 +281,20 @@ def test_sighup_applies_live_keys_and_reports_the_rest(daemon):
     status = wait_for(lambda: (s := daemon.status())["last_reload"]["ok"] is False and s, timeout_s=10)
     assert "not valid YAML" in status["last_reload"]["error"]
     assert status["tick"]["rate_hz"] == 50  # the old config stays
+
+
+
+def test_sighup_refuses_a_misspelt_or_mistyped_plugin_option_naming_it(daemon):
+    import yaml
+    cfg = yaml.safe_load(daemon.config_path.read_text())
+    for options, key in (({"output_kbb": 1}, "plugins.options.echo.output_kbb: unknown key"),
+                         ({"output_kb": "lots"}, "plugins.options.echo.output_kb")):
+        cfg["plugins"]["options"] = {"echo": options}
+        cfg["tick"]["rate_hz"] = 40  # would be applied live if the reload were accepted
+        daemon.config_path.write_text(yaml.safe_dump(cfg))
+        before = (daemon.status()["last_reload"] or {}).get("at")
+        daemon.signal(signal.SIGHUP)
+        status = wait_for(lambda: (s := daemon.status())["last_reload"] and s["last_reload"]["at"] != before and s,
+                          timeout_s=10)
+        assert status["last_reload"]["ok"] is False and key in status["last_reload"]["error"]
+        assert status["tick"]["rate_hz"] == 100  # the running config stays

@@ -207,3 +207,33 @@ def test_conformance_takes_sample_inputs_when_the_plugin_has_none():
     with pytest.raises(AssertionError, match="sample_inputs returns None"):
         check_plugin(NoSamples)
     check_plugin(NoSamples, sample_inputs=lambda seed: PluginInputs(tick=seed))
+
+
+class NoSamples(Halver):
+    """A plugin without sample inputs; the conformance command takes them from --inputs."""
+
+    name = "nosamples"
+
+    def sample_inputs(self, seed):
+        return None
+
+
+def halver_inputs(seed):
+    return PluginInputs(tick=seed)
+
+
+def test_conformance_command_takes_inputs_for_a_plugin_without_its_own():
+    import subprocess
+    import sys
+
+    from tests.harness import REPO
+
+    def conformance(*args):
+        return subprocess.run([sys.executable, "-m", "sage_runtime.conformance", *args], capture_output=True,
+                              text=True, timeout=120, cwd=REPO)
+    missing = conformance("tests.test_irp_runner:NoSamples")
+    assert missing.returncode == 1 and "sample_inputs returns None" in missing.stderr, missing.stderr
+    given = conformance("tests.test_irp_runner:NoSamples", "--inputs", "tests.test_irp_runner:halver_inputs")
+    assert given.returncode == 0 and "nosamples passed" in given.stdout, given.stderr
+    absent = conformance("tests.test_irp_runner:Nope")
+    assert absent.returncode == 2 and "cannot load" in absent.stderr

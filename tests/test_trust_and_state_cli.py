@@ -13,8 +13,8 @@ from tests.harness import SAGECTL, DaemonProcess, wait_for
 
 
 def sagectl(daemon: DaemonProcess, *args: str) -> tuple[int, dict | str]:
-    out = subprocess.run([SAGECTL, "--socket", daemon.control_endpoint, *args], capture_output=True, text=True,
-                         timeout=30)
+    out = subprocess.run([SAGECTL, "--socket", daemon.control_endpoint, *args, "--json"], capture_output=True,
+                         text=True, timeout=30)
     try:
         return out.returncode, json.loads(out.stdout)
     except json.JSONDecodeError:

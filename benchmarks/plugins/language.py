@@ -11,7 +11,7 @@ training), for the uncorrected noisy input (the baseline, same commands, same pr
 snapped to the grammar without the model, the first prediction, model-only refinement with early
 halting, the same with the grammar constraint, and the full fixed schedule of T steps.
 
-    python benchmarks/sage_plugins/language.py [--quick]     # prints JSON
+    python benchmarks/plugins/language.py [--quick]     # prints JSON
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ through the real runner (init_state + Hopfield steps + outputs), one query per r
 (`latency_ms`, what the tick sees) and this thread's CPU time (`cpu_ms`, which leaves out time the
 OS gave to other processes: on a shared 2-core box the wall-time tail is mostly preemption).
 
-    python benchmarks/sage_plugins/memory.py [--quick]     # prints JSON
+    python benchmarks/plugins/memory.py [--quick]     # prints JSON
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ against the label, never early-exit output against full-run output. Latency is o
 tail on a shared CPU is mostly preemption); the baseline measured in the same process is the
 classical bitmask backtracking solver on the same puzzles.
 
-    python benchmarks/sage_plugins/reasoning.py [--quick]     # prints JSON
+    python benchmarks/plugins/reasoning.py [--quick]     # prints JSON
 """
 
 from __future__ import annotations

@@ -19,9 +19,11 @@ import zmq
 import zmq.asyncio
 
 from sage_runtime.config import LATEST_SLOTS, CapacitySection, IngestSection, SensorSection
+from sage_runtime.logs import RejectionLog
 from sage_runtime.records import Frame
 from sage_runtime.mailbox import Lease, Mailbox, WriteStatus
 from sage_runtime.edges.security import EdgeSecurity, bind_edge
+from sage_runtime.edges.tap import IngestTap
 from sage_runtime.wire import DTYPES, IngestMessage, WireError, decode_ingest, torch_dtype
 
 log = logging.getLogger("sage.ingest")
@@ -69,7 +71,8 @@ class Sensor:
     def stats(self, now: float) -> dict[str, Any]:
         return {
             "kind": self.kind, "policy": self.policy if self.policy == "latest" else f"fifo:{self.depth}",
-            "modality": self.modality, "received": self.received, "accepted": self.accepted,
+            "modality": self.modality, "expected_hz": self.expected_hz, "received": self.received,
+            "accepted": self.accepted,
             "skipped": self.skipped, "dropped": self.dropped, "pending": self.pending(),
             "last_seq": self.last_seq, "seq_gaps": self.seq_gaps, "reserved_bytes": self.reserved_bytes,
             "age_ms": round((now - self.last_rx) * 1e3, 1) if self.last_rx else None,
@@ -102,11 +105,12 @@ class SensorTable:
         self.sensors: dict[str, Sensor] = {}
         self.rejected: collections.Counter[str] = collections.Counter()
         self.last_rejection: dict[str, str] = {}
+        self.rejection_log = RejectionLog(log)
 
-    def reject(self, reason: str, message: str) -> None:
+    def reject(self, reason: str, message: str, sensor: str | None = None) -> None:
         self.rejected[reason] += 1
         self.last_rejection[reason] = message
-        log.debug("rejected: %s: %s", reason, message)
+        self.rejection_log.note(sensor, reason, message)
 
     def _new_sensor(self, msg: IngestMessage) -> tuple[Sensor, tuple[int, ...] | None]:
         """The sensor a first message would register, and its channel shape; nothing is allocated yet."""
@@ -153,7 +157,7 @@ class SensorTable:
         and its slots (depth x frame size) fit the capacity budgets."""
         if shape is not None:
             slots = LATEST_DEPTH if sensor.policy == "latest" else 2 * sensor.depth  # fifo: queued + leased
-            self._reserve(sensor, slots * _numel(shape) * torch_dtype(sensor.dtype).itemsize)
+            self._reserve(sensor, slots * math.prod(shape or ()) * torch_dtype(sensor.dtype).itemsize)
             sensor.channel = self.mailbox.register(
                 f"sensor/{sensor.sensor_id}", kind="focus", dtype=torch_dtype(sensor.dtype), max_shape=shape,
                 policy="latest" if sensor.policy == "latest" else "fifo",
@@ -297,6 +301,16 @@ def _payload_bytes(msg: IngestMessage) -> int:
     return len(repr(msg.payload)) if msg.payload is not None else 0
 
 
+def _topic_sensor(parts: list[Any]) -> str | None:
+    """The sensor id a message's topic part names (`sensor/<id>`), for logs; None when unreadable."""
+    try:
+        topic = parts[0].bytes if hasattr(parts[0], "bytes") else bytes(parts[0])
+        return topic[len(b"sensor/"):64 + len(b"sensor/")].decode("utf-8", "replace") \
+            if topic.startswith(b"sensor/") else None
+    except (IndexError, TypeError, ValueError):
+        return None
+
+
 class IngestServer:
     """Owns the SUB socket(s); one task reads them. `on_input` wakes the tick loop.
 
@@ -304,8 +318,10 @@ class IngestServer:
     guard them): a security option applies to every endpoint of a socket."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoints: list[str], table: SensorTable,
-                 on_input: Callable[[], None], security: EdgeSecurity | None = None) -> None:
+                 on_input: Callable[[], None], security: EdgeSecurity | None = None, *,
+                 tap: IngestTap | None = None) -> None:
         self.table = table
+        self.tap = tap  # admitted frames go to it only while a recorder subscribes
         self.on_input = on_input
         cfg = table.cfg
         self.socks, self.endpoints = bind_edge(ctx, zmq.SUB, endpoints, "ingest", {
@@ -321,14 +337,17 @@ class IngestServer:
         if size is None:
             size = sum(len(p) if isinstance(p, bytes) else p.buffer.nbytes for p in parts)
         if size > cfg.max_message_bytes:
-            self.table.reject("oversize", f"message of {size} bytes exceeds max_message_bytes {cfg.max_message_bytes}")
+            self.table.reject("oversize", f"message of {size} bytes exceeds max_message_bytes {cfg.max_message_bytes}",
+                              _topic_sensor(parts))
             return
         try:
             msg = decode_ingest(parts, max_elements=cfg.max_elements, reject_non_finite=cfg.reject_non_finite,
                                 max_string_bytes=self.table.capacity.max_string_bytes)
             self.table.admit(msg, size)
+            if self.tap is not None and self.tap.active:
+                self.tap.publish(msg.sensor, parts)
         except WireError as exc:
-            self.table.reject(exc.reason, str(exc))
+            self.table.reject(exc.reason, str(exc), _topic_sensor(parts))
         except Exception:  # noqa: BLE001 - a bug here must cost one message, never the ingest task
             self.internal_errors += 1
             log.exception("ingest failed on a message (counted as ingest.internal_errors)")

@@ -37,6 +37,7 @@ class PluginHost:
         self.breaker_cooldown_s = breaker_cooldown_s
         self.latency = LatencyWindow(2048)
         self.runs = 0
+        self.steps = 0  # refinement steps over all runs (sagectl top, /metrics)
         self.errors = 0
         self.hangs = 0
         self.consecutive_failures = 0
@@ -122,6 +123,7 @@ class PluginHost:
 
     def _account(self, result: RunResult) -> None:
         self.runs += 1
+        self.steps += result.steps
         self.latency.record(result.latency_ms)
         self.atp_spent += result.atp_spent
         self.last_halt = result.halt
@@ -141,7 +143,7 @@ class PluginHost:
     def summary(self) -> dict[str, Any]:
         lat = self.latency.summary()
         return {
-            "status": self.health(), "runs": self.runs, "errors": self.errors, "hangs": self.hangs,
+            "status": self.health(), "runs": self.runs, "steps": self.steps, "errors": self.errors, "hangs": self.hangs,
             "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "step_ms": round(self.cost.ms, 4),
             "last_halt": self.last_halt, "halts": dict(self.halts), "last_error": self.last_error,
             "atp_spent": round(self.atp_spent, 3), "consecutive_failures": self.consecutive_failures,
