@@ -14,5 +14,5 @@ class VisionConfig(PluginOptions):
     max_halvings: int = Field(2, ge=0)        # backtracking trials per step
     tv_per_sigma: float = Field(0.9, ge=0)    # the floor's TV weight per unit of noise sigma
     max_side: int = Field(256, ge=8)          # working size: the frame's own, scaled down to this longer side if larger
-    max_steps: int = Field(10, ge=1)          # hard ceiling per run (the runner's quota is usually lower)
+    max_steps: int = Field(2, ge=1)           # = train.py --unroll; more steps lose PSNR under noise (README)
     rel_eps: float = Field(1e-3, ge=0)        # converged when a step lowered E by less than this share of it
