@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report[cond] = {}
         for name, variant in VARIANTS.items():
             traj = trajectory(net, val, y, valid, variant, cfg)
-            report[cond][name] = {"floor_db": round(float(traj[0].mean()), 3), "step1_db": round(float(traj[1].mean()), 3),
-                                  "full_budget_db": round(float(traj[-1].mean()), 3),
+            mean = [round(float(t.mean()), 3) for t in traj]
+            report[cond][name] = {"floor_db": mean[0], "step1_db": mean[1], "full_budget_db": mean[-1],
                                   "crops_ending_below_floor": int((traj[-1] < traj[0]).sum())}
         print(f"{cond}: {json.dumps(report[cond])}", flush=True)
     return report

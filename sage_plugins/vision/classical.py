@@ -50,7 +50,8 @@ def estimate_sigma(y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 #: Quantile of the per-block estimates, and the factor that makes it unbiased on pure Gaussian
-#: noise (measured on 64 x 64 and 128 x 128 noise images, 0.76 without and 0.72 with 30% dropped pixels; mean |N(0, 1)| is sqrt(2 / pi), the quantile sits below it).
+#: noise (measured on 64 x 64 and 128 x 128 noise images: 0.76 without and 0.72 with 30% dropped
+#: pixels; mean |N(0, 1)| is sqrt(2 / pi), the quantile sits below it).
 LOW_Q = 0.2
 LOW_Q_SCALE = 1.31
 

@@ -159,9 +159,11 @@ def evaluate_condition(net: PriorNet, clean: torch.Tensor, cond: str, seed: int,
         "plugin": through_plugin(clean, y, valid, config),
     }
     if baselines:
-        methods = ({"biharmonic": biharmonic} if cond in HOLES else
-                   {f"tv(w={params[cond]['tv_weight']})": tv(params[cond]["tv_weight"]),
-                    f"nlm(h={params[cond]['nlm_h_factor']}*sigma)": nlm(params[cond]["nlm_h_factor"], float(cond[-2:]) / 100)})
+        if cond in HOLES:
+            methods = {"biharmonic": biharmonic}
+        else:
+            w, f = params[cond]["tv_weight"], params[cond]["nlm_h_factor"]
+            methods = {f"tv(w={w})": tv(w), f"nlm(h={f}*sigma)": nlm(f, float(cond[-2:]) / 100)}
         row["baselines"] = {}
         for name, fn in methods.items():
             vals, ms = _per_crop(fn, y, valid, clean)

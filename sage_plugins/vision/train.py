@@ -75,8 +75,10 @@ def trajectory_loss(net: PriorNet, clean: torch.Tensor, y: torch.Tensor, valid: 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--minutes", type=float, default=38.0, help="wall-clock cap of the training loop (the schedule runs over the steps, or this cap when it comes first)")
-    ap.add_argument("--steps", type=int, default=4000, help="Adam steps (the --minutes cap ends training early on a slower or busier machine)")
+    ap.add_argument("--minutes", type=float, default=38.0,
+                    help="wall-clock cap (the schedule runs over the steps, or this cap when it comes first)")
+    ap.add_argument("--steps", type=int, default=4000,
+                    help="Adam steps (the --minutes cap ends training early on a slower or busier machine)")
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
             "wall_s": round(wall, 1), "params": param_count(net),
             "final_train_psnr_db": [round(m, 2) for m in (running or [])]}
     save_prior(net, args.out, meta)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) after {wall:.0f}s: {json.dumps(meta)}", flush=True)
+    size_mb = args.out.stat().st_size / 1e6
+    print(f"wrote {args.out} ({size_mb:.2f} MB) after {wall:.0f}s: {json.dumps(meta)}", flush=True)
     if not args.no_eval:
         from sage_plugins.vision import evaluate
 
