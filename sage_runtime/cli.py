@@ -9,6 +9,7 @@ really starts, so `--version` and `--help` answer at once.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,18 @@ def check(config_path: str | None, demo: bool) -> tuple[SageConfig, Any]:
         cfg = demo_module.demo_overlay(cfg)
     check_exposure(cfg, config_path)
     check_plugins(cfg.plugins.enabled, cfg.plugins.options)
+    if cfg.zenoh.enabled:
+        check_zenoh(cfg)
     return cfg, demo_module
+
+
+def check_zenoh(cfg: SageConfig) -> None:
+    """The `zenoh` extra is installed and Zenoh itself accepts the section (endpoints, TLS, ACL)."""
+    if importlib.util.find_spec("zenoh") is None:
+        raise ConfigError("zenoh.enabled: needs the zenoh extra: pip install 'sage-runtime[zenoh]'")
+    from sage_runtime.edges.zenoh_bridge import check_config
+
+    check_config(cfg.zenoh, cfg.ingest.max_message_bytes)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -230,6 +231,52 @@ class DemoSection(Section):
     rate_hz: float = Field(10.0, gt=0, le=1000)
 
 
+def _default_robot_id() -> str:
+    """The hostname, cut to what a key-expression chunk and a ROS 2 name can hold."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "robot"
+    return name if not name[0].isdigit() else f"r{name}"
+
+
+class ZenohSection(Section):
+    """The fleet bridge over Eclipse Zenoh (needs the `zenoh` extra; docs/operations.md). Read at start only."""
+
+    enabled: bool = False
+    #: This robot's name on the fleet: `sage/<robot_id>/...`; letters, digits, `_` (a ROS 2 name token).
+    robot_id: str = Field(default_factory=_default_robot_id, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+    mode: Literal["peer", "client"] = "peer"
+    #: Zenoh locators, e.g. `tcp/127.0.0.1:7447`, `tls/fleet.example:7447`.
+    listen: list[str] = []
+    connect: list[str] = []
+    #: Multicast scouting finds peers on the LAN by itself; off so a robot only talks to what it is told.
+    multicast_scouting: bool = False
+    #: A silent peer is dropped after this long (liveliness tokens go with it).
+    lease_ms: int = Field(2000, ge=500, le=60000)
+    #: Passed through to Zenoh as `transport/link/tls` and `access_control` (Zenoh's own schemas).
+    tls: dict[str, Any] | None = None
+    access_control: dict[str, Any] | None = None
+    #: Serve state-changing control commands (pause, resume, state, reload) as queryables; refused
+    #: at start unless `tls` or `access_control` is configured.
+    write_commands: bool = False
+    #: Also publish results and state the way rmw_zenoh maps ROS 2 topics (docs/protocol.md).
+    ros2: bool = True
+    ros2_domain_id: int = Field(0, ge=0, le=232)
+    status_interval_s: float = Field(1.0, gt=0, le=60)
+    #: Frames from Zenoh waiting for the event loop; past this they are dropped and counted.
+    max_pending: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _write_needs_protection(self) -> "ZenohSection":
+        if not self.write_commands:
+            return self
+        acl = bool(self.access_control and self.access_control.get("enabled"))
+        if not (self.tls or acl):
+            raise ValueError("write_commands needs zenoh.tls or zenoh.access_control (enabled): without them "
+                             "any peer on the network could steer this robot")
+        plain = [ep for ep in self.listen + self.connect if not ep.startswith(("tls/", "quic/"))]
+        if not acl and plain:
+            raise ValueError(f"write_commands with zenoh.tls alone needs tls/ or quic/ endpoints; "
+                             f"{', '.join(plain)} would take commands in the clear")
+        return self
 def _listen(value: str | None, module: str, extra: str) -> str | None:
     """A `HOST:PORT` to serve on, checked to be one, with the optional extra that serves it installed."""
     if value is None:
@@ -287,6 +334,7 @@ class SageConfig(Section):
     metrics: MetricsSection = MetricsSection()
     foxglove: FoxgloveSection = FoxgloveSection()
     capacity: CapacitySection = CapacitySection()
+    zenoh: ZenohSection = ZenohSection()
 
     @model_validator(mode="before")
     @classmethod

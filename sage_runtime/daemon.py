@@ -196,6 +196,7 @@ class Daemon:
         gc.collect()
         gc.freeze()
         self._task("tap", self.tap.run())
+        await self._open_fleet(stack)
         self._task("ingest", self.ingest.run())
         self._tick_task = self._task("tick", self.orch.run())
         self._task("trust", self._save_trust_periodically())
@@ -203,6 +204,19 @@ class Daemon:
             sources = self.demo.DemoSources(self.ingest.endpoints[0], rate_hz=self.cfg.demo.rate_hz)
             sources.start()
             stack.callback(sources.stop)
+
+    async def _open_fleet(self, stack: contextlib.AsyncExitStack) -> None:
+        """The Zenoh fleet edge when `zenoh.enabled` (the `zenoh` extra): a results tap, remote
+        ingest through the ingest edge, control queryables. Closed first, before ingest stops."""
+        if not self.cfg.zenoh.enabled:
+            return
+        from sage_runtime.edges.zenoh_bridge import ZenohBridge
+
+        bridge = ZenohBridge(self.cfg.zenoh, max_message_bytes=self.cfg.ingest.max_message_bytes,
+                             ingest=self.ingest.handle, on_input=self.orch.notify_input,
+                             control=self.control.answer, status=self.report.status)
+        self.report.fleet = await stack.enter_async_context(bridge)
+        self.publisher.add_tap(bridge.publish)
 
     async def _warmup(self, hosts: list[PluginHost]) -> None:
         for host in hosts:

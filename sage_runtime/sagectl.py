@@ -75,7 +75,44 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--interval", type=float, default=1.0, help="seconds between screens (default 1)")
     top.add_argument("--iterations", type=int, default=None, help="stop after this many screens")
     _add_recording(sub, j)
+    fleet = sub.add_parser("fleet", parents=[j], help="robots alive on the Zenoh network and their last status "
+                           "(zenoh extra)")
+    fleet.add_argument("--connect", action="append", metavar="LOCATOR",
+                       help="Zenoh endpoint to join, e.g. tcp/127.0.0.1:7447 (repeatable; default: the config's)")
+    fleet.add_argument("--config", metavar="PATH", help="daemon config whose zenoh section to use")
     return p
+
+
+def fleet_command(args: argparse.Namespace) -> int:
+    """`sagectl fleet`: a Zenoh client session, not the control socket."""
+    from sage_runtime.config import ConfigError, load_config
+
+    try:
+        from sage_runtime import fleet
+    except ImportError as exc:
+        print(f"sagectl: fleet needs the zenoh extra: pip install 'sage-runtime[zenoh]' ({exc})", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        cfg = load_config(args.config).zenoh
+    except ConfigError as exc:
+        print(f"sagectl: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    endpoints = fleet.client_endpoints(cfg, args.connect)
+    if not endpoints:
+        print("sagectl: fleet: no Zenoh endpoint; give --connect tcp/HOST:PORT or zenoh.connect in --config",
+              file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        session = fleet.open_client(cfg, endpoints, args.timeout)
+    except Exception as exc:  # noqa: BLE001 - zenoh.ZError: nothing answers on those endpoints
+        print(f"sagectl: fleet: cannot join Zenoh at {', '.join(endpoints)}: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    try:
+        view = fleet.fleet_view(session, timeout_s=args.timeout)
+    finally:
+        session.close()
+    print(json.dumps(view, indent=2) if args.json else fleet.render_fleet(view))
+    return EXIT_OK
 
 
 def parse_duration(text: str) -> float:
@@ -135,6 +172,8 @@ def _run_tool(client: ControlClient, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd == "fleet":
+        return fleet_command(args)
     client = ControlClient(_endpoint(args.socket), timeout_s=args.timeout)
     try:
         if args.cmd in ("top", "record", "replay"):

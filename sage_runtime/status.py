@@ -64,6 +64,8 @@ class StatusReport:
     telemetry: Any
     capabilities: dict[str, Any]
     last_reload: Callable[[], dict[str, Any] | None]
+    #: The Zenoh fleet edge, when one runs (its counters show under `zenoh`).
+    fleet: Any = None
     started: float = 0.0
     _probe: tuple[float, str | None] = (-STATE_PROBE_INTERVAL_S, None)
 
@@ -114,6 +116,7 @@ class StatusReport:
             "last_reload": self.last_reload(),
             "telemetry": self.telemetry.status(self.cfg().telemetry),
             "capabilities": self.capabilities,
+            "zenoh": self.fleet.stats() if self.fleet is not None else None,
         }
 
     def stats(self) -> dict[str, Any]:

@@ -161,3 +161,19 @@ class Burner(Echo):
 
     def energy(self, s) -> float:
         return s["e"]
+
+
+class Mirror(Echo):
+    """Hands back the newest uint8 H x W x C frame it was given as output `image`: a stand-in for
+    a vision reconstruction, so the Zenoh bridge's ROS 2 Image topic can be checked pixel for pixel."""
+
+    name = "mirror"
+    accepts_kinds = frozenset({"tensor"})
+
+    def init_state(self, inputs):
+        images = [f.data for f in inputs.frames.values() if f.data.dtype == torch.uint8 and f.data.dim() == 3]
+        image = images[-1].clone() if images else torch.zeros((2, 2, 3), dtype=torch.uint8)
+        return {**super().init_state(inputs), "image": image}
+
+    def outputs(self, s):
+        return {**super().outputs(s), "image": s["image"]}

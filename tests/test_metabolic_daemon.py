@@ -36,7 +36,7 @@ CONFIG = {
     "metabolic": _fast_table(),
     "atp": {"capacity_atp": 100.0, "duty_cycle": 0.05},
     "ingest": {"sensors": {"imu": {"kind": "tensor", "policy": "latest", "expected_hz": 20},
-                           "cam": {"kind": "tensor", "policy": "fifo:8"},
+                           "cam": {"kind": "tensor", "policy": "fifo:8", "dtype": "float32", "max_shape": [64]},
                            "alarm": {"kind": "event", "policy": "fifo:8"}}},
 }
 

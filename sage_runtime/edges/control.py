@@ -105,6 +105,11 @@ class ControlServer:
             log.exception("control command %s failed", cmd)
             return encode_reply(error=("internal", f"{type(exc).__name__}: {exc}"))
 
+    async def answer(self, raw: bytes) -> bytes:
+        """One request, one reply, counted like the socket's: for another transport (Zenoh queryables)."""
+        self.requests += 1
+        return await self._answer(raw)
+
     async def run(self) -> None:
         await asyncio.gather(*(self._serve(sock) for sock in self.socks))
 

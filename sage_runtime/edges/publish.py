@@ -7,6 +7,7 @@ the daemon keeps ticking. Sends that libzmq refuses are counted, never retried.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -28,6 +29,11 @@ class ResultPublisher:
                                                {zmq.SNDHWM: sndhwm, zmq.LINGER: 0}, security)
         self.sent = 0
         self.failed = 0
+        self.taps: list[Callable[[list[Any]], None]] = []
+
+    def add_tap(self, tap: Callable[[list[Any]], None]) -> None:
+        """`tap(parts)` sees every message's wire v1 parts after the sockets (another transport: Zenoh)."""
+        self.taps.append(tap)
 
     def _send(self, parts: list[Any]) -> None:
         self.sent += 1
@@ -39,6 +45,8 @@ class ResultPublisher:
             except zmq.ZMQError as exc:
                 self.failed += 1
                 log.warning("publish failed: %s", exc)
+        for tap in self.taps:
+            tap(parts)
 
     def result(self, res: RunResult, *, tick: int, ts_ns: int, state: str, inputs: dict[str, int]) -> None:
         header = {
