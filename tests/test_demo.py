@@ -81,7 +81,7 @@ def test_demo_daemon_publishes_results_from_every_builtin_plugin(tmp_path):
         assert answered is not None and answered.outputs["sensor"] == "demo.puzzle", d.log()
 
         assert "demo.camera" in seen["vision"].header["inputs"]
-        assert seen["vision"].outputs["reconstruction"].shape == (64, 64, 3)
+        assert seen["vision"].outputs["reconstruction"].shape == (48, 64, 3)  # the frame's own size
         assert "demo.speech" in seen["language"].header["inputs"]
         assert isinstance(seen["language"].outputs["text"], str) and seen["language"].outputs["text"]
         assert "demo.puzzle" in seen["reasoning"].header["inputs"]

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from sage_runtime.plugin import PluginOptions
 
 
 class VisionConfig(PluginOptions):
-    weights: str | None = None                # default: weights.pt shipped in this package
-    lam: float = Field(1e-3, ge=0)            # latent prior weight in E(z)
-    lr0: float = Field(3000.0, gt=0)          # scale of the first (gradient) step; later steps are L-BFGS
-    memory: int = Field(6, ge=1)              # L-BFGS curvature pairs per image
-    max_halvings: int = Field(8, ge=0)        # backtracking trials per step
-    fill: Literal["mean", "zero"] = "mean"    # encoder input at invalid pixels: mean of valid pixels, or zero
-    max_steps: int = Field(50, ge=1)          # hard ceiling per run (the runner's quota is usually lower)
-    rel_eps: float = Field(1e-3, ge=0)        # converged when E fell by less than this share over `window` steps
-    window: int = Field(3, ge=1)
-    tiles: int = Field(8, ge=1)               # error map is tiles x tiles
+    weights: str | None = None                # embedding encoder (VAE); default: weights.pt shipped in this package
+    prior: str | None = None                  # prior net; default: prior.pt shipped in this package
+    prior_sigma: float = Field(0.02, gt=0)    # tau: data weight tau^2 / (tau^2 + sigma^2) against the prior's estimate
+    max_halvings: int = Field(2, ge=0)        # backtracking trials per step
+    tv_per_sigma: float = Field(0.9, ge=0)    # the floor's TV weight per unit of noise sigma
+    max_side: int = Field(256, ge=8)          # working size: the frame's own, scaled down to this longer side if larger
+    max_steps: int = Field(2, ge=1)           # = train.py --unroll; more steps lose PSNR under noise (README)
+    rel_eps: float = Field(1e-3, ge=0)        # converged when a step lowered E by less than this share of it

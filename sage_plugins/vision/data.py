@@ -59,14 +59,15 @@ def crop(photo: torch.Tensor, size: int, side: int, top: int, left: int, flip: b
 
 
 def random_crops(photos: list[torch.Tensor], n: int, size: int, rng: np.random.Generator,
-                 min_side: int = 40) -> torch.Tensor:
-    """n crops at random photo, scale (log-uniform side from min_side to the photo's short side),
-    position and mirroring."""
+                 min_side: int = 40, max_side: int | None = None) -> torch.Tensor:
+    """n crops at random photo, scale (log-uniform side from min_side to max_side or the photo's
+    short side), position and mirroring."""
     out = []
     for _ in range(n):
         p = photos[rng.integers(len(photos))]
         h, w = p.shape[1:]
-        side = int(round(math.exp(rng.uniform(math.log(min_side), math.log(min(h, w))))))
+        hi = min(h, w, max_side or min(h, w))
+        side = int(round(math.exp(rng.uniform(math.log(min(min_side, hi)), math.log(hi)))))
         top, left = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
         out.append(crop(p, size, side, top, left, bool(rng.integers(2))))
     return torch.cat(out)
@@ -124,3 +125,42 @@ def drop_pixels(x: torch.Tensor, share: float, g: torch.Generator) -> torch.Tens
 def add_noise(x: torch.Tensor, sigma: float, g: torch.Generator) -> torch.Tensor:
     """Gaussian pixel noise, clipped to [0, 1] as a camera's output would be."""
     return (x + sigma * torch.randn(x.shape, generator=g)).clamp(0.0, 1.0)
+
+
+def block_mask(x: torch.Tensor, share: float, g: torch.Generator, block: int = 8) -> torch.Tensor:
+    """Validity mask with block x block holes covering `share` of each image: that share of the
+    cells of a block grid (at a random offset, so holes do not sit on the frame's own grid)."""
+    b, _, h, w = x.shape
+    gh, gw = -(-h // block) + 1, -(-w // block) + 1
+    k = int(round(share * h * w / block ** 2))
+    out = torch.ones(b, 1, h, w)
+    for i in range(b):
+        cells = torch.zeros(gh * gw)
+        cells[torch.randperm(gh * gw, generator=g)[:k]] = 1
+        holes = cells.view(1, 1, gh, gw).repeat_interleave(block, 2).repeat_interleave(block, 3)
+        oy, ox = (int(v) for v in torch.randint(0, block, (2,), generator=g))
+        out[i] = 1 - holes[0, :, oy: oy + h, ox: ox + w]
+    return out
+
+
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """To uint8 levels, as a camera frame arrives."""
+    return (x.clamp(0.0, 1.0) * 255).round() / 255
+
+
+#: The judged corruptions: (dropped share, block holes share, noise sigma).
+CONDITIONS = {"drop30": (0.3, 0.0, 0.0), "blocks20": (0.0, 0.2, 0.0), "noise05": (0.0, 0.0, 0.05),
+              "noise10": (0.0, 0.0, 0.1), "clean": (0.0, 0.0, 0.0)}
+
+
+def corrupt(clean: torch.Tensor, condition: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(observed B x 3 x H x W quantised to uint8 levels, validity B x 1 x H x W) for a named condition."""
+    drop, blocks, sigma = CONDITIONS[condition]
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.ones_like(clean[:, :1])
+    if drop:
+        valid = drop_pixels(clean, drop, g)
+    if blocks:
+        valid = block_mask(clean, blocks, g)
+    y = add_noise(clean, sigma, g) if sigma else clean
+    return quantise(y * valid), valid

@@ -37,13 +37,23 @@ def is_image(data: object) -> bool:
     return data.shape[0] >= 2 and data.shape[1] >= 2 and (data.dtype == torch.uint8 or data.is_floating_point())
 
 
-def to_working(image: torch.Tensor, mask: torch.Tensor | None, size: int,
+def working_hw(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """The frame's own size, or scaled down (aspect kept) so its longer side is max_side."""
+    if max(h, w) <= max_side:
+        return h, w
+    k = max_side / max(h, w)
+    return max(2, round(h * k)), max(2, round(w * k))
+
+
+def to_working(image: torch.Tensor, mask: torch.Tensor | None, hw: tuple[int, int] | int,
                device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(1 x 3 x size x size float in [0, 1], 1 x 1 x size x size validity in {0, 1}).
+    """(1 x 3 x H x W float in [0, 1], 1 x 1 x H x W validity in {0, 1}) at the working size hw
+    (an int: square).
 
     uint8 is scaled by 1/255, float images are taken as [0, 1]. Gray is repeated to RGB. The
-    image is resized (stretched, antialiased) with invalid pixels excluded from every average.
+    image is resized (antialiased) with invalid pixels excluded from every average.
     """
+    hw = (hw, hw) if isinstance(hw, int) else tuple(hw)
     x = image.to(device=device, dtype=torch.float32)
     if image.dtype == torch.uint8:
         x = x / 255.0
@@ -52,9 +62,9 @@ def to_working(image: torch.Tensor, mask: torch.Tensor | None, size: int,
         x = x.expand(1, 3, *x.shape[2:])
     m = torch.ones_like(x[:, :1]) if mask is None else mask.to(device=device, dtype=torch.float32)[None, None]
     x = torch.nan_to_num(x) * m
-    if x.shape[-2:] != (size, size):
-        xs = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        ms = F.interpolate(m, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if x.shape[-2:] != hw:
+        xs = F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False)
+        ms = F.interpolate(m, size=hw, mode="bilinear", antialias=True, align_corners=False)
         x = xs / ms.clamp_min(1e-6)
         m = (ms >= MIN_VALID_SHARE).float()
     return (x * m).clamp(0.0, 1.0), m
@@ -69,7 +79,7 @@ def fill_invalid(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """1 x 3 x S x S float -> S x S x channels uint8 on the CPU (gray = channel mean)."""
+    """1 x 3 x H x W float -> H x W x channels uint8 on the CPU (gray = channel mean)."""
     img = x[0].detach().clamp(0.0, 1.0)
     if channels == 1:
         img = img.mean(dim=0, keepdim=True)
@@ -82,10 +92,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
-def tile_errors(recon: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, tiles: int = 8) -> torch.Tensor:
-    """tiles x tiles mean squared error of the reconstruction over each tile's valid pixels (0 where
-    a tile has none): where the model's explanation of the image fails, for salience."""
-    err = ((recon.clamp(0.0, 1.0) - x).square().mean(dim=1, keepdim=True) * valid)
-    num = F.adaptive_avg_pool2d(err, tiles)
-    den = F.adaptive_avg_pool2d(valid, tiles)
-    return (num / den.clamp_min(1e-6) * (den > 0)).reshape(-1, tiles, tiles)
+def error_map(estimate: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """H x W float32: squared difference between the prior's estimate and the observation, mean
+    over colour channels, at valid pixels (0 at invalid ones): what the model does not explain
+    (noise it removes, or surprise), for salience. (Against the published image it would be 0
+    wherever observed pixels are kept exactly.)"""
+    err = (estimate.clamp(0.0, 1.0) - y).square().mean(dim=1) * valid[:, 0]
+    return err[0].detach().to("cpu", torch.float32)

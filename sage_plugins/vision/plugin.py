@@ -1,16 +1,20 @@
-"""`vision`: encodes a camera frame, then refines the latent against the observed pixels.
+"""`vision`: restores a camera frame from a classical floor, one learned step at a time.
 
-Per run: take the most salient new image frame, resize it to the model's working size (a
-validity mask in a 2nd/4th channel marks dropped pixels, see images.py), start from the
-encoder's code and lower E(z) (refine.py) until it stops falling, the quota or the deadline.
-Outputs: a 256-d embedding, the reconstruction (uint8, working size, the frame's channel
-count), and a tiles x tiles reconstruction-error map over valid pixels (for surprise).
+Per run: take the most salient new image frame at its own size (scaled down past `max_side`),
+with its validity mask (2nd/4th channel, see images.py) and its noise level (the frame's
+`noise_sigma` meta when the sensor declares one, else a blind estimate). Step 0 publishes the
+classical floor (harmonic hole filling, TV denoising); each step moves towards the prior net's
+data-consistent estimate only if that lowers the energy (refine.py), so quality never falls below
+the floor and observed pixels are kept exactly when the frame is noise-free.
+Outputs: the reconstruction and an error map at the working size, and a 256-d embedding (the
+VAE encoder's code of the reconstruction, pooled; for fusion and memory).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sage_plugins.vision import refine
+from sage_plugins.vision import classical, refine
 from sage_plugins.vision.config import VisionConfig
 from sage_plugins.vision.data import scenes
-from sage_plugins.vision.images import is_image, psnr, split_frame, tile_errors, to_uint8, to_working
-from sage_plugins.vision.model import WEIGHTS, load_pretrained
+from sage_plugins.vision.images import error_map, is_image, psnr, split_frame, to_uint8, to_working, working_hw
+from sage_plugins.vision.model import PRIOR, WEIGHTS, load_pretrained, load_prior
 from sage_runtime.plugin.contract import IRPPlugin, PluginContext, PluginInputs
 from sage_runtime.records import Frame
 
@@ -39,7 +43,7 @@ class VisionState:
 
 
 class VisionPlugin(IRPPlugin):
-    """Autoencoder + monotone latent refinement over the newest image frame."""
+    """Classical floor + monotone learned-prior steps over the newest image frame."""
 
     name = "vision"
     Options = VisionConfig
@@ -53,11 +57,11 @@ class VisionPlugin(IRPPlugin):
         super().setup(ctx)
         cfg = self.cfg = ctx.options
         self.max_steps = cfg.max_steps
-        self.refine_cfg = refine.RefineConfig(lam=cfg.lam, lr0=cfg.lr0, memory=cfg.memory,
-                                              max_halvings=cfg.max_halvings, fill=cfg.fill)
-        self.model = load_pretrained(Path(cfg.weights) if cfg.weights else WEIGHTS, ctx.device)
-        self.size = self.model.size
-        c, h, w = self.model.latent_shape
+        self.refine_cfg = refine.RefineConfig(prior_sigma=cfg.prior_sigma, max_halvings=cfg.max_halvings,
+                                              tv_per_sigma=cfg.tv_per_sigma)
+        self.net = load_prior(Path(cfg.prior) if cfg.prior else PRIOR, ctx.device)
+        self.encoder = load_pretrained(Path(cfg.weights) if cfg.weights else WEIGHTS, ctx.device)
+        c, h, w = self.encoder.latent_shape
         if (c * h * w) % EMBEDDING_DIM:
             raise ValueError(f"vision: latent {c}x{h}x{w} does not pool to {EMBEDDING_DIM}")
 
@@ -65,8 +69,7 @@ class VisionPlugin(IRPPlugin):
         return frame.kind == "tensor" and is_image(frame.data)
 
     def sample_inputs(self, seed: int) -> PluginInputs:
-        """A generated 96 x 128 RGB scene (not the working size, so resizing is exercised) with
-        mild noise; content depends on the seed."""
+        """A generated 96 x 128 RGB scene with mild noise; content depends on the seed."""
         rng = np.random.default_rng(seed)
         img = F.interpolate(scenes(1, 96, rng), size=(96, 128), mode="bilinear", align_corners=False)
         img = (img + 0.05 * torch.from_numpy(rng.standard_normal(img.shape).astype(np.float32))).clamp(0, 1)
@@ -80,13 +83,25 @@ class VisionPlugin(IRPPlugin):
             return None
         return min(frames, key=lambda f: (-float(inputs.salience.get(f.sensor, 0.0)), f.sensor))
 
+    @staticmethod
+    def _sigma(frame: Frame, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The sensor's declared noise level (`noise_sigma` meta, [0, 1] units), else the estimate."""
+        declared = frame.meta.get("noise_sigma") if frame.meta else None
+        if declared is None:
+            return classical.trusted_sigma(classical.estimate_sigma(y, valid))
+        if isinstance(declared, bool) or not isinstance(declared, (int, float)) or not 0 <= declared <= 1 \
+                or not math.isfinite(declared):
+            raise ValueError(f"vision: frame meta noise_sigma must be a number in [0, 1], got {declared!r}")
+        return torch.full((1,), float(declared), device=y.device)
+
     def init_state(self, inputs: PluginInputs) -> VisionState | None:
         frame = self._pick(inputs)
         if frame is None:
             return None
         image, mask, channels = split_frame(frame.data)
-        x, valid = to_working(image, mask, self.size, self.ctx.device)
-        r = refine.start(self.model, x, valid, self.refine_cfg)
+        hw = working_hw(int(image.shape[0]), int(image.shape[1]), self.cfg.max_side)
+        y, valid = to_working(image, mask, hw, self.ctx.device)
+        r = refine.start(self.net, y, valid, self._sigma(frame, y, valid), self.refine_cfg)
         return VisionState(r, frame.sensor, frame.seq, channels, (int(image.shape[0]), int(image.shape[1])))
 
     def warm_state(self, prev: VisionState, inputs: PluginInputs) -> VisionState | None:
@@ -107,35 +122,42 @@ class VisionPlugin(IRPPlugin):
         return VisionState(r, frame.sensor, frame.seq, channels, (int(image.shape[0]), int(image.shape[1])))
 
     def step(self, state: VisionState) -> VisionState:
-        return VisionState(refine.step(self.model, state.r, self.refine_cfg), state.sensor, state.seq,
-                           state.channels, state.source_hw)
+        return replace(state, r=refine.step(self.net, state.r, self.refine_cfg))
 
     def energy(self, state: VisionState) -> float:
         return float(state.r.energy[0])
 
-    def halt(self, state: VisionState, history: Sequence[float]) -> str | None:
-        """Converged when E fell by less than rel_eps of itself over the last `window` steps
-        (E never rises, so this is a true plateau, and a stalled backtracking gives zero drop)."""
-        k = self.cfg.window
-        if len(history) < k + 1:
+    def halt(self, state: VisionState | None, history: Sequence[float]) -> str | None:
+        """Converged when the last step found no decrease (the image left as it was) or lowered E
+        by less than rel_eps of it."""
+        if state is not None and state.r.stalled is not None and bool(state.r.stalled.all()):
+            return "converged"
+        if len(history) < 2:
             return None
-        drop = history[-k - 1] - history[-1]
+        drop = history[-2] - history[-1]
         return "converged" if drop <= self.cfg.rel_eps * max(abs(history[-1]), 1e-12) else None
+
+    @torch.no_grad()
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """256 floats: the encoder's code of the image at its own 64 x 64 input, average-pooled."""
+        size = self.encoder.size
+        z = self.encoder.encode(F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                              align_corners=False).clamp(0.0, 1.0))
+        side = int(round((EMBEDDING_DIM / z.shape[1]) ** 0.5))
+        return F.adaptive_avg_pool2d(z, side).flatten().to("cpu", torch.float32)
 
     def outputs(self, state: VisionState) -> dict[str, Any]:
         r = state.r
-        recon = r.recon.clamp(0.0, 1.0)
-        c = r.z.shape[1]
-        side = int(round((EMBEDDING_DIM / c) ** 0.5))
-        emb = F.adaptive_avg_pool2d(r.z, side).flatten().detach().to("cpu", torch.float32)
         n_valid = float(r.valid.sum())
-        fit = psnr((recon - r.x) * r.valid + r.x, r.x) if n_valid else torch.zeros(1)
+        fit = float(psnr((r.x - r.y) * r.valid + r.y, r.y)[0]) if n_valid else 0.0
         return {
-            "embedding": emb,
-            "reconstruction": to_uint8(recon, state.channels),
-            "error_map": tile_errors(recon, r.x, r.valid, self.cfg.tiles)[0].detach().cpu(),
-            "fit_psnr_db": round(float(fit[0]) if n_valid else 0.0, 3),
+            "embedding": self.embedding(r.x),
+            "reconstruction": to_uint8(r.x, state.channels),
+            "error_map": error_map(r.prior, r.y, r.valid),
+            "fit_psnr_db": round(min(fit, 100.0), 3),
             "valid_fraction": round(n_valid / r.valid.numel(), 4),
+            "noise_sigma": round(float(r.sigma[0]), 4),
+            "steps": r.steps,
             "sensor": state.sensor,
             "seq": int(state.seq),
             "source_hw": list(state.source_hw),

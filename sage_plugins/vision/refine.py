@@ -1,15 +1,22 @@
-"""Latent refinement: quasi-Newton descent on E(z) through the decoder, monotone by backtracking.
+"""Anytime restoration: a classical floor at step 0, then monotone steps with a learned prior.
 
-E(z) = mean over valid pixels and channels of (decode(z) - x)^2 + lam * mean(z^2)
+State: the observation y with its validity mask and noise level sigma, and the current estimate x.
+Step 0 is the classical floor (classical.py). Each step asks the prior net for a better image
+z = N(x; y, mask, sigma), makes it consistent with the data and moves x towards it:
 
-The masked data term lets the decoder fill dropped pixels from what it learned of images; the
-prior keeps z where the decoder was trained. (Against sigma = 0.1 noise a larger lam does not
-help: measured on validation crops it only slows the descent; see README.md, "Diagnosis".) Directions
-are L-BFGS (a few curvature pairs per image; plain gradient descent crawls through a conv
-decoder's ill-conditioned Jacobian), tried at step 1 and halved until E does not rise, so the
-energy sequence never increases. Every tensor carries a batch dimension; images in a batch are
-refined independently (per-image energies, histories and step sizes), so evaluation can batch
-what the plugin does one image at a time.
+    T(x) = valid * (w y + (1 - w) z) + (1 - valid) * z,   w = tau^2 / (tau^2 + sigma^2)
+
+(w = 1 when sigma = 0: observed pixels are kept exactly, the net only fills holes; under noise
+an observed pixel counts as much as its noise level allows). T(x) is the minimiser, for that z, of
+
+    E(x) = [ sum valid (x - y)^2 / (2 max(sigma, sigma_q)^2) + sum (x - N(x))^2 / (2 tau^2) ] / n
+
+the negative log-posterior with the data's noise and a Gaussian of width tau (the prior's own
+error) around the net's estimate. A step tries x + t (T(x) - x) at t = 1, 1/2, 1/4, ... and is
+taken only where it lowers E; where none does, x stays put and the image is marked stalled (the
+plugin halts). So E never rises, step 0 is the floor, and one step costs one net forward at the
+working size (more when it backtracks). Every tensor carries a batch dimension; images are
+independent (evaluation batches what the plugin does one image at a time).
 """
 
 from __future__ import annotations
@@ -18,125 +25,88 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from sage_plugins.vision.images import fill_invalid
-from sage_plugins.vision.model import ConvAutoencoder
+from sage_plugins.vision import classical
+from sage_plugins.vision.model import PriorNet
+
+#: Quantisation noise of a uint8 frame (1/255/sqrt(12)): the data term's width when sigma is 0.
+SIGMA_Q = 1.0 / 255.0 / 12 ** 0.5
 
 
 @dataclass(frozen=True)
 class RefineConfig:
-    lam: float = 1e-3          # weight of the latent prior mean(z^2)
-    lr0: float = 3000.0        # scale of the first (gradient) step, before any curvature is known
-    memory: int = 6            # L-BFGS curvature pairs kept per image
-    max_halvings: int = 8      # backtracking trials per step; after them the latent stays put
-    fill: str = "mean"         # what the encoder sees at invalid pixels: "mean" (of valid) or "zero"
+    prior_sigma: float = 0.02   # tau: width of the prior around the net's estimate (its typical error)
+    max_halvings: int = 2       # backtracking trials per step; after them the estimate stays put
+    tv_per_sigma: float = 0.9   # the floor's TV weight per unit of noise sigma
 
 
 @dataclass(frozen=True)
 class Refinement:
-    """Batch of latents being refined, with what the next step needs."""
-
-    x: torch.Tensor            # B x 3 x S x S target in [0, 1] (invalid pixels arbitrary)
-    valid: torch.Tensor        # B x 1 x S x S in {0, 1}
-    z: torch.Tensor            # B x C x h x w
-    energy: torch.Tensor       # B, E(z)
-    grad: torch.Tensor         # dE/dz at z
-    recon: torch.Tensor        # decode(z), B x 3 x S x S (unclamped)
-    scale: torch.Tensor | None = None  # B, gradient-step scale where no curvature is known yet
-    pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()  # (s, y) per past step, B x D each
+    y: torch.Tensor            # B x 3 x H x W observation in [0, 1] (invalid pixels arbitrary)
+    valid: torch.Tensor        # B x 1 x H x W in {0, 1}
+    sigma: torch.Tensor        # B, noise level (0: observed pixels are exact)
+    x: torch.Tensor            # B x 3 x H x W current estimate
+    prior: torch.Tensor        # N(x), the net's estimate at x (the next step's target before data consistency)
+    energy: torch.Tensor       # B, E(x)
     steps: int = 0
     stalled: torch.Tensor | None = None  # B bool: the last step found no decrease
 
 
-def energy_of(model: ConvAutoencoder, z: torch.Tensor, x: torch.Tensor, valid: torch.Tensor,
-              lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-image E(z), decode(z))."""
-    recon = model.decode(z)
-    n = (valid.sum(dim=(1, 2, 3)) * recon.shape[1]).clamp_min(1.0)
-    data = ((recon - x).square() * valid).sum(dim=(1, 2, 3)) / n
-    return data + lam * z.square().mean(dim=(1, 2, 3)), recon
+def data_weight(sigma: torch.Tensor, tau: float) -> torch.Tensor:
+    """w per image (B x 1 x 1 x 1): how much an observed pixel counts against the prior."""
+    return (tau ** 2 / (tau ** 2 + sigma.square())).view(-1, 1, 1, 1)
 
 
-def start(model: ConvAutoencoder, x: torch.Tensor, valid: torch.Tensor, cfg: RefineConfig) -> Refinement:
-    """Step 0: z is the encoder's code of the image with invalid pixels filled (cfg.fill)."""
-    with torch.no_grad():
-        z = model.encode(fill_invalid(x, valid) if cfg.fill == "mean" else x * valid)
-    with torch.enable_grad():
-        z = z.requires_grad_(True)
-        e, recon = energy_of(model, z, x, valid, cfg.lam)
-        (g,) = torch.autograd.grad(e.sum(), z)
-    return Refinement(x, valid, z.detach(), e.detach(), g, recon.detach(), scale=torch.full_like(e, cfg.lr0),
-                      stalled=torch.zeros_like(e, dtype=torch.bool))
+def consistent(z: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, sigma: torch.Tensor, tau: float) -> torch.Tensor:
+    """T's data-consistency blend of the net's estimate z with the observation."""
+    w = data_weight(sigma, tau)
+    return (valid * (w * y + (1 - w) * z) + (1 - valid) * z).clamp(0.0, 1.0)
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a * b).sum(dim=1)
+def energy_of(x: torch.Tensor, z: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, sigma: torch.Tensor,
+              tau: float) -> torch.Tensor:
+    """Per-image E(x) given z = N(x)."""
+    n = x[0].numel()
+    sd = sigma.clamp_min(SIGMA_Q).view(-1, 1, 1, 1)
+    data = (valid * (x - y).square() / (2 * sd.square())).flatten(1).sum(1)
+    return (data + (x - z).square().flatten(1).sum(1) / (2 * tau ** 2)) / n
 
 
-def direction(r: Refinement) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B x D direction, B bool: it is a scaled gradient step): the L-BFGS two-loop recursion per
-    image; -scale * grad where no curvature is known yet or where that would not descend."""
-    g = r.grad.flatten(1)
-    scale = r.scale[:, None]
-    if not r.pairs:
-        return -scale * g, torch.ones_like(r.energy, dtype=torch.bool)
-    q = g.clone()
-    alphas = []
-    rhos = [torch.where(_dot(s, y) > 0, 1.0 / _dot(s, y).clamp_min(1e-30), torch.zeros_like(g[:, 0]))
-            for s, y in r.pairs]
-    for (s, y), rho in zip(reversed(r.pairs), reversed(rhos)):
-        a = rho * _dot(s, q)
-        q = q - a[:, None] * y
-        alphas.append(a)
-    s, y = r.pairs[-1]
-    yy = _dot(y, y)
-    known = torch.stack(rhos).gt(0).any(dim=0)
-    gamma = torch.where((rhos[-1] > 0) & (yy > 0), _dot(s, y) / yy.clamp_min(1e-30), r.scale)
-    d = gamma[:, None] * q
-    for (s, y), rho, a in zip(r.pairs, rhos, reversed(alphas)):
-        b = rho * _dot(y, d)
-        d = d + (a - b)[:, None] * s
-    use_grad = ~known | (_dot(d, g) >= 0)
-    return torch.where(use_grad[:, None], -scale * g, -d), use_grad
+@torch.no_grad()
+def start(net: PriorNet, y: torch.Tensor, valid: torch.Tensor, sigma: torch.Tensor, cfg: RefineConfig) -> Refinement:
+    """Step 0: the classical floor, with the net's estimate there (for the energy and the first step)."""
+    x = classical.floor(y, valid, sigma, cfg.tv_per_sigma)
+    z = net(x, y, valid, sigma)
+    e = energy_of(x, z, y, valid, sigma, cfg.prior_sigma)
+    return Refinement(y, valid, sigma, x, z, e, stalled=torch.zeros_like(e, dtype=torch.bool))
 
 
-def step(model: ConvAutoencoder, r: Refinement, cfg: RefineConfig) -> Refinement:
-    """One monotone descent step for every image of the batch: the L-BFGS direction at step 1,
-    halved until E does not rise (images that never get there keep their latent)."""
-    shape = r.z.shape
-    d, use_grad = direction(r)
-    d = d.view(shape)
-    t = torch.ones_like(r.energy)
-    z, e, g, recon = r.z.clone(), r.energy.clone(), r.grad.clone(), r.recon.clone()
+@torch.no_grad()
+def step(net: PriorNet, r: Refinement, cfg: RefineConfig) -> Refinement:
+    """One monotone step for every image of the batch (see the module docstring)."""
+    d = consistent(r.prior, r.y, r.valid, r.sigma, cfg.prior_sigma) - r.x
+    x, z, e = r.x.clone(), r.prior.clone(), r.energy.clone()
     pending = torch.ones_like(e, dtype=torch.bool)
-    bshape = (-1,) + (1,) * (len(shape) - 1)
+    t = 1.0
     for _ in range(cfg.max_halvings + 1):
-        with torch.enable_grad():
-            cand = (r.z + t.view(bshape) * d).detach().requires_grad_(True)
-            e_c, recon_c = energy_of(model, cand, r.x, r.valid, cfg.lam)
-            ok = pending & (e_c.detach() <= r.energy)
-            if bool(ok.any()):
-                (g_c,) = torch.autograd.grad((e_c * ok).sum(), cand)
-                z[ok], e[ok], g[ok], recon[ok] = cand.detach()[ok], e_c.detach()[ok], g_c[ok], recon_c.detach()[ok]
+        cand = r.x + t * d
+        z_c = net(cand, r.y, r.valid, r.sigma)
+        e_c = energy_of(cand, z_c, r.y, r.valid, r.sigma, cfg.prior_sigma)
+        ok = pending & (e_c < r.energy)
+        x[ok], z[ok], e[ok] = cand[ok], z_c[ok], e_c[ok]
         pending &= ~ok
         if not bool(pending.any()):
             break
-        t = torch.where(pending, t * 0.5, t)
-    s, y = (z - r.z).flatten(1), (g - r.grad).flatten(1)
-    keep = (~pending)[:, None]
-    pair = (torch.where(keep, s, torch.zeros_like(s)), torch.where(keep, y, torch.zeros_like(y)))
-    pairs = (r.pairs + (pair,))[-cfg.memory:]
-    # A gradient step that had to shrink (or failed) shrinks the next one from the start.
-    scale = torch.where(pending, r.scale * 0.5 ** (cfg.max_halvings + 1), torch.where(use_grad, r.scale * t, r.scale))
-    return replace(r, z=z, energy=e, grad=g, recon=recon, scale=scale, pairs=pairs, steps=r.steps + 1,
-                   stalled=pending)
+        t *= 0.5
+    return replace(r, x=x, prior=z, energy=e, steps=r.steps + 1, stalled=pending)
 
 
-def refine(model: ConvAutoencoder, x: torch.Tensor, valid: torch.Tensor, cfg: RefineConfig,
+def refine(net: PriorNet, y: torch.Tensor, valid: torch.Tensor, sigma: torch.Tensor, cfg: RefineConfig,
            steps: int) -> tuple[Refinement, list[torch.Tensor]]:
-    """`steps` steps from the encoder's code; returns the final state and the energy history."""
-    r = start(model, x, valid, cfg)
-    hist = [r.energy]
+    """`steps` steps from the floor; returns the final state and the estimates after each step
+    (index 0 = the floor)."""
+    r = start(net, y, valid, sigma, cfg)
+    xs = [r.x]
     for _ in range(steps):
-        r = step(model, r, cfg)
-        hist.append(r.energy)
-    return r, hist
+        r = step(net, r, cfg)
+        xs.append(r.x)
+    return r, xs
