@@ -48,9 +48,9 @@ class VisionPlugin(IRPPlugin):
     name = "vision"
     Options = VisionConfig
     accepts_kinds = frozenset({"tensor"})
-    #: New frames queue behind the running job. `warm` (start from the last job's latent, see
-    #: warm_state) is available by config but measured worse on panning crops
-    #: (benchmarks/bench_warm_start.py: 1.15x the steps, -0.2 dB), so it is not the default.
+    #: New frames queue behind the running job. There is no `warm_state` for the classical-floor
+    #: refinement yet (the VAE latent warm start measured worse on panning crops: 1.15x the steps,
+    #: -0.2 dB), so input policy `warm` starts each job cold here.
     input_policy = "queue"
 
     def setup(self, ctx: PluginContext) -> None:
@@ -102,23 +102,6 @@ class VisionPlugin(IRPPlugin):
         hw = working_hw(int(image.shape[0]), int(image.shape[1]), self.cfg.max_side)
         y, valid = to_working(image, mask, hw, self.ctx.device)
         r = refine.start(self.net, y, valid, self._sigma(frame, y, valid), self.refine_cfg)
-        return VisionState(r, frame.sensor, frame.seq, channels, (int(image.shape[0]), int(image.shape[1])))
-
-    def warm_state(self, prev: VisionState, inputs: PluginInputs) -> VisionState | None:
-        """The next job's state from the previous job's latent instead of the encoder's code,
-        when the new frame comes from the same sensor (None: start cold)."""
-        frame = self._pick(inputs)
-        if frame is None or frame.sensor != prev.sensor:
-            return None
-        image, mask, channels = split_frame(frame.data)
-        x, valid = to_working(image, mask, self.size, self.ctx.device)
-        with torch.enable_grad():
-            z = prev.r.z.detach().clone().requires_grad_(True)
-            e, recon = refine.energy_of(self.model, z, x, valid, self.refine_cfg.lam)
-            (g,) = torch.autograd.grad(e.sum(), z)
-        e = e.detach()
-        r = refine.Refinement(x, valid, z.detach(), e, g, recon.detach(), scale=torch.full_like(e, self.refine_cfg.lr0),
-                              stalled=torch.zeros_like(e, dtype=torch.bool))
         return VisionState(r, frame.sensor, frame.seq, channels, (int(image.shape[0]), int(image.shape[1])))
 
     def step(self, state: VisionState) -> VisionState:
