@@ -10,7 +10,8 @@ import time
 import pytest
 import torch
 
-from sage_runtime.cognition.atp import AtpLedger, AtpParams, PluginAccount
+from sage_runtime.cognition.atp import AtpLedger, AtpParams
+from sage_runtime.plugin.account import PluginAccount
 from sage_runtime.mailbox import Mailbox
 from sage_runtime.plugin.contract import IRPPlugin, PluginInputs
 from sage_runtime.plugin.host import JobPolicy, PluginHost

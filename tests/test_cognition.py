@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sage_runtime.cognition.atp import PluginAccount
+from sage_runtime.plugin.account import PluginAccount
 from sage_runtime.cognition.plan import Cognition, PluginView
 from sage_runtime.cognition.status import cognition_status
 from sage_runtime.config import SageConfig

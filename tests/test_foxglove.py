@@ -82,7 +82,7 @@ def test_foxglove_client_sees_camera_results_and_status(tmp_path):
         status = json.loads(got["/sage/status"][-1])
         assert status["state"] in ("WAKE", "FOCUS", "CRISIS", "REST", "DREAM") and status["atp_level"] > 0
         assert status["tick_p99_ms"] is not None
-        assert len(got["/vision/reconstruction"][0]) >= 64 * 64 * 3
+        assert len(got["/vision/reconstruction"][0]) >= 48 * 64 * 3  # restored at the frame's own size
         wait_for(lambda: d.control().call("tap")["subscriptions"] >= 1)
         pub.close()
         code, took = d.stop()

@@ -53,7 +53,7 @@ def test_unknown_option_is_a_usage_error():
 def test_real_prefix_install_then_uninstall(tmp_path):
     stage, wheels, root = tmp_path / "stage", tmp_path / "wheels", tmp_path / "root"
     stage.mkdir()
-    for item in ("pyproject.toml", "README.md", "sage_runtime", "plugins"):
+    for item in ("pyproject.toml", "README.md", "sage_runtime", "sage_plugins"):
         if (REPO / item).exists():
             copy = shutil.copytree if (REPO / item).is_dir() else shutil.copy
             copy(REPO / item, stage / item, **({"ignore": shutil.ignore_patterns("__pycache__")}

@@ -316,7 +316,7 @@ class Cognition:
                 self.trust.update_expert(self.machine.state.value, name, quality)
 
     def settle_account(self, used: float, debit: float, returned: float) -> None:
-        """A plugin account's collect (atp.PluginAccount.collect): `used` + `returned` of its
+        """A plugin account's collect (plugin.account.PluginAccount.collect): `used` + `returned` of its
         grants leave the reservation, `debit` (measured ms) leaves the reservoir."""
         with self._lock:
             self.ledger.settle(used + returned, debit)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sage_runtime.cognition.atp import PluginAccount
+from sage_runtime.plugin.account import PluginAccount
 from sage_runtime.metrics import LatencyWindow
 from sage_runtime.plugin.contract import IRPPlugin, PluginContext, PluginInputs
 from sage_runtime.plugin.priority import lower_thread_priority
