@@ -168,12 +168,14 @@ def test_only_authorised_curve_clients_get_through(curve_daemon, certs):
         plain.send_multipart(encode_ingest("plain", 0, "tensor", np.ones(4, np.float32), ts_ns=1))
         s = d.status()["ingest"]
         return s if "friend" in s["sensors"] and s["auth"]["failed_auth"] >= 1 \
-            and s["auth"]["failed_protocol"] >= 1 else None
+            and s["auth"]["failed_protocol"] + s["auth"]["failed_no_detail"] >= 1 else None
     status = wait_for(friend_in, timeout_s=60, interval_s=0.1)
     assert "stranger" not in status["sensors"] and "plain" not in status["sensors"]
     assert status["auth"]["curve"] is True and status["auth"]["succeeded"] >= 1
     assert status["auth"]["failed_auth"] >= 1, "the unknown key must be refused at the handshake"
-    assert status["auth"]["failed_protocol"] >= 1, "a client without CURVE counts as failed_protocol (documented)"
+    # libzmq 4.3.5 reports a client without CURVE as a protocol failure or, when the server drops
+    # it before the mechanism is compared, as "no detail" (both seen here, run to run; documented)
+    assert status["auth"]["failed_protocol"] + status["auth"]["failed_no_detail"] >= 1, status["auth"]
     for sock in (stranger, plain, friend):
         sock.close()
 
