@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from sage_runtime.edges.receive import OVERSIZE, TOO_MANY_PARTS, receive_bounded
 from sage_runtime.edges.security import EdgeSecurity, bind
 from sage_runtime.wire import WireError, decode_request, encode_reply
 
@@ -71,7 +72,7 @@ class ControlServer:
         self.handlers: dict[str, Handler] = {}
         self.requests = 0
         self.bad_requests = 0
-        self.refused: dict[str, int] = {"too_many_parts": 0, "oversize": 0}
+        self.refused: dict[str, int] = {TOO_MANY_PARTS: 0, OVERSIZE: 0}
 
     @staticmethod
     def _socket(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
@@ -114,28 +115,15 @@ class ControlServer:
         await asyncio.gather(*(self._serve(sock) for sock in self.socks))
 
     def _receive(self, raw: zmq.Socket) -> list[bytes] | None:
-        """One request, part by part; past max_parts or MAX_REQUEST_BYTES the rest is read and let go
-        (counted in `refused`), never assembled."""
-        frames: list[bytes] = []
-        size, count, refused = 0, 0, None
-        while True:
-            frame = raw.recv(zmq.NOBLOCK, copy=False)
-            count += 1
-            size += len(frame)
-            if refused is None:
-                refused = ("too_many_parts" if count > self.max_parts else
-                           "oversize" if size > MAX_REQUEST_BYTES else None)
-                if refused is None:
-                    frames.append(frame.bytes)
-                else:
-                    frames.clear()
-            if not frame.more:
-                break
-        if refused is not None:
-            self.refused[refused] += 1
-            log.warning("control request of %d parts, %d bytes refused (%s)", count, size, refused)
+        """One request through the shared bounded receive; past max_parts or MAX_REQUEST_BYTES it is
+        counted in `refused` and never assembled."""
+        got = receive_bounded(raw, self.max_parts, MAX_REQUEST_BYTES)
+        if got.refused is not None:
+            self.refused[got.refused] += 1
+            log.warning("control request refused: %s", got.detail(
+                "capacity.max_message_parts", "MAX_REQUEST_BYTES", self.max_parts, MAX_REQUEST_BYTES))
             return None
-        return frames
+        return [frame.bytes for frame in got.parts]
 
     async def _serve(self, sock: zmq.asyncio.Socket) -> None:
         raw = zmq.Socket.shadow(sock.underlying)

@@ -22,6 +22,7 @@ from sage_runtime.config import LATEST_SLOTS, CapacitySection, IngestSection, Se
 from sage_runtime.logs import RejectionLog
 from sage_runtime.records import Frame
 from sage_runtime.mailbox import Lease, Mailbox, WriteStatus
+from sage_runtime.edges.receive import receive_bounded
 from sage_runtime.edges.security import EdgeSecurity, bind_edge
 from sage_runtime.edges.tap import IngestTap
 from sage_runtime.wire import DTYPES, IngestMessage, WireError, decode_ingest, torch_dtype
@@ -355,33 +356,15 @@ class IngestServer:
             log.exception("ingest failed on a message (counted as ingest.internal_errors)")
 
     def _receive(self, raw: zmq.Socket) -> None:
-        """One message, part by part: past max_message_parts or max_message_bytes the rest is read
-        and let go at once (counted), never assembled into a list of parts."""
+        """One message through the shared bounded receive: refused (counted) before assembly."""
         cfg = self.table.cfg
-        parts: list[Any] = []
-        size, count, refused = 0, 0, None
-        while True:
-            frame = raw.recv(zmq.NOBLOCK, copy=False)
-            count += 1
-            size += len(frame)
-            if refused is None:
-                if count > self.max_parts:
-                    refused = "too_many_parts"
-                elif size > cfg.max_message_bytes:
-                    refused = "oversize"
-                else:
-                    parts.append(frame)
-                if refused is not None:
-                    parts.clear()
-            if not frame.more:
-                break
-        if refused is None:
-            self.handle(parts, size)
+        got = receive_bounded(raw, self.max_parts, cfg.max_message_bytes)
+        if got.refused is None:
+            self.handle(got.parts, got.size)
             return
         self.messages += 1
-        limit = (f"max_message_parts {self.max_parts}" if refused == "too_many_parts"
-                 else f"max_message_bytes {cfg.max_message_bytes}")
-        self.table.reject(refused, f"message of {count} parts, {size} bytes exceeds {limit}")
+        self.table.reject(got.refused, got.detail("capacity.max_message_parts", "ingest.max_message_bytes",
+                                                  self.max_parts, cfg.max_message_bytes))
 
     async def _pump(self, sock: zmq.asyncio.Socket) -> None:
         raw = zmq.Socket.shadow(sock.underlying)
