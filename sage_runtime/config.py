@@ -88,6 +88,8 @@ class IngestSection(Section):
     default_tensor_policy: str = "latest"
     default_fifo_policy: str = "fifo:64"
     rcvhwm: int = Field(1000, ge=1)
+    #: Accept tensor frames whose bytes wait in a client's shared-memory ring (docs/protocol.md).
+    shm: bool = True
     #: Filled from capacity.max_sensors (one number for ingest, salience and the mailbox).
     max_sensors: int = Field(64, ge=1)
     sensors: dict[str, SensorSection] = {}

@@ -16,7 +16,7 @@ import enum
 import math
 import threading
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -77,7 +77,7 @@ class _Slot:
     """One preallocated frame buffer and the state the channel lock guards."""
 
     __slots__ = ("data", "data_u8", "host_u8", "host_np", "host_mv", "ready", "release_events",
-                 "shape", "view", "seq", "meta", "ts_ns", "leases", "writing", "live")
+                 "shape", "view", "seq", "meta", "ts_ns", "leases", "writing", "live", "adopted")
 
     def __init__(self, numel: int, dtype: torch.dtype, device: torch.device) -> None:
         # zeros, not empty: touching every page now keeps page faults off the first frames' path
@@ -101,6 +101,7 @@ class _Slot:
         self.leases = 0       # readers holding it
         self.writing = False  # reserved by a writer, not yet published
         self.live = False     # the current latest frame, or queued in a fifo
+        self.adopted = False  # `view` is a caller's buffer (write_bytes(adopt=True)), not `data`
 
     @property
     def free(self) -> bool:
@@ -209,8 +210,15 @@ class Channel:
     # ---------------------------------------------------------------- writers
 
     def write_bytes(self, buf: Any, shape: tuple[int, ...] | list[int], meta: Mapping[str, Any] | None = None,
-                    ts_ns: int = 0, *, dtype: torch.dtype | None = None) -> WriteResult:
-        """Copy a raw C-order buffer (bytes, memoryview, zmq frame buffer) in as a frame of `shape`."""
+                    ts_ns: int = 0, *, dtype: torch.dtype | None = None, adopt: bool = False,
+                    check: Callable[[], bool] | None = None) -> WriteResult:
+        """Copy a raw C-order buffer (bytes, memoryview, zmq frame buffer) in as a frame of `shape`.
+
+        adopt: the buffer is the caller's to give away and nobody writes it again (a received zmq
+        frame): on a CPU channel a large, aligned, writable one becomes the slot's storage instead of
+        being copied (the slot keeps it alive until it is rewritten and the last lease is gone).
+        check: called after the copy, before publishing; False drops the frame (REJECTED, reason
+        "torn"): a shared-memory slot's seqlock says the writer came back during the copy."""
         shape = tuple(map(int, shape))
         if dtype is not None and dtype != self.spec.dtype:
             return self._reject("dtype", f"channel holds {self.spec.dtype}, got {dtype}")
@@ -225,12 +233,19 @@ class Channel:
         if isinstance(reserved, WriteResult):
             return reserved
         slot, status = reserved
+        if adopt and self._can_adopt(src):
+            slot.view = torch.frombuffer(src, dtype=self.spec.dtype, count=numel).view(shape)
+            slot.shape, slot.adopted = shape, True
+            return self._publish(slot, meta, ts_ns, status)
         self._shape(slot, shape, numel)
         try:
             if nbytes <= SMALL_COPY_BYTES:
                 slot.host_mv[:nbytes] = src
             else:
                 np.copyto(slot.host_np[:nbytes], np.frombuffer(src, dtype=np.uint8))
+            if check is not None and not check():
+                self._abort(slot, "torn")
+                return WriteResult(WriteStatus.REJECTED, reason="torn")
             self._upload(slot, nbytes)
         except BaseException:
             self._abort(slot)
@@ -311,12 +326,19 @@ class Channel:
                 self._side_stream.wait_event(event)  # type: ignore[union-attr]
         return slot, status
 
+    def _can_adopt(self, src: memoryview) -> bool:
+        """Adopting beats copying for large frames; torch needs a writable buffer aligned to the dtype."""
+        if self._side_stream is not None or src.readonly or src.nbytes <= SMALL_COPY_BYTES:
+            return False
+        return np.frombuffer(src, dtype=np.uint8, count=1).ctypes.data % self.itemsize == 0
+
     @staticmethod
     def _shape(slot: _Slot, shape: tuple[int, ...], numel: int) -> None:
         """Give a reserved slot (this writer's alone) the frame's shape and a view of that shape."""
-        if slot.shape != shape:
+        if slot.shape != shape or slot.adopted:
             slot.view = slot.data[:numel].view(shape)
             slot.shape = shape
+            slot.adopted = False
 
     def _find_free(self) -> _Slot | None:
         """The lowest free slot: reusing the same few slots keeps them warm in cache."""
@@ -354,11 +376,15 @@ class Channel:
                 self._cond.notify_all()
         return WriteResult(status, seq, reason)
 
-    def _abort(self, slot: _Slot) -> None:
+    def _abort(self, slot: _Slot, reason: str = "") -> None:
         with self._lock:
             slot.writing = False
-            self.dropped += 1
-            self.last_reason["dropped"] = "copy failed"
+            if reason:  # a torn source: counted as a rejected write
+                self.rejected += 1
+                self.last_reason["rejected"] = "source changed during the copy"
+            else:
+                self.dropped += 1
+                self.last_reason["dropped"] = "copy failed"
 
     def _reject(self, reason: str, message: str) -> WriteResult:
         with self._lock:
