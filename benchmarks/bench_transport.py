@@ -1,4 +1,5 @@
-"""Transport benchmark: frame-to-result latency through the daemon against, in the same run, one raw
+"""Transport benchmark: frame-to-result latency through the daemon (over ZeroMQ, and with the bytes in a
+shared-memory ring) against, in the same run, one raw
 pyzmq hop and a minimal Python relay (benchmarks/relay.py: SUB -> PUB in its own process, the same
 three-part message); ingest throughput vs raw pyzmq with the same high-water marks (every frame
 ZeroMQ dropped is counted, on both sides); tick lateness at 100 Hz; the idle daemon's CPU use.
@@ -106,14 +107,17 @@ def relay_latency(tmp: Path, nbytes: int, n: int) -> list[float]:
             proc.wait()
 
 
-def daemon_latency(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber, nbytes: int, n: int) -> list[float]:
-    """Send one frame, wait for the result that names its seq; repeat."""
+def daemon_latency(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber, nbytes: int, n: int,
+                   shm: bool = False) -> list[float]:
+    """Send one frame (over ZeroMQ, or its bytes through the sensor's shared-memory ring), wait for
+    the result that names its seq; repeat. The shm time includes the client's copy into the ring."""
     frame = np.zeros(nbytes, np.uint8)
-    sensor = f"lat{nbytes}"
+    sensor = f"{'shm' if shm else 'lat'}{nbytes}"
+    send = pub.tensor_shm if shm else pub.tensor
     out = []
     for i in range(n + 5):
         t0 = time.perf_counter()
-        seq = pub.tensor(sensor, frame)
+        seq = send(sensor, frame)
         while True:
             msg = sub.recv(timeout_s=2.0)
             if msg is None:
@@ -182,18 +186,19 @@ def latency_table(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber,
                   out: dict) -> None:
     """Raw hop, relay and daemon, size by size, interleaved in the same run."""
     print(f"{'size':>6} {'raw p50':>8} {'relay p50':>9} {'relay p99':>9} {'daemon p50':>10} {'daemon p99':>10}"
-          f" {'over relay':>10} {'x relay':>7}")
+          f" {'over relay':>10} {'x relay':>7} {'shm p50':>8} {'shm p99':>8}")
     for name, nbytes in SIZES.items():
         n = n_lat if nbytes < (1 << 20) else max(10, n_lat // 4)
         raw = pct(raw_hop_latency(tmp, nbytes, n))
         rel = pct(relay_latency(tmp, nbytes, n))
         dae = pct(daemon_latency(d, pub, sub, nbytes, n))
+        shm = pct(daemon_latency(d, pub, sub, nbytes, n, shm=True))
         over, ratio = round(dae["p50_ms"] - rel["p50_ms"], 4), round(dae["p50_ms"] / rel["p50_ms"], 2)
-        out[name] = {"raw_hop": raw, "python_relay": rel, "through_daemon": dae,
+        out[name] = {"raw_hop": raw, "python_relay": rel, "through_daemon": dae, "through_daemon_shm": shm,
                      "overhead_vs_relay_p50_ms": over, "ratio_vs_relay_p50": ratio,
                      "ratio_vs_raw_p50": round(dae["p50_ms"] / raw["p50_ms"], 2)}
         print(f"{name:>6} {raw['p50_ms']:>8.3f} {rel['p50_ms']:>9.3f} {rel['p99_ms']:>9.3f} {dae['p50_ms']:>10.3f}"
-              f" {dae['p99_ms']:>10.3f} {over:>10.3f} {ratio:>7.2f}")
+              f" {dae['p99_ms']:>10.3f} {over:>10.3f} {ratio:>7.2f} {shm['p50_ms']:>8.3f} {shm['p99_ms']:>8.3f}")
 
 
 def cpu_seconds(pid: int) -> float:
