@@ -16,7 +16,7 @@ import enum
 import math
 import threading
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -119,7 +119,7 @@ class Lease:
     garbage-collected without release is reclaimed at the channel's next operation and counted.
     """
 
-    __slots__ = ("_channel", "_slot", "_tensor", "_stream", "_released", "seq", "meta", "ts_ns", "shape")
+    __slots__ = ("_channel", "_slot", "_tensor", "_stream", "_released", "seq", "meta", "ts_ns", "shape", "stable")
 
     def __init__(self, channel: Channel, slot: _Slot, stream: Any) -> None:
         self._released = False
@@ -131,6 +131,8 @@ class Lease:
         self.ts_ns: int = slot.ts_ns
         self.shape: tuple[int, ...] = slot.shape
         self._tensor = slot.view
+        #: The view is an adopted buffer nobody writes again: it stays valid after release.
+        self.stable: bool = slot.adopted
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -210,15 +212,12 @@ class Channel:
     # ---------------------------------------------------------------- writers
 
     def write_bytes(self, buf: Any, shape: tuple[int, ...] | list[int], meta: Mapping[str, Any] | None = None,
-                    ts_ns: int = 0, *, dtype: torch.dtype | None = None, adopt: bool = False,
-                    check: Callable[[], bool] | None = None) -> WriteResult:
+                    ts_ns: int = 0, *, dtype: torch.dtype | None = None, adopt: bool = False) -> WriteResult:
         """Copy a raw C-order buffer (bytes, memoryview, zmq frame buffer) in as a frame of `shape`.
 
         adopt: the buffer is the caller's to give away and nobody writes it again (a received zmq
         frame): on a CPU channel a large, aligned, writable one becomes the slot's storage instead of
-        being copied (the slot keeps it alive until it is rewritten and the last lease is gone).
-        check: called after the copy, before publishing; False drops the frame (REJECTED, reason
-        "torn"): a shared-memory slot's seqlock says the writer came back during the copy."""
+        being copied (the slot keeps it alive until it is rewritten and the last lease is gone)."""
         shape = tuple(map(int, shape))
         if dtype is not None and dtype != self.spec.dtype:
             return self._reject("dtype", f"channel holds {self.spec.dtype}, got {dtype}")
@@ -243,9 +242,6 @@ class Channel:
                 slot.host_mv[:nbytes] = src
             else:
                 np.copyto(slot.host_np[:nbytes], np.frombuffer(src, dtype=np.uint8))
-            if check is not None and not check():
-                self._abort(slot, "torn")
-                return WriteResult(WriteStatus.REJECTED, reason="torn")
             self._upload(slot, nbytes)
         except BaseException:
             self._abort(slot)
@@ -376,15 +372,11 @@ class Channel:
                 self._cond.notify_all()
         return WriteResult(status, seq, reason)
 
-    def _abort(self, slot: _Slot, reason: str = "") -> None:
+    def _abort(self, slot: _Slot) -> None:
         with self._lock:
             slot.writing = False
-            if reason:  # a torn source: counted as a rejected write
-                self.rejected += 1
-                self.last_reason["rejected"] = "source changed during the copy"
-            else:
-                self.dropped += 1
-                self.last_reason["dropped"] = "copy failed"
+            self.dropped += 1
+            self.last_reason["dropped"] = "copy failed"
 
     def _reject(self, reason: str, message: str) -> WriteResult:
         with self._lock:

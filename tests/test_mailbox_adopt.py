@@ -72,3 +72,21 @@ def test_a_held_lease_keeps_its_adopted_frame_while_newer_ones_arrive(channel) -
         channel.write_bytes(memoryview(bytearray(np.full(N, i, dtype=np.float32).tobytes())), (N,), adopt=True)
     assert float(held.tensor.min()) == 7 == float(held.tensor.max())
     held.release()
+
+
+def test_adopted_frames_are_stable_and_reach_plugins_without_a_copy(channel) -> None:
+    from sage_runtime.records import Frame
+
+    channel.write_bytes(memoryview(bytearray(np.ones(N, np.float32).tobytes())), (N,), adopt=True)
+    with channel.read_latest() as lease:
+        assert lease.stable
+        frame = Frame("cam", 0, 0, "tensor", lease.tensor, {}, lease.stable)
+        assert frame.detached() is frame  # nobody writes that memory again: no copy
+    channel.write_bytes(memoryview(bytearray(np.ones(N, np.float32).tobytes())), (N,))
+    with channel.read_latest() as lease:
+        assert not lease.stable  # the slot's own memory: rewritten by later frames
+        copied = Frame("cam", 1, 0, "tensor", lease.tensor, {}).detached().data
+        assert copied.data_ptr() != lease.tensor.data_ptr() and torch.equal(copied, lease.tensor)
+    for t in (torch.arange(6.0).view(2, 3).t(), torch.ones(3, dtype=torch.bfloat16), torch.ones(2, requires_grad=True)):
+        c = Frame("x", 0, 0, "tensor", t).detached().data
+        assert torch.equal(c.detach(), t.detach()) and c.data_ptr() != t.data_ptr()

@@ -182,11 +182,10 @@ class SensorTable:
                 raise WireError("declared_mismatch",
                                 f"frame of {numel} elements exceeds the channel's {sensor.max_numel}")
 
-    def admit(self, msg: IngestMessage, nbytes: int | None = None, check: Callable[[], bool] | None = None) -> None:
+    def admit(self, msg: IngestMessage, nbytes: int | None = None) -> None:
         """Put a validated message in its sensor's channel; raises WireError if it does not fit.
         A message that is refused never registers its sensor. nbytes: its wire size (what a queued
-        text/event/reward frame counts against the budgets). check: the shared-memory seqlock check
-        the mailbox runs after its copy."""
+        text/event/reward frame counts against the budgets)."""
         sensor = self.sensors.get(msg.sensor)
         if sensor is None:
             sensor, shape = self._new_sensor(msg)
@@ -200,12 +199,8 @@ class SensorTable:
         if msg.kind == "tensor":
             meta = {**msg.meta, "_wire_seq": msg.seq}
             # adopt: the received zmq frame becomes the slot's storage (no copy) where the mailbox can
-            result = sensor.channel.write_bytes(msg.payload, msg.shape, meta=meta, ts_ns=msg.ts_ns,
-                                                adopt=msg.shm is None, check=check)
+            result = sensor.channel.write_bytes(msg.payload, msg.shape, meta=meta, ts_ns=msg.ts_ns, adopt=True)
             if result.status == WriteStatus.REJECTED:
-                if result.reason == "torn":
-                    raise WireError("shm_torn", f"sensor {msg.sensor!r}: the shared-memory slot was rewritten "
-                                                "while it was read")
                 raise WireError("channel", f"sensor {msg.sensor!r}: its channel refused the frame ({result.reason})")
             if result.status == WriteStatus.DROPPED:
                 sensor.dropped += 1
@@ -262,13 +257,13 @@ class SensorTable:
                         if lease is not None:
                             leases.append(lease)
                             got.append(Frame(sensor.sensor_id, int(lease.meta.get("_wire_seq", lease.seq)),
-                                             lease.ts_ns, "tensor", lease.tensor, lease.meta))
+                                             lease.ts_ns, "tensor", lease.tensor, lease.meta, lease.stable))
                         sensor.taken_seq = sensor.pending_seq
                 else:
                     while (lease := sensor.channel.pop()) is not None:
                         leases.append(lease)
                         got.append(Frame(sensor.sensor_id, int(lease.meta.get("_wire_seq", lease.seq)),
-                                         lease.ts_ns, "tensor", lease.tensor, lease.meta))
+                                         lease.ts_ns, "tensor", lease.tensor, lease.meta, lease.stable))
             else:
                 while sensor.queue:
                     msg, nbytes = sensor.queue.popleft()
@@ -368,7 +363,7 @@ class IngestServer:
 
     def _admit_shm(self, msg: IngestMessage, size: int) -> None:
         """A frame whose bytes wait in a client's ring: resolved, size-checked and admitted like any
-        other (same counters, limits and reasons); the mailbox's copy is the only read of the slot."""
+        other (same counters, limits and reasons)."""
         if self.shm is None:
             raise WireError("shm", "shared-memory ingest is off (ingest.shm: false)")
         limit = self.table.cfg.max_message_bytes
@@ -376,8 +371,8 @@ class IngestServer:
         if size + msg.shm.nbytes > limit:
             raise WireError("oversize", f"message of {size + msg.shm.nbytes} bytes (with its shared-memory "
                                         f"payload) exceeds max_message_bytes {limit}")
-        resolved, unchanged = self.shm.resolve(msg)
-        self.table.admit(resolved, size + msg.shm.nbytes, check=unchanged)
+        resolved = self.shm.resolve(msg)
+        self.table.admit(resolved, size + msg.shm.nbytes)
         if self.tap is not None and self.tap.active:  # recorded as an ordinary frame, payload included
             self.tap.publish(msg.sensor, encode_ingest(msg.sensor, msg.seq, "tensor", resolved.array(),
                                                        ts_ns=msg.ts_ns, meta=msg.meta or None))

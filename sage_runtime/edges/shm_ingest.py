@@ -3,8 +3,8 @@
 
 The message is decoded and admitted by the same code as any other (wire.decode_ingest,
 SensorTable.admit): the same validation, counters, rejection reasons and limits. This edge only
-resolves the header's `shm` reference to the slot's bytes, checks them (size, non-finite floats),
-and lets the mailbox verify the slot's seqlock after its copy, before the frame is published. Rings
+resolves the header's `shm` reference: it copies the slot's bytes out (the frame's one copy, which
+the mailbox then adopts), checks the slot's seqlock after the copy and the floats on the copy. Rings
 are mapped read-only, at most `limit` at a time, and unmapped once their owner process is gone or
 has unlinked them; rings of clients that died while no daemon watched are unlinked at start.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -56,9 +55,10 @@ class ShmIngest:
                      reader.layout.slots, reader.layout.slot_bytes, reader.layout.owner_pid)
         return reader
 
-    def resolve(self, msg: IngestMessage) -> tuple[IngestMessage, Callable[[], bool]]:
-        """The message with the slot's bytes as payload, and the seqlock check to run after the copy.
-        Raises WireError (reasons shm, shm_torn, non_finite) like the decoder."""
+    def resolve(self, msg: IngestMessage) -> IngestMessage:
+        """The message with its own copy of the slot's bytes as payload (the mailbox adopts that
+        buffer as the slot's storage: the only copy). Raises WireError (shm, shm_torn, non_finite)
+        like the decoder; the seqlock is checked after the copy, the floats on the copy."""
         ref = msg.shm
         assert ref is not None
         try:
@@ -67,17 +67,23 @@ class ShmIngest:
         except ShmError as exc:
             self.torn += exc.reason == "shm_torn"
             raise WireError(exc.reason, str(exc)) from None
+        buf = self._copy_out(view)
+        del view
+        if reader.gen(ref.slot) != ref.gen:
+            self.torn += 1
+            raise WireError("shm_torn", f"slot {ref.slot} of {ref.name!r} was rewritten while it was read")
         if self.reject_non_finite and msg.dtype in FLOAT_DTYPES and ref.nbytes:
-            values = np.frombuffer(view, dtype=NUMPY_VIEW[msg.dtype])
+            values = buf.view(NUMPY_VIEW[msg.dtype])
             finite = ((values & 0x7F80) != 0x7F80).all() if msg.dtype == "bfloat16" else np.isfinite(values).all()
             if not finite:
                 raise WireError("non_finite", "float tensor contains NaN or Inf")
+        return replace(msg, payload=memoryview(buf))
 
-        def unchanged() -> bool:
-            ok = reader.gen(ref.slot) == ref.gen
-            self.torn += not ok
-            return ok
-        return replace(msg, payload=view), unchanged
+    @staticmethod
+    def _copy_out(view: memoryview) -> np.ndarray:
+        buf = np.empty(view.nbytes, dtype=np.uint8)
+        np.copyto(buf, np.frombuffer(view, dtype=np.uint8))
+        return buf
 
     def sweep(self) -> None:
         """Unmap rings whose owner died or unlinked them; unlink those of a client killed with -9
