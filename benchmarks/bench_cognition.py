@@ -12,13 +12,16 @@ Run: .venv/bin/python benchmarks/bench_cognition.py [--ticks N]   (writes benchm
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the daemon runs it (sage_runtime/cli.py)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -192,7 +192,8 @@ def latency_table(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber,
         raw = pct(raw_hop_latency(tmp, nbytes, n))
         rel = pct(relay_latency(tmp, nbytes, n))
         dae = pct(daemon_latency(d, pub, sub, nbytes, n))
-        shm = pct(daemon_latency(d, pub, sub, nbytes, n, shm=True))
+        shm = pct(daemon_latency(d, pub, sub, nbytes, n, shm=True)) if hasattr(pub, "tensor_shm") else \
+            {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan")}  # a tree without shared-memory ingest
         over, ratio = round(dae["p50_ms"] - rel["p50_ms"], 4), round(dae["p50_ms"] / rel["p50_ms"], 2)
         out[name] = {"raw_hop": raw, "python_relay": rel, "through_daemon": dae, "through_daemon_shm": shm,
                      "overhead_vs_relay_p50_ms": over, "ratio_vs_relay_p50": ratio,
