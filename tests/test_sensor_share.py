@@ -4,7 +4,6 @@ unit properties of the stride scheduler, then two cameras through a real daemon.
 from __future__ import annotations
 
 import collections
-import time
 
 import numpy as np
 import torch
