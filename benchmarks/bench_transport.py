@@ -130,38 +130,34 @@ def daemon_latency(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber
 
 
 def raw_throughput(tmp: Path, nbytes: int, n: int, hwm: int = 1000) -> tuple[float, int]:
-    """A receiving thread that only takes messages (recv_multipart), with the daemon path's
-    high-water marks (client SNDHWM, daemon RCVHWM): frames per second it got, and how many of
-    the n sent ZeroMQ dropped at a high-water mark."""
-    import threading
-
-    ctx = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.setsockopt(zmq.RCVHWM, hwm)
+    """A receiver process that only takes messages (benchmarks/relay.py --count), with the daemon
+    path's high-water marks (client SNDHWM, daemon RCVHWM): the frames per second it got, and how
+    many of the n sent ZeroMQ dropped at a high-water mark."""
     ep = f"ipc://{tmp}/rawtp-{nbytes}.sock"
-    sub.bind(ep)
-    pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, hwm)
-    pub.connect(ep)
-    connected(pub, sub)
-    got = [0, 0.0]
-
-    def take() -> None:
-        while sub.poll(1000):
-            sub.recv_multipart(copy=False)
-            got[0] += 1
-            got[1] = time.perf_counter()
-    rx = threading.Thread(target=take)
-    frame = np.zeros(nbytes, np.uint8)
-    rx.start()
-    t0 = time.perf_counter()
-    for i in range(n):
-        pub.send_multipart(encode_ingest("raw", i, "tensor", frame, ts_ns=1), copy=False)
-    rx.join()
-    pub.close(0)
-    sub.close(0)
-    return got[0] / (got[1] - t0), n - got[0]
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("relay.py")), "--count", ep, str(hwm)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("raw receiver did not start")
+        pub = zmq.Context.instance().socket(zmq.XPUB)
+        pub.setsockopt(zmq.SNDHWM, hwm)
+        pub.connect(ep)
+        if not pub.poll(20000):  # the subscription: the connection is up
+            raise TimeoutError("raw receiver never subscribed")
+        pub.recv()
+        frame = np.zeros(nbytes, np.uint8)
+        for i in range(n):
+            pub.send_multipart(encode_ingest("raw", i, "tensor", frame, ts_ns=1), copy=False)
+        time.sleep(0.5)
+        pub.send(b"stop")
+        got, seconds = proc.stdout.readline().split()
+        pub.close(1000)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return int(got) / max(float(seconds), 1e-9), n - int(got)
 
 
 def daemon_throughput(d: DaemonProcess, pub: SensorPublisher, nbytes: int, n: int) -> tuple[float, int]:

@@ -65,6 +65,21 @@ def test_frames_through_shared_memory_arrive_intact_and_count_like_zeromq(daemon
     wait_for(lambda: daemon.status()["ingest"]["shm"]["closed"] == 1, timeout_s=10)  # and the daemon unmapped it
 
 
+def test_large_zeromq_frames_adopted_by_the_mailbox_arrive_intact(daemon: DaemonProcess) -> None:
+    """Over the socket a large frame's zmq buffer becomes the mailbox slot (no copy) and reaches the
+    plugin as it is: each of a run of different frames must come back pixel for pixel."""
+    pub = SensorPublisher(daemon.ingest)
+    sub = ResultSubscriber(daemon.results, topics=("result/",))
+    rng = np.random.default_rng(1)
+    try:
+        for _ in range(6):
+            img = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+            np.testing.assert_array_equal(mirrored(sub, "zcam", pub.tensor("zcam", img)), img)
+    finally:
+        pub.close()
+        sub.close()
+
+
 def send_raw(pub: SensorPublisher, header_extra: dict, payload: bytes = b"", shape=(4,)) -> None:
     header = {"v": 1, "sensor": "bad", "seq": 0, "ts_ns": 1, "kind": "tensor", "dtype": "float32",
               "shape": list(shape), **header_extra}
