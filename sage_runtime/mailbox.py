@@ -80,18 +80,8 @@ class _Slot:
                  "shape", "view", "seq", "meta", "ts_ns", "leases", "writing", "live", "adopted")
 
     def __init__(self, numel: int, dtype: torch.dtype, device: torch.device) -> None:
-        # zeros, not empty: touching every page now keeps page faults off the first frames' path
-        self.data = torch.zeros(numel, dtype=dtype, device=device)
-        self.data_u8 = self.data.view(torch.uint8)
-        if device.type == "cuda":
-            # Frames from the wire land in pinned host memory, then go up with an async copy.
-            self.host_u8: torch.Tensor = torch.zeros(self.data_u8.numel(), dtype=torch.uint8, pin_memory=True)
-            self.ready: torch.cuda.Event | None = torch.cuda.Event()
-        else:
-            self.host_u8 = self.data_u8
-            self.ready = None
-        self.host_np: np.ndarray = self.host_u8.numpy()
-        self.host_mv = memoryview(self.host_np)
+        self.ready: torch.cuda.Event | None = torch.cuda.Event() if device.type == "cuda" else None
+        self.allocate(numel, dtype, device)
         self.release_events: list[Any] = []  # CUDA: recorded on each reader's stream at release
         self.shape: tuple[int, ...] = (0,)
         self.view = self.data[:0]  # the frame-shaped view leases hand out; rebuilt when the shape changes
@@ -102,6 +92,26 @@ class _Slot:
         self.writing = False  # reserved by a writer, not yet published
         self.live = False     # the current latest frame, or queued in a fifo
         self.adopted = False  # `view` is a caller's buffer (write_bytes(adopt=True)), not `data`
+
+    def allocate(self, numel: int, dtype: torch.dtype, device: torch.device) -> None:
+        """The slot's own buffer (and, on CUDA, its pinned staging buffer)."""
+        with torch.inference_mode(False):  # inference tensors could not be written outside inference mode
+            # zeros, not empty: touching every page now keeps page faults off the first frames' path
+            self.data = torch.zeros(numel, dtype=dtype, device=device)
+            self.data_u8 = self.data.view(torch.uint8)
+            if device.type == "cuda":
+                # Frames from the wire land in pinned host memory, then go up with an async copy.
+                self.host_u8 = torch.zeros(self.data_u8.numel(), dtype=torch.uint8, pin_memory=True)
+            else:
+                self.host_u8 = self.data_u8
+        self.host_np: np.ndarray = self.host_u8.numpy()
+        self.host_mv = memoryview(self.host_np)
+
+    def drop_storage(self) -> None:
+        """An adopted frame is this (CPU) slot's storage now: give the preallocated buffer back, so the
+        channel holds at most its slot count of frames, as the capacity budgets counted."""
+        if self.data.numel():
+            self.allocate(0, self.data.dtype, self.data.device)
 
     @property
     def free(self) -> bool:
@@ -235,6 +245,7 @@ class Channel:
         if adopt and self._can_adopt(src):
             slot.view = torch.frombuffer(src, dtype=self.spec.dtype, count=numel).view(shape)
             slot.shape, slot.adopted = shape, True
+            slot.drop_storage()
             return self._publish(slot, meta, ts_ns, status)
         self._shape(slot, shape, numel)
         try:
@@ -328,9 +339,12 @@ class Channel:
             return False
         return np.frombuffer(src, dtype=np.uint8, count=1).ctypes.data % self.itemsize == 0
 
-    @staticmethod
-    def _shape(slot: _Slot, shape: tuple[int, ...], numel: int) -> None:
-        """Give a reserved slot (this writer's alone) the frame's shape and a view of that shape."""
+    def _shape(self, slot: _Slot, shape: tuple[int, ...], numel: int) -> None:
+        """Give a reserved slot (this writer's alone) the frame's shape and a view of that shape;
+        a slot that gave its buffer up for adopted frames gets a new one (the budget still has room)."""
+        if slot.data.numel() < numel:
+            slot.allocate(self._max_numel, self.spec.dtype, self.device)
+            slot.shape = ()
         if slot.shape != shape or slot.adopted:
             slot.view = slot.data[:numel].view(shape)
             slot.shape = shape
