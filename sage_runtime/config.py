@@ -85,6 +85,8 @@ class IngestSection(Section):
     max_elements: int = Field(16 * 1024 * 1024, ge=1)
     allow_undeclared: bool = True
     reject_non_finite: bool = True
+    #: Rejections are logged once per sensor and reason, then as one count per this interval.
+    rejection_log_interval_s: float = Field(60.0, gt=0, le=3600)
     default_tensor_policy: str = "latest"
     default_fifo_policy: str = "fifo:64"
     rcvhwm: int = Field(1000, ge=1)
