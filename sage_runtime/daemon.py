@@ -104,6 +104,13 @@ class Daemon:
                           breaker_cooldown_s=self.cfg.plugins.breaker_cooldown_s, policy=job_policy(self.cfg, plugin),
                           **options)
 
+    def _clocks(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Cognition's and the tick's clock arguments: the machine's by default, a replay's virtual time."""
+        if self.replay is None:
+            return {}, {}
+        clock = self.replay.clock
+        return {"clock": clock.monotonic, "wall_ns": clock.time_ns}, {"clock": clock, "cores": self.cfg.replay.cores}
+
     def _build(self, stack: contextlib.AsyncExitStack) -> list[PluginHost]:
         """Make every resource, registering its teardown right after it is made."""
         cfg = self.cfg
@@ -135,17 +142,15 @@ class Daemon:
         stack.callback(self.telemetry.stop)
         self.plugin_options = check_plugins(cfg.plugins.enabled, cfg.plugins.options)
         classes = load_plugin_classes(cfg.plugins.enabled)
-        clocks = {} if self.replay is None else {"clock": self.replay.clock.monotonic,
-                                                 "wall_ns": self.replay.clock.time_ns}
+        cognition_clock, tick_clock = self._clocks()
         self.cognition = Cognition(cfg, [c.name for c in classes], self.mailbox, self.state_dir, self.device,
-                                   telemetry=self.telemetry.latest, **clocks)
+                                   telemetry=self.telemetry.latest, **cognition_clock)
         stack.callback(self.cognition.save_trust)
         hosts = [self._host(c()) for c in classes]
         stack.callback(self._close_hosts, hosts)
         self.table = SensorTable(cfg.ingest, self.mailbox, cfg.capacity)
         self.orch = Orchestrator(cfg, self.table, hosts, self.publisher, self.cognition, on_tick=self._on_tick,
-                                 **({} if self.replay is None else {"clock": self.replay.clock,
-                                                                     "cores": cfg.replay.cores}))
+                                 **tick_clock)
         self.tap = IngestTap(actx, self.runtime_dir)
         stack.callback(self.tap.close)
         self.ingest = IngestServer(actx, self._endpoints(cfg.ingest.endpoints), self.table,
