@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from mcap.reader import make_reader  # noqa: E402
 from sage_runtime.client import SensorPublisher  # noqa: E402
 from sage_runtime.clock import VirtualClock  # noqa: E402
 from sage_runtime.plugin.host import JobPolicy, PluginHost  # noqa: E402
-from sage_runtime.plugin.contract import PluginInputs  # noqa: E402
+from sage_runtime.plugin.contract import IRPPlugin, PluginInputs  # noqa: E402
 from sage_runtime.records import Frame  # noqa: E402
 from sage_runtime.replay import CostedPlugin  # noqa: E402
 from tests.harness import SAGE_RUNTIME, SAGECTL, DaemonProcess, ipc_only, wait_for  # noqa: E402
@@ -70,24 +71,50 @@ def recording(tmp_path_factory) -> Path:
     return out
 
 
-def replay(tmp: Path, recording: Path, config: dict[str, Any], name: str) -> tuple[Path, str, float]:
-    """One `sage-runtime --replay ... --deterministic --record-results` process: (results file, log, seconds)."""
+def replay(tmp: Path, recording: Path, config: dict[str, Any], name: str,
+           received: list[bytes] | None = None) -> tuple[Path, str, float]:
+    """One `sage-runtime --replay ... --deterministic --record-results` process: (results file, log,
+    seconds). With `received`, a SUB on the replay's results socket appends what it gets."""
+    import yaml
+
     run = tmp / name
     run.mkdir()
     cfg_path = run / "config.yaml"
-    import yaml
-
     cfg = ipc_only(config)
     cfg["plugins"] = config["plugins"]
     cfg_path.write_text(yaml.safe_dump(cfg))
     out = run / "results.mcap"
     env = {**os.environ, "SAGE_RUNTIME_DIR": str(run / "run"), "SAGE_STATE_DIR": str(run / "state")}
     t0 = time.monotonic()
-    proc = subprocess.run([SAGE_RUNTIME, "--replay", str(recording), "--deterministic", "--record-results", str(out),
-                           "--config", str(cfg_path)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.Popen([SAGE_RUNTIME, "--replay", str(recording), "--deterministic", "--record-results",
+                             str(out), "--config", str(cfg_path)], env=env, stderr=subprocess.PIPE, text=True)
+    sub = None if received is None else threading.Thread(
+        target=subscribe, args=(run / "run" / "replay" / "results.sock", proc, received))
+    if sub is not None:
+        sub.start()
+    _, stderr = proc.communicate(timeout=300)
     took = time.monotonic() - t0
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc.stderr, took
+    if sub is not None:
+        sub.join(10)
+    assert proc.returncode == 0, stderr[-3000:]
+    return out, stderr, took
+
+
+def subscribe(path: Path, proc: subprocess.Popen, received: list[bytes]) -> None:
+    """Connect to the results socket as soon as it exists; read until the replay has exited."""
+    import zmq
+
+    while not path.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(f"ipc://{path}")
+    try:
+        while proc.poll() is None or sock.poll(200):
+            if sock.poll(50):
+                received.append(msgpack.packb(sock.recv_multipart(), use_bin_type=True))
+    finally:
+        sock.close(linger=0)
 
 
 def messages(path: Path) -> list[tuple[str, int, bytes]]:
@@ -112,7 +139,8 @@ def burning() -> Iterator[None]:
 
 
 def test_two_replays_publish_identical_results_even_under_load(recording, tmp_path):
-    first, log1, took1 = replay(tmp_path, recording, REPLAY, "quiet")
+    live: list[bytes] = []
+    first, log1, took1 = replay(tmp_path, recording, REPLAY, "quiet", received=live)
     with burning():
         second, _, took2 = replay(tmp_path, recording, REPLAY, "loaded")
     a, b = messages(first), messages(second)
@@ -124,7 +152,10 @@ def test_two_replays_publish_identical_results_even_under_load(recording, tmp_pa
     assert a == b  # every message, byte for byte, at the same virtual log time
     published = int(log1.split(" messages published")[0].rsplit(" ", 1)[1])
     assert published == len(a)  # what the results socket sent is what the file holds
-    print(f"replay: {len(results)} results, {len(a) - len(results)} state messages, {took1:.1f} s quiet, {took2:.1f} s under load")
+    # A subscriber that joined during warmup got the same messages, byte for byte (all, or a tail).
+    assert live and live == [data for _, _, data in a][-len(live):], (len(live), len(a))
+    print(f"replay: {len(results)} results, {len(a) - len(results)} state messages, {len(live)} received live, "
+          f"{took1:.1f} s quiet, {took2:.1f} s under load")
 
 
 def test_the_cost_model_decides_the_schedule(recording, tmp_path):
@@ -147,15 +178,12 @@ def test_replay_refuses_what_it_cannot_play(tmp_path):
         assert proc.returncode == 2 and says in proc.stderr, (args, proc.stderr)
 
 
-class Counter:
-    """A plugin whose energy halves per step, for the synchronous host."""
+class Counter(IRPPlugin):
+    """A plugin whose energy halves per step and never converges, for the synchronous host."""
 
     name = "counter"
     max_steps = 10
     input_policy = "queue"
-
-    def accepts(self, frame: Frame) -> bool:
-        return True
 
     def init_state(self, inputs: PluginInputs) -> Any:
         return 1.0 if inputs.frames else None
@@ -174,9 +202,6 @@ class Counter:
 
     def outputs(self, state: Any) -> dict[str, Any]:
         return {"x": state}
-
-    def pending_input(self) -> int:
-        return 0
 
 
 def test_a_synchronous_host_steps_as_far_as_its_credit_in_virtual_time():
