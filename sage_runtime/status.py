@@ -111,6 +111,7 @@ class StatusReport:
             "ingest": {**self.table.stats(), "messages": self.ingest.messages, "endpoints": self.ingest.endpoints,
                        "internal_errors": self.ingest.internal_errors, "auth": self.security.stats("ingest"),
                        "shm": self.ingest.shm.stats() if self.ingest.shm is not None else None},
+            "tap": self.ingest.tap.stats() if self.ingest.tap is not None else None,
             "plugins": self.orch.plugins_summary(),
             "results": {**self.publisher.stats(), "endpoints": self.publisher.endpoints,
                         "auth": self.security.stats("results")},
