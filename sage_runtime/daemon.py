@@ -29,7 +29,7 @@ from sage_runtime.capabilities import capability_report
 from sage_runtime.cognition.commands import cognition_commands
 from sage_runtime.cognition.plan import Cognition
 from sage_runtime.config import (
-    SageConfig, expand_endpoint, load_config, resolve_runtime_dir, resolve_state_dir, split_reload,
+    SageConfig, expand_endpoint, load_config, receive_hwm, resolve_runtime_dir, resolve_state_dir, split_reload,
 )
 from sage_runtime.edges.control import CommandError, ControlServer
 from sage_runtime.edges.ingest import IngestServer, SensorTable
@@ -117,7 +117,9 @@ class Daemon:
         stack.callback(self.security.close)
         self.control = ControlServer(actx, expand_endpoint(cfg.control.endpoint, self.runtime_dir),
                                      cfg.control.socket_mode, tcp_endpoint=cfg.control.tcp_endpoint,
-                                     security=self.security, max_parts=cfg.capacity.max_message_parts)
+                                     security=self.security, max_parts=cfg.capacity.max_message_parts,
+                                     max_request_bytes=cfg.capacity.max_request_bytes,
+                                     rcvhwm=receive_hwm(cfg.capacity, cfg.capacity.max_request_bytes))
         stack.callback(self.control.close)
         self.publisher = ResultPublisher(zmq.Context.shadow(actx.underlying), self._endpoints(cfg.results.endpoints),
                                          cfg.results.sndhwm, self.security)

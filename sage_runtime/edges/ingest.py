@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from sage_runtime.config import LATEST_SLOTS, CapacitySection, IngestSection, SensorSection
+from sage_runtime.config import LATEST_SLOTS, CapacitySection, IngestSection, SensorSection, receive_hwm
 from sage_runtime.logs import RejectionLog
 from sage_runtime.records import Frame
 from sage_runtime.mailbox import Lease, Mailbox, WriteStatus
@@ -328,7 +328,8 @@ class IngestServer:
         self.on_input = on_input
         cfg = table.cfg
         self.socks, self.endpoints = bind_edge(ctx, zmq.SUB, endpoints, "ingest", {
-            zmq.MAXMSGSIZE: cfg.max_message_bytes * PART_LIMIT_FACTOR, zmq.RCVHWM: cfg.rcvhwm,
+            zmq.MAXMSGSIZE: cfg.max_message_bytes * PART_LIMIT_FACTOR,
+            zmq.RCVHWM: receive_hwm(table.capacity, cfg.max_message_bytes),
             zmq.LINGER: 0, zmq.SUBSCRIBE: b""}, security)
         self.max_parts = table.capacity.max_message_parts
         self.messages = 0

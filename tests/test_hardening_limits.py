@@ -1,0 +1,108 @@
+"""Issue 16, round 2: what libzmq and the kernel hold for the daemon, against the real daemon.
+
+libzmq's I/O thread reads peers while the daemon's event loop is busy; what it queues then is
+bounded by capacity.rcvhwm x ingest.max_message_bytes (capacity.receive_bytes). To see it, the
+test stops the event loop's thread alone (ptrace: the I/O thread keeps reading) during a flood.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import msgpack
+import pytest
+import zmq
+
+from sage_runtime.wire import PROTOCOL_VERSION
+from tests.harness import SAGE_RUNTIME, DaemonProcess, wait_for
+from tests.test_hardening import MIB, connect, rss, still_fine
+
+_PTRACE_ATTACH, _PTRACE_DETACH, _WALL = 16, 17, 0x40000000
+
+
+@contextlib.contextmanager
+def loop_frozen(pid: int) -> Iterator[None]:
+    """Stop the daemon's main thread (its event loop) only; its other threads, libzmq's I/O thread
+    among them, keep running. Skips where ptrace is not allowed."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    if libc.ptrace(_PTRACE_ATTACH, pid, None, None) != 0:
+        pytest.skip(f"ptrace not allowed here (errno {ctypes.get_errno()})")
+    try:
+        os.waitpid(pid, _WALL)  # the main thread is in its attach stop now
+        yield
+    finally:
+        libc.ptrace(_PTRACE_DETACH, pid, None, None)
+
+
+def settled_rss(d: DaemonProcess, quiet_s: float = 0.5, timeout_s: float = 5.0) -> int:
+    """RSS once it stops growing for quiet_s (libzmq has queued what it will), or at timeout_s."""
+    last, since, deadline = rss(d), time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = rss(d)
+        if now > last + MIB:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+    return rss(d)
+
+
+RECEIVE = {
+    "plugins": {"enabled": ["tests.plugins_for_tests:Echo"]},
+    "tick": {"rate_hz": 50},
+    "ingest": {"max_message_bytes": 2 * MIB},
+    "capacity": {"max_sensors": 16, "mailbox_bytes": 24 * MIB, "sensor_bytes": 8 * MIB, "receive_bytes": 8 * MIB},
+}
+
+
+def flood_while_frozen(d: DaemonProcess, count: int) -> tuple[int, int]:
+    """`count` 3-part text messages of 1.9 MiB sent while the loop is stopped; returns (RSS growth
+    while stopped, messages the daemon received once it ran again: all, the sender held the rest)."""
+    pub = connect(d)
+    still_fine(d)
+    raw = pub.sock
+    payload = b"w" * int(1.9 * MIB)
+    base = rss(d)
+    with loop_frozen(d.proc.pid):
+        for seq in range(count):
+            header = msgpack.packb({"v": PROTOCOL_VERSION, "sensor": "wave", "seq": seq, "ts_ns": 1, "kind": "text"})
+            raw.send_multipart([b"sensor/wave", header, payload], copy=False)
+        grown = settled_rss(d) - base
+    got = wait_for(lambda: (n := d.status()["ingest"]["sensors"].get("wave", {}).get("received", 0)) == count and n,
+                   timeout_s=60)
+    pub.close()
+    return grown, got
+
+
+def test_a_flood_while_the_loop_is_busy_is_held_to_receive_bytes(tmp_path):
+    """Was: RCVHWM 1000 x 32 MiB per peer: with the loop busy libzmq queued every message sent (1.9
+    MiB each, all 100 of them); now rcvhwm = receive_bytes // max_message_bytes = 4 per peer, the
+    sender is pushed back (its own queue) and the daemon's RSS grows by about receive_bytes."""
+    d = DaemonProcess(tmp_path, RECEIVE).start()
+    try:
+        grown, got = flood_while_frozen(d, 100)
+        assert grown < 8 * MIB + 8 * MIB, f"RSS grew {grown / MIB:.1f} MiB with the loop stopped"
+        assert got == 100  # nothing lost: what libzmq did not queue here waited in the sender's queue
+        still_fine(d)
+    finally:
+        d.kill()
+
+
+def test_rcvhwm_times_message_size_over_receive_bytes_fails_check_config(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("capacity:\n  rcvhwm: 1000\n")
+    out = subprocess.run([SAGE_RUNTIME, "--check-config", "--config", str(cfg)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "capacity.rcvhwm" in out.stderr and "ingest.max_message_bytes" in out.stderr
+    assert "capacity.receive_bytes" in out.stderr
+    cfg.write_text("ingest:\n  rcvhwm: 10\n")
+    out = subprocess.run([SAGE_RUNTIME, "--check-config", "--config", str(cfg)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "capacity.rcvhwm" in out.stderr, out.stderr
