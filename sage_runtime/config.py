@@ -215,6 +215,9 @@ class CapacitySection(Section):
     #: One control request, all parts together (ZMQ_MAXMSGSIZE of the control sockets: a single part
     #: over it makes libzmq drop the peer before allocating it).
     max_request_bytes: int = Field(64 * 1024, ge=4096, le=16 * MIB)
+    #: One text frame's payload: decoding UTF-8 runs on the event loop (~25 ms per 30 MiB of non-ASCII
+    #: text on a loaded 2-core box), so longer ones are refused (`too_long`) before any decoding.
+    max_text_bytes: int = Field(4 * MIB, ge=1024, le=1024 * MIB)
     #: Concurrent peers per TCP endpoint (ZAP refuses more); ipc endpoints are guarded by file modes.
     max_tcp_peers: int = Field(64, ge=1, le=4096)
     #: Health turns `degraded` when a budget is this full.

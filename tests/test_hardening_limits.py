@@ -106,3 +106,23 @@ def test_rcvhwm_times_message_size_over_receive_bytes_fails_check_config(tmp_pat
     out = subprocess.run([SAGE_RUNTIME, "--check-config", "--config", str(cfg)], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2 and "capacity.rcvhwm" in out.stderr, out.stderr
+
+
+def test_a_text_over_max_text_bytes_is_refused_before_decoding(tmp_path):
+    """Was: 30 MiB texts were decoded on the event loop (~25 ms each here; ten back to back held
+    the loop and status for a third of a second). Longer than capacity.max_text_bytes: refused."""
+    cfg = {**RECEIVE, "capacity": {**RECEIVE["capacity"], "max_text_bytes": MIB}}
+    d = DaemonProcess(tmp_path, cfg).start()
+    try:
+        pub = connect(d)
+        pub.text("words", "\u00e9" * (MIB // 2 + 1))  # 1 MiB + 2 bytes of UTF-8
+        pub.text("words", "\u00e9" * (MIB // 2))      # exactly the limit
+        header = msgpack.packb({"v": PROTOCOL_VERSION, "sensor": "words", "seq": 9, "ts_ns": 1, "kind": "text"})
+        pub.send_parts([b"sensor/words", header, b"\xff" * 100])
+        wait_for(lambda: (r := d.status()["ingest"]["rejected"]).get("too_long") == 1 and r.get("utf8") == 1,
+                 timeout_s=10)
+        status = still_fine(d)
+        assert status["ingest"]["sensors"]["words"]["received"] == 1
+        assert "capacity.max_text_bytes" in status["ingest"]["last_rejection"]["too_long"]
+    finally:
+        d.kill()

@@ -346,7 +346,8 @@ class IngestServer:
             return
         try:
             msg = decode_ingest(parts, max_elements=cfg.max_elements, reject_non_finite=cfg.reject_non_finite,
-                                max_string_bytes=self.table.capacity.max_string_bytes)
+                                max_string_bytes=self.table.capacity.max_string_bytes,
+                                max_text_bytes=self.table.capacity.max_text_bytes)
             self.table.admit(msg, size)
             if self.tap is not None and self.tap.active:
                 self.tap.publish(msg.sensor, parts)
