@@ -126,3 +126,50 @@ def test_a_text_over_max_text_bytes_is_refused_before_decoding(tmp_path):
         assert "capacity.max_text_bytes" in status["ingest"]["last_rejection"]["too_long"]
     finally:
         d.kill()
+
+
+@pytest.mark.parametrize("nofile", ["1024:4096", "1024:1024"])
+def test_the_fd_attack_on_plain_tcp_is_shed_by_the_peer_cap(tmp_path, nofile):
+    """Was: ~1,100 loopback TCP connections to an opt-in plain TCP ingest took the daemon to 1,024
+    fds and the next ipc connection (`sagectl status`) made libzmq abort it; only CURVE peers were
+    capped. Now a NULL handshake past capacity.max_tcp_peers is refused by ZAP too (refused_peers),
+    and the daemon raises its soft fd limit to the hard one (the unit sets LimitNOFILE=65536). Run
+    with hard 4,096 (a login shell's), and with hard 1,024: the limit main aborted at (exit -6)."""
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    attackers, cap = 1100, 16
+    if hard != resource.RLIM_INFINITY and hard < 3 * attackers:
+        pytest.skip(f"this process may open at most {hard} fds; the attack needs {3 * attackers}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 3 * attackers), hard))  # 2 fds per zmq socket here
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = DaemonProcess(tmp_path, {**RECEIVE, "ingest": {**RECEIVE["ingest"], "endpoints": [
+        "ipc://{runtime_dir}/ingest.sock", f"tcp://127.0.0.1:{port}"]}, "capacity": {**RECEIVE["capacity"],
+                                                                                    "max_tcp_peers": cap}})
+    d.command = ("prlimit", f"--nofile={nofile}", *DaemonProcess.command)
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, 3 * attackers)
+    socks = []
+    try:
+        d.start()
+        base = d.status()["process"]["open_fds"]
+        for _ in range(attackers):
+            sock = ctx.socket(zmq.PUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, 600_000)  # a refused peer stays away for the test
+            sock.connect(f"tcp://127.0.0.1:{port}")
+            socks.append(sock)
+        auth = wait_for(lambda: (a := d.status()["ingest"]["auth"])["refused_peers"] + a["succeeded"] >= attackers
+                        and a, timeout_s=120, interval_s=0.5)
+        still_fine(d)
+        assert not auth["curve"] and auth["refused_peers"] >= attackers - 2 * cap, auth
+        held = wait_for(lambda: (s := d.status())["ingest"]["auth"]["peers"] <= 2 * cap and s, timeout_s=60)
+        assert held["process"]["open_fds"] - base < 2 * cap + 20, (base, held["process"], held["ingest"]["auth"])
+    finally:
+        for sock in socks:
+            sock.close()
+        ctx.term()
+        d.kill()
