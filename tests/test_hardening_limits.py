@@ -173,3 +173,51 @@ def test_the_fd_attack_on_plain_tcp_is_shed_by_the_peer_cap(tmp_path, nofile):
             sock.close()
         ctx.term()
         d.kill()
+
+
+#: Address space for a daemon under a hard memory limit: it idles at ~0.95 GiB of VmSize here
+#: (torch mapped, thread stacks), so this leaves it ~0.55 GiB to work in.
+ADDRESS_SPACE = 1536 * MIB
+
+
+def test_under_a_hard_memory_limit_an_oversized_attack_is_refused_not_fatal(tmp_path):
+    """A small machine, as RLIMIT_AS (no root-free cgroup here): 400 x 1.9 MiB (760 MiB) arriving
+    while the loop is busy, then 12 new 1.7 MiB tensor sensors over a 24 MiB mailbox. With main's
+    rcvhwm of 1000 libzmq queued the flood and died at the limit; now the flood waits at the sender
+    and the sensors past the budget are refused, all while the daemon keeps ticking."""
+    import numpy as np
+
+    d = DaemonProcess(tmp_path, RECEIVE)
+    d.command = ("prlimit", f"--as={ADDRESS_SPACE}", *DaemonProcess.command)
+    try:
+        d.start()
+        grown, got = flood_while_frozen(d, 400)
+        assert got == 400 and grown < 16 * MIB, grown
+        pub = connect(d)
+        frame = np.ones(450_000, dtype=np.float32)
+        for i in range(12):
+            pub.tensor(f"big{i}", frame)
+        wait_for(lambda: d.status()["ingest"]["rejected"].get("mailbox_budget", 0) >= 9, timeout_s=30)
+        status = still_fine(d)
+        assert status["ingest"]["capacity"]["mailbox_bytes"] <= 24 * MIB
+        assert "MemoryError" not in d.log() and "Traceback" not in d.log()
+    finally:
+        d.kill()
+
+
+def test_a_busy_plugins_backlog_is_bounded_in_bytes_as_well_as_frames():
+    """64 queued 4 MiB texts per fifo sensor were held for a busy plugin (twice: pending and
+    running); merge_inputs now keeps the newest within MAX_BACKLOG_BYTES and counts the rest dropped."""
+    from sage_runtime.plugin.contract import PluginInputs
+    from sage_runtime.plugin.host import MAX_BACKLOG_BYTES, merge_inputs
+    from sage_runtime.records import Frame
+
+    text = "t" * (3 * MIB)
+    frames = [Frame("chat", i, i, "text", text, {}) for i in range(40)]
+    old = PluginInputs(tick=1, frames={"chat": frames[19]}, backlog={"chat": frames[:20]})
+    new = PluginInputs(tick=2, frames={"chat": frames[39]}, backlog={"chat": frames[20:]})
+    merged, dropped = merge_inputs(old, new)
+    kept = merged.backlog["chat"]
+    assert [f.seq for f in kept] == list(range(40 - len(kept), 40))  # the newest, in order
+    assert sum(len(f.data) for f in kept) <= MAX_BACKLOG_BYTES < sum(len(f.data) for f in kept) + len(text)
+    assert dropped == 40 - len(kept)
