@@ -53,6 +53,8 @@ from sage_runtime.telemetry import open_telemetry
 from sage_runtime.tick import Orchestrator
 
 log = logging.getLogger("sage.daemon")
+#: Below this soft fd limit (after raising it to the hard one) the daemon warns at start.
+MIN_NOFILE = 4096
 
 STOP_TIMEOUT_S = 4.0
 SOCKET_FILES = ("control.sock", "ingest.sock", "results.sock")
@@ -401,7 +403,12 @@ def serve(cfg: SageConfig, config_path: str | None, *, demo: Any = None) -> int:
     """Run the daemon until SIGTERM/SIGINT. Typed failures propagate (cli.py maps them to codes)."""
     setup_logging(cfg.runtime.log_level)
     bound_malloc()
-    raise_nofile()
+    soft, _ = raise_nofile()
+    if soft < MIN_NOFILE:
+        # libzmq aborts when an ipc accept meets EMFILE: a burst of TCP connections that ZAP has not
+        # shed yet (1,100 at once, on a loaded box) can take the daemon to a limit this low.
+        log.warning("file descriptor limit is %d: a flood of connections can abort the daemon; give it "
+                    "LimitNOFILE=65536 (the unit does) or ulimit -n %d", soft, MIN_NOFILE)
     if cfg.runtime.uvloop:
         with contextlib.suppress(ImportError):
             import uvloop

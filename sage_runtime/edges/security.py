@@ -14,6 +14,7 @@ import collections
 import ipaddress
 import itertools
 import logging
+import math
 import os
 import re
 import stat
@@ -213,8 +214,10 @@ class EdgeSecurity:
         if self.peers[edge] <= self.max_peers:
             return False
         self.counts[edge]["refused_peers"] += 1
-        log.warning("%s: refusing a TCP peer: %d connected, capacity.max_tcp_peers is %d", edge,
-                    self.peers[edge], self.max_peers)
+        refused = self.counts[edge]["refused_peers"]
+        if refused == 10 ** int(math.log10(refused)):  # 1st, 10th, 100th...: a flood is not a log flood
+            log.warning("%s: refusing TCP peers (%d so far): %d connected, capacity.max_tcp_peers is %d", edge,
+                        refused, self.peers[edge], self.max_peers)
         return True
 
     async def _watch(self, edge: str, mon: zmq.asyncio.Socket) -> None:
