@@ -34,7 +34,7 @@ import torch
 
 from sage_runtime.cognition.atp import AtpLedger
 from sage_runtime.cognition.attention import (
-    AtpAllocator, Features, Sensor, SensorFusion, TrustWeightedExpertSelector, UniformAllocator, build_features,
+    AtpAllocator, SensorFusion, TrustWeightedExpertSelector, UniformAllocator, build_features,
 )
 from sage_runtime.config import SageConfig
 from sage_runtime.records import Frame, RunResult

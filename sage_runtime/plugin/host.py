@@ -30,6 +30,7 @@ from sage_runtime.metrics import LatencyWindow
 from sage_runtime.plugin.contract import IRPPlugin, PluginContext, PluginInputs
 from sage_runtime.plugin.priority import lower_thread_priority
 from sage_runtime.plugin.runner import Job, StepCost, advance, begin, failed, finish, next_halt, run_plugin
+from sage_runtime.plugin.sensor_share import SensorShare, split_sensor
 from sage_runtime.records import Frame, RunResult
 
 log = logging.getLogger("sage.plugins")
@@ -78,8 +79,8 @@ def job_policy(cfg: Any, plugin: IRPPlugin) -> JobPolicy:
 
 def merge_inputs(old: PluginInputs | None, new: PluginInputs) -> tuple[PluginInputs, int]:
     """New input joins input not yet served: newest frame per sensor, fifo backlogs in order (at
-    most MAX_BACKLOG per sensor; returns how many older ones that dropped); context (state,
-    salience, fused, upstream) from `new`."""
+    most MAX_BACKLOG frames and MAX_BACKLOG_BYTES per sensor; returns how many older ones that dropped); context (state,
+    fused, upstream) from `new`; salience per sensor from both, newest first."""
     if old is None:
         return new, 0
     frames = {**old.frames, **new.frames}
@@ -92,7 +93,8 @@ def merge_inputs(old: PluginInputs | None, new: PluginInputs) -> tuple[PluginInp
             kept = _newest_within(got[-MAX_BACKLOG:], MAX_BACKLOG_BYTES)
             dropped += len(got) - len(kept)
             backlog[sensor] = kept
-    return PluginInputs(tick=new.tick, state=new.state, frames=frames, backlog=backlog, salience=new.salience,
+    salience = {**old.salience, **new.salience}  # a held frame keeps the salience it was scored with
+    return PluginInputs(tick=new.tick, state=new.state, frames=frames, backlog=backlog, salience=salience,
                         fused=new.fused, upstream=new.upstream), dropped
 
 
@@ -141,6 +143,7 @@ class PluginHost:
         self.hung = False
         self.held_dropped = 0
         self.priority = "default"
+        self.share = SensorShare()
         self._cond = threading.Condition()
         self._calls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = collections.deque()
         self._job: Job | None = None
@@ -229,6 +232,9 @@ class PluginHost:
         self.stats.sample(self.account)
         for done in out:
             self._account(done.result)
+            if self.plugin.one_sensor_per_job:
+                for sensor in done.inputs.frames:
+                    self.stats.atp_by_sensor[sensor] += done.result.atp_spent
         return out
 
     def check_hang(self, grace_ms: float) -> None:
@@ -345,10 +351,17 @@ class PluginHost:
                     self._next = PluginInputs()  # work the plugin queued itself in an earlier job
                 if self._next is not None and self.available(time.monotonic()) \
                         and self.account.can_afford(self.init_cost.ms):
-                    inputs, self._next = self._next, None
+                    inputs, self._next = self._take_next(self._next)
                     return "start", inputs
                 self._cond.wait(0.5 if self._next is not None else None)
         return None
+
+    def _take_next(self, held: PluginInputs) -> tuple[PluginInputs, PluginInputs | None]:
+        """(Under the lock.) The next job's inputs and what stays held: everything, or for a
+        one-sensor plugin one sensor's frames picked by salience share."""
+        if not self.plugin.one_sensor_per_job or len(held.frames) <= 1:
+            return held, None
+        return split_sensor(held, self.share.pick(sorted(held.frames), held.salience))
 
     def _deadline_ns(self, inputs: PluginInputs) -> int:
         """restart/warm serve samples, so the deadline is the oldest frame's age; queue serves
@@ -451,6 +464,7 @@ class HostStats:
         self.empty = 0
         self.warm = 0
         self.atp_spent = 0.0
+        self.atp_by_sensor: collections.Counter[str] = collections.Counter()  # one-sensor plugins
         self.halts: collections.Counter[str] = collections.Counter()
         self.last_halt: str | None = None
         self.last_error: str | None = None
@@ -489,4 +503,5 @@ class HostStats:
                 "p99_ms": lat["p99_ms"], "atp_spent": round(self.atp_spent, 3),
                 "steps_p50": statistics.median(self._steps) if self._steps else None,
                 "atp_per_s": round((account.charged_total - c0) / (now - t0), 3) if now - t0 > 0.5 else None,
-                "preempted": self.halts["preempted"], "warm_starts": self.warm, "empty_jobs": self.empty}
+                "preempted": self.halts["preempted"], "warm_starts": self.warm, "empty_jobs": self.empty,
+                "atp_by_sensor": {k: round(v, 3) for k, v in sorted(self.atp_by_sensor.items())}}
