@@ -83,8 +83,8 @@ def job_policy(cfg: Any, plugin: IRPPlugin) -> JobPolicy:
 
 def merge_inputs(old: PluginInputs | None, new: PluginInputs) -> tuple[PluginInputs, int]:
     """New input joins input not yet served: newest frame per sensor, fifo backlogs in order (at
-    most MAX_BACKLOG frames and MAX_BACKLOG_BYTES per sensor; returns how many older ones that dropped); context (state,
-    fused, upstream) from `new`; salience per sensor from both, newest first."""
+    most MAX_BACKLOG frames and MAX_BACKLOG_BYTES per sensor; returns how many older ones that
+    dropped); context (state, fused, upstream) from `new`; salience per sensor from both, newest first."""
     if old is None:
         return new, 0
     frames = {**old.frames, **new.frames}
