@@ -262,7 +262,9 @@ def test_plugin_snaps_to_the_grammar_and_can_run_model_only():
         p.close()
     grammar = Grammar.load()
     snapped = [o for o in runs[True] if o["candidate"] is not None and "unknown" not in o["candidate"]]
-    assert all(grammar.parse(o["text"]) == o["candidate"] for o in snapped) and len(snapped) >= 55
+    # the candidate is read from the first prediction's nearest command, `command` its text
+    assert all(grammar.parse(o["command"]) == o["candidate"] for o in snapped) and len(snapped) >= 55
+    assert sum(o["text"] == o["command"] for o in snapped) >= 50, [(o["text"], o["command"]) for o in snapped]
     assert all(o["intent"] in (None, o["candidate"]) for o in runs[True])
     model_only_ungrammatical = sum(grammar.parse(o["text"]) is None for o in runs[False])
     assert model_only_ungrammatical >= 3  # the model alone leaves non-commands the grammar fixes
