@@ -475,3 +475,27 @@ def test_word_noise_model_makes_recognizer_errors_and_is_seeded(grammar):
                                                             zip(clean, noisy))
     assert sum(n != c for c, n in zip(clean, noisy)) > 200
     assert clean_words("uh pick up um the the red cup") == "pick up the red cup"
+
+
+def test_candidate_is_read_from_the_first_prediction_and_disagreement_lowers_confidence(grammar):
+    """The candidate is the first prediction's nearest command (chosen on the calibration half);
+    a refined text naming another command is the `disagree` feature, which lowers confidence."""
+    from sage_plugins.language.understand import FEATURES, read
+    cal = Calibrator.load()
+    split = read(grammar, cal, "pick up the pen", "pick up the pan", 0.99, first="pick up the pen")
+    agree = read(grammar, cal, "pick up the pen", "pick up the pen", 0.99, first="pick up the pen")
+    assert split.candidate["object"] == "pen" and split.command == "pick up the pen"
+    assert split.features[FEATURES.index("disagree")] == 1.0 and agree.features[FEATURES.index("disagree")] == 0.0
+    assert split.confidence < agree.confidence
+    refined_only = read(grammar, cal, "pick up the pen", "pick up the pan", 0.99)
+    assert refined_only.candidate["object"] == "pan"  # without a first prediction, the refined text
+
+
+def test_a_real_word_in_place_of_a_command_word_is_a_feature(grammar):
+    from sage_plugins.language.understand import FEATURES, features
+    k = FEATURES.index("real_word")
+    said = features(grammar, "there is the red cup", "where is the red cup", 0.99)[0]
+    garbled = features(grammar, "whare is the red cup", "where is the red cup", 0.99)[0]
+    assert said[k] == 1.0 and garbled[k] == 0.0
+    cal = Calibrator.load()
+    assert cal.probability(said) < cal.probability(garbled)
