@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ from sage_runtime.limits import log_early_signals
 if TYPE_CHECKING:
     from sage_runtime.config import SageConfig
 
+#: The hash seed of a deterministic replay (cli re-executes itself under it).
+HASH_SEED = "0"
 #: Exit codes: 2 a configuration (or plugin set) that cannot run, 3 another daemon already running.
 EXIT_CONFIG = 2
 EXIT_RUNNING = 3
@@ -40,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration (plugin names and options included; no sockets, no "
                         "weights), print it, exit")
+    rep = p.add_argument_group("deterministic replay (docs/operations.md)")
+    rep.add_argument("--replay", metavar="IN.mcap",
+                     help="run over a `sagectl record` file instead of live ingest; exit 0 when it ends")
+    rep.add_argument("--deterministic", action="store_true",
+                     help="with --replay: virtual time from the recording and fixed step costs (config `replay`), "
+                          "so two runs publish identical results")
+    rep.add_argument("--record-results", metavar="OUT.mcap",
+                     help="with --replay: also write results and state transitions to an MCAP file")
     return p
 
 
@@ -71,7 +82,16 @@ def check_zenoh(cfg: SageConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.deterministic or args.record_results) and not args.replay:
+        raise ConfigError("--deterministic and --record-results go with --replay IN.mcap")
+    if args.replay and (not args.deterministic or args.demo):
+        raise ConfigError("--replay runs with --deterministic (and without --demo); to publish a recording into "
+                          "a running daemon with its timing, use `sagectl replay`")
     cfg, demo_module = check(args.config, args.demo)
+    if args.replay and not args.check_config:
+        from sage_runtime.replay import serve_replay
+
+        return serve_replay(cfg, args.config, args.replay, args.record_results)
     if args.check_config:
         import yaml
 
@@ -85,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     log_early_signals()  # before the heavy imports: config alone takes ~0.45 s (numpy, pydantic)
     args = build_parser().parse_args(argv)
+    if args.deterministic and os.environ.get("PYTHONHASHSEED") != HASH_SEED and argv is None:
+        # Set and dict-of-set orders follow the hash seed: a deterministic run fixes it, by re-executing.
+        os.execve(sys.executable, [sys.executable, "-c", "import sys; from sage_runtime.cli import main; "
+                                   "sys.exit(main())", *sys.argv[1:]], {**os.environ, "PYTHONHASHSEED": HASH_SEED})
     try:
         return run(args)
     except (AlreadyRunning, ConfigError) as exc:

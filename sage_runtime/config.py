@@ -85,6 +85,8 @@ class IngestSection(Section):
     max_elements: int = Field(16 * 1024 * 1024, ge=1)
     allow_undeclared: bool = True
     reject_non_finite: bool = True
+    #: Rejections are logged once per sensor and reason, then as one count per this interval.
+    rejection_log_interval_s: float = Field(60.0, gt=0, le=3600)
     default_tensor_policy: str = "latest"
     default_fifo_policy: str = "fifo:64"
     rcvhwm: int = Field(1000, ge=1)
@@ -336,6 +338,22 @@ class FoxgloveSection(Section):
         return _listen(value, "foxglove", "foxglove")
 
 
+class ReplaySection(Section):
+    """The cost model of a deterministic replay (`sage-runtime --replay IN.mcap --deterministic`):
+    fixed virtual costs instead of measured CPU time, so scheduling does not depend on the
+    machine's load (docs/operations.md, "Deterministic replay")."""
+
+    #: Virtual ms one refinement step (and one job start) costs, unless the plugin declares
+    #: `step_cost_ms` or `step_ms` below names it.
+    default_step_ms: float = Field(2.0, gt=0, le=10000)
+    #: Per-plugin step cost in virtual ms, by plugin name.
+    step_ms: dict[str, float] = {}
+    #: The core count the plugins' per-tick budget is sized for (the live daemon reads the machine's).
+    cores: int = Field(2, ge=1, le=1024)
+    #: After the recording ends, ticks go on (virtual seconds) until the plugins are idle, at most this long.
+    tail_s: float = Field(2.0, ge=0, le=600)
+
+
 class SageConfig(Section):
     runtime: RuntimeSection = RuntimeSection()
     tick: TickSection = TickSection()
@@ -356,6 +374,7 @@ class SageConfig(Section):
     foxglove: FoxgloveSection = FoxgloveSection()
     capacity: CapacitySection = CapacitySection()
     zenoh: ZenohSection = ZenohSection()
+    replay: ReplaySection = ReplaySection()
 
     @model_validator(mode="before")
     @classmethod

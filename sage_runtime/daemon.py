@@ -65,12 +65,14 @@ def pick_device(name: str) -> torch.device:
 
 
 class Daemon:
-    """`demo` is the module of the `sage_runtime.demo` entry point (cli.py looks it up), or None."""
+    """`demo` is the module of the `sage_runtime.demo` entry point (cli.py looks it up), or None;
+    `replay` a replay.DeterministicReplay, which then drives the tick instead of live ingest."""
 
-    def __init__(self, cfg: SageConfig, config_path: str | None, *, demo: Any = None) -> None:
+    def __init__(self, cfg: SageConfig, config_path: str | None, *, demo: Any = None, replay: Any = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.demo = demo
+        self.replay = replay
         self.runtime_dir = resolve_runtime_dir(cfg)
         self.state_dir = resolve_state_dir(cfg)
         self.device = pick_device(cfg.runtime.device)
@@ -94,10 +96,20 @@ class Daemon:
 
     def _host(self, plugin: Any) -> PluginHost:
         """A plugin's host thread, its job policy from config. ATP is compute time: a CPU thread's
-        own CPU time (not the time other processes held its core); on CUDA the step's wall time."""
-        return PluginHost(plugin, breaker_failures=self.cfg.plugins.breaker_failures,
+        own CPU time (not the time other processes held its core); on CUDA the step's wall time.
+        A replay's hosts run in virtual time instead (replay.DeterministicReplay.host_options)."""
+        options = self.replay.host_options(plugin) if self.replay is not None else {
+            "plugin": plugin, "cost_clock": time.perf_counter_ns if self.device.type == "cuda" else None}
+        return PluginHost(breaker_failures=self.cfg.plugins.breaker_failures,
                           breaker_cooldown_s=self.cfg.plugins.breaker_cooldown_s, policy=job_policy(self.cfg, plugin),
-                          cost_clock=time.perf_counter_ns if self.device.type == "cuda" else None)
+                          **options)
+
+    def _clocks(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Cognition's and the tick's clock arguments: the machine's by default, a replay's virtual time."""
+        if self.replay is None:
+            return {}, {}
+        clock = self.replay.clock
+        return {"clock": clock.monotonic, "wall_ns": clock.time_ns}, {"clock": clock, "cores": self.cfg.replay.cores}
 
     def _build(self, stack: contextlib.AsyncExitStack) -> list[PluginHost]:
         """Make every resource, registering its teardown right after it is made."""
@@ -130,13 +142,15 @@ class Daemon:
         stack.callback(self.telemetry.stop)
         self.plugin_options = check_plugins(cfg.plugins.enabled, cfg.plugins.options)
         classes = load_plugin_classes(cfg.plugins.enabled)
+        cognition_clock, tick_clock = self._clocks()
         self.cognition = Cognition(cfg, [c.name for c in classes], self.mailbox, self.state_dir, self.device,
-                                   telemetry=self.telemetry.latest)
+                                   telemetry=self.telemetry.latest, **cognition_clock)
         stack.callback(self.cognition.save_trust)
         hosts = [self._host(c()) for c in classes]
         stack.callback(self._close_hosts, hosts)
         self.table = SensorTable(cfg.ingest, self.mailbox, cfg.capacity)
-        self.orch = Orchestrator(cfg, self.table, hosts, self.publisher, self.cognition, on_tick=self._on_tick)
+        self.orch = Orchestrator(cfg, self.table, hosts, self.publisher, self.cognition, on_tick=self._on_tick,
+                                 **tick_clock)
         self.tap = IngestTap(actx, self.runtime_dir)
         stack.callback(self.tap.close)
         self.ingest = IngestServer(actx, self._endpoints(cfg.ingest.endpoints), self.table,
@@ -197,7 +211,7 @@ class Daemon:
         log.info("sage-runtime %s starting: device=%s torch=%s threads=%d runtime_dir=%s state_dir=%s",
                  __version__, self.device, torch.__version__, torch.get_num_threads(), self.runtime_dir,
                  self.state_dir)
-        if self.demo is None:
+        if self.demo is None and self.replay is None:
             log.info("%s", feed_hint(self.ingest.endpoints))
         self._task("control", self.control.run())
         self._task("security", self.security.run())
@@ -208,8 +222,11 @@ class Daemon:
         gc.freeze()
         self._task("tap", self.tap.run())
         await self._open_fleet(stack)
-        self._task("ingest", self.ingest.run())
-        self._tick_task = self._task("tick", self.orch.run())
+        if self.replay is not None:  # the recording is the input; the daemon exits when it ends
+            self._tick_task = self._task("replay", self.replay.run(self.ingest.handle, self.orch, self.publisher))
+        else:
+            self._task("ingest", self.ingest.run())
+            self._tick_task = self._task("tick", self.orch.run())
         self._task("trust", self._save_trust_periodically())
         if self.demo is not None:
             sources = self.demo.DemoSources(self.ingest.endpoints[0], rate_hz=self.cfg.demo.rate_hz)
@@ -395,7 +412,7 @@ def _daemon_answers(endpoint: str, timeout_ms: int = 300) -> bool:
         sock.close(linger=0)
 
 
-def serve(cfg: SageConfig, config_path: str | None, *, demo: Any = None) -> int:
+def serve(cfg: SageConfig, config_path: str | None, *, demo: Any = None, replay: Any = None) -> int:
     """Run the daemon until SIGTERM/SIGINT. Typed failures propagate (cli.py maps them to codes)."""
     setup_logging(cfg.runtime.log_level)
     bound_malloc()
@@ -405,4 +422,4 @@ def serve(cfg: SageConfig, config_path: str | None, *, demo: Any = None) -> int:
             import uvloop
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return asyncio.run(Daemon(cfg, config_path, demo=demo).run())
+    return asyncio.run(Daemon(cfg, config_path, demo=demo, replay=replay).run())

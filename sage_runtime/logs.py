@@ -86,9 +86,9 @@ def feed_hint(ingest_endpoints: list[str]) -> str:
 class RejectionLog:
     """Logs the first rejection per (sensor, reason) at once, then one count per interval.
 
-    Counts are flushed when the next rejection arrives after the interval (any sensor), so a
-    burst that stops is summarised the next time anything is rejected; the exact totals are always
-    in `sagectl status` (ingest.rejected)."""
+    Counts are flushed when an interval ends: by the ingest's timer (`due_in` says when), or by the
+    next rejection after it, so a burst that stops is summarised within an interval; the exact
+    totals are always in `sagectl status` (ingest.rejected)."""
 
     def __init__(self, logger: logging.Logger, interval_s: float = REJECTION_INTERVAL_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -109,6 +109,13 @@ class RejectionLog:
                              reason, self.interval_s)
         else:
             window[1] += 1
+
+    def due_in(self, now: float | None = None) -> float:
+        """Seconds until the first open window ends (a flush then logs or forgets it); the
+        interval when none is open."""
+        now = self.clock() if now is None else now
+        ends = [float(w[0]) + self.interval_s - now for w in self._windows.values()]
+        return max(min(ends, default=self.interval_s), 0.0)
 
     def flush(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now

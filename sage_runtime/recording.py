@@ -212,9 +212,13 @@ def main(client: Any, args: Any) -> int:
     try:
         if args.cmd == "record":
             out.print(f"recording to {args.out}" + (f" for {args.duration} s" if args.duration else " (Ctrl-C stops)"))
-            counts = record(client.call("tap")["endpoint"], status["results"]["endpoints"][0], args.out,
+            before = client.call("tap")
+            counts = record(before["endpoint"], status["results"]["endpoints"][0], args.out,
                             duration_s=args.duration, sensors=args.sensors, results=args.results)
-            result: dict[str, Any] = {"file": str(args.out), "channels": counts}
+            after = client.call("tap")
+            # What the daemon's tap sent and dropped (past its SNDHWM) while this recorder ran.
+            result: dict[str, Any] = {"file": str(args.out), "channels": counts,
+                                      "tap": {k: after[k] - before[k] for k in ("sent", "dropped")}}
         else:
             endpoint = args.ingest or status["ingest"]["endpoints"][0]
             sent = replay(args.input, endpoint, speed=args.speed, as_fast=args.max, loop=args.loop)
@@ -227,6 +231,9 @@ def main(client: Any, args: Any) -> int:
         print(json.dumps(result))
     elif args.cmd == "record":
         views.console().print(views.table(str(args.out), ["channel", "messages"], sorted(result["channels"].items())))
+        tap = result["tap"]
+        views.console().print(f"daemon tap while recording: sent {tap['sent']}, dropped {tap['dropped']}"
+                              + ("  (a slow disk or CPU: frames were lost)" if tap["dropped"] else ""))
     else:
         views.console().print(views.kv(result))
     return 0

@@ -110,6 +110,7 @@ class StatusReport:
             "process": process_stats(),
             "ingest": {**self.table.stats(), "messages": self.ingest.messages, "endpoints": self.ingest.endpoints,
                        "internal_errors": self.ingest.internal_errors, "auth": self.security.stats("ingest")},
+            "tap": self.ingest.tap.stats() if self.ingest.tap is not None else None,
             "plugins": self.orch.plugins_summary(),
             "results": {**self.publisher.stats(), "endpoints": self.publisher.endpoints,
                         "auth": self.security.stats("results")},

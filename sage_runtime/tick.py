@@ -19,11 +19,11 @@ import collections
 import concurrent.futures
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sage_runtime.clock import SYSTEM, Clock
 from sage_runtime.cognition.plan import Cognition, PluginView, TickPlan
 from sage_runtime.config import SageConfig
 from sage_runtime.edges.ingest import SensorTable
@@ -59,13 +59,18 @@ class TickBooks:
 
 class Orchestrator:
     def __init__(self, cfg: SageConfig, table: SensorTable, hosts: list[PluginHost], publisher: ResultPublisher,
-                 cognition: Cognition, on_tick: Callable[[], None] | None = None) -> None:
+                 cognition: Cognition, on_tick: Callable[[], None] | None = None, *, clock: Clock = SYSTEM,
+                 cores: int | None = None) -> None:
         self.cfg = cfg
         self.table = table
         self.hosts = {h.name: h for h in hosts}
         self.publisher = publisher
         self.cognition = cognition
         self.on_tick = on_tick
+        # What `tick` reads (deadlines, ages, stamps): the machine's clock, or a replay's virtual
+        # one (sage_runtime/replay.py drives `tick` itself then). `cores` sizes the plugins' budget.
+        self.clock = clock
+        self.cores = cores or os.cpu_count() or 1
         self.stages = Stages()
         self.tick_ms = LatencyWindow(4096)
         self.lateness_ms = LatencyWindow(4096)
@@ -169,10 +174,10 @@ class Orchestrator:
             pass
 
     async def tick(self, period_s: float) -> None:
-        t0 = time.perf_counter()
+        t0 = self.clock.monotonic()
         self.books.count += 1
         frames, leases = self.table.take()
-        self.stages.record("ingest", (time.perf_counter() - t0) * 1e3)
+        self.stages.record("ingest", (self.clock.monotonic() - t0) * 1e3)
         plan: TickPlan | None = None
         try:
             self._publish_finished()
@@ -190,7 +195,7 @@ class Orchestrator:
     def _plan(self, frames: dict[str, list[Frame]], offers: dict[str, Offer], period_s: float) -> TickPlan:
         """Cognition's plan for this tick over the plugins that want ATP (a job runs or waits, or
         input arrived)."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         views = {name: PluginView(host.cost.ms, tuple(offers[name][0]) if name in offers else (),
                                   waiting_s=now - self._waiting_since.get(name, now))
                  for name, host in self.hosts.items()
@@ -199,7 +204,7 @@ class Orchestrator:
                    if (s := self.table.sensors.get(sid)) is not None}
         # Plugin threads run beside the tick on every core, so one tick may grant up to the
         # plugins' share of every core's period (the ledger's pace bounds the sustained rate).
-        wall_ms = period_s * 1e3 * self.cfg.tick.plugin_share * max(min(os.cpu_count() or 1, len(self.hosts)), 1)
+        wall_ms = period_s * 1e3 * self.cfg.tick.plugin_share * max(min(self.cores, len(self.hosts)), 1)
         pending = {name: self._count(host, "pending_consolidation") for name, host in self.hosts.items()
                    if host.available(now) and name not in self._offline}
         args = (self.books.count, frames, views, sensors, wall_ms, period_s, self.deadline_miss_rate(), pending)
@@ -231,7 +236,7 @@ class Orchestrator:
 
     def _publish_finished(self) -> None:
         """Publish every job that ended since the last tick; trust learns from each."""
-        tp = time.perf_counter()
+        tp = self.clock.monotonic()
         state = self.cognition.state
         for name, host in self.hosts.items():
             host.check_hang(self.cfg.tick.hang_grace_ms)
@@ -241,18 +246,19 @@ class Orchestrator:
                 if res.halt != "error":
                     self._upstream[name] = res.outputs
                 newest = newest_ts_ns(done.inputs)
-                age_ms = (time.time_ns() - newest) / 1e6 if newest is not None else None
+                stamp = self.clock.time_ns()
+                age_ms = (stamp - newest) / 1e6 if newest is not None else None
                 # `tick`: the tick whose input the job answers (its newest), not the one publishing it.
-                self.publisher.result(res, tick=done.inputs.tick or self.books.count, ts_ns=time.time_ns(), state=state,
+                self.publisher.result(res, tick=done.inputs.tick or self.books.count, ts_ns=stamp, state=state,
                                       inputs={s: f.seq for s, f in done.inputs.frames.items()}, age_ms=age_ms)
                 self.stages.record(f"plugin:{name}", res.latency_ms)
-        self.stages.record("publish", (time.perf_counter() - tp) * 1e3)
+        self.stages.record("publish", (self.clock.monotonic() - tp) * 1e3)
 
     def _settle(self) -> None:
         """What each plugin thread measured is debited against what it was granted; credit past
         the plugin's cap returns to the reservoir (docs/metabolic.md, "Credit")."""
         for host in self.hosts.values():
-            keep = host.credit_cap() if host.available(time.monotonic()) else 0.0
+            keep = host.credit_cap() if host.available(self.clock.monotonic()) else 0.0
             used, debit, returned = host.account.collect(keep)
             if used or debit or returned:
                 self.cognition.settle_account(used, debit, returned)
@@ -290,11 +296,11 @@ class Orchestrator:
             host = self.hosts[name]
 
             def work(host: PluginHost = host, budget_ms: float = budget_ms) -> tuple[float, Any]:
-                t0 = time.perf_counter()
+                t0 = host.clock.monotonic_ns()  # wall time, or a replay's virtual lane
                 try:
                     summary = host.plugin.consolidate(budget_ms)
                 finally:
-                    spent = (time.perf_counter() - t0) * 1e3
+                    spent = (host.clock.monotonic_ns() - t0) / 1e6
                 return spent, summary
             self._offline[name] = host.call(work)
 
@@ -313,7 +319,7 @@ class Orchestrator:
             lease.release()
 
     def _close_tick(self, t0: float, period_s: float) -> None:
-        elapsed_ms = (time.perf_counter() - t0) * 1e3
+        elapsed_ms = (self.clock.monotonic() - t0) * 1e3
         self.tick_ms.record(elapsed_ms)
         missed = elapsed_ms > period_s * 1e3
         self._misses.append(missed)
@@ -354,6 +360,6 @@ class Orchestrator:
 
     def plugins_summary(self) -> dict[str, Any]:
         """Each plugin's host summary, plus how long it has wanted ATP without a grant."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         return {name: {**host.summary(), "waiting_s": round(now - self._waiting_since.get(name, now), 3)}
                 for name, host in self.hosts.items()}

@@ -125,6 +125,10 @@ def render_status(s: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [status_header(s), sensors_table(s["ingest"]["sensors"]),
                                    Text("rejected  " + (fmt(dict(sorted(rejected.items()))) if rejected else "none")),
                                    plugins_table(s["plugins"])]
+    tap = s.get("tap")
+    if tap:
+        parts.append(Text(f"tap  recorders {tap['subscriptions']} (ever {tap.get('subscribed_total', '-')})  "
+                          f"sent {tap['sent']}  dropped {tap['dropped']}", style="bold red" if tap["dropped"] else ""))
     tel = s.get("telemetry")
     if tel:
         parts.append(Text(f"telemetry {tel.get('provider', '-')}: {tel.get('summary', '')}"))

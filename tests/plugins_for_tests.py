@@ -178,3 +178,15 @@ class Mirror(Echo):
 
     def outputs(self, s):
         return {**super().outputs(s), "image": s["image"]}
+
+
+class OneCamera(Burner):
+    """A camera plugin that serves one sensor per job (like vision): each step busy-waits
+    `step_ms`, and a job converges in a few steps, so frames of several cameras queue up."""
+
+    name = "one_camera"
+    one_sensor_per_job = True
+    max_steps = 4
+
+    def step(self, s):
+        return {**super().step(s), "e": s["e"] * 0.5}

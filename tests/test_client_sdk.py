@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from sage_runtime.client import DaemonNotRunning, SensorPublisher

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from sage_runtime import statefile
-from sage_runtime.client import ResultSubscriber, SensorPublisher
+from sage_runtime.client import SensorPublisher
 from sage_runtime.cognition.trust_store import TRUST_FILE
 from sage_runtime.cognition.trust import TrustLedger
 from tests.harness import SAGECTL, DaemonProcess, confirmed_subscriber, wait_for

@@ -250,7 +250,7 @@ def test_bursts_far_above_the_tick_rate_lose_nothing_uncounted(edges):
     def settled():
         s = edges.status()["ingest"]["sensors"]
         return s if all(s.get(k, {}).get("received") == n and s[k]["pending"] == 0 for k in ("burst", "cam")) else None
-    sensors = wait_for(settled, timeout_s=20)
+    wait_for(settled, timeout_s=20)
     code, status = sagectl_status(edges)
     burst, cam = status["ingest"]["sensors"]["burst"], status["ingest"]["sensors"]["cam"]
     assert burst["accepted"] + burst["dropped"] == n and burst["dropped"] > 0

@@ -65,6 +65,26 @@ def test_rejection_log_first_then_count_per_interval():
     logger.removeHandler(handler)
 
 
+def test_rejection_log_says_when_its_next_count_is_due():
+    now = [100.0]
+    logger = logging.getLogger("test.rejections.due")
+    handler = Records()
+    logger.addHandler(handler)
+    rl = RejectionLog(logger, interval_s=60, clock=lambda: now[0])
+    assert rl.due_in() == 60  # nothing open
+    rl.note("cam", "key_type", "x")
+    now[0] = 130.0
+    rl.note("imu", "key_type", "x")
+    rl.note("cam", "key_type", "x")
+    assert rl.due_in() == 30  # cam's window, opened at 100, ends first
+    now[0] = 160.0
+    assert rl.due_in() == 0
+    rl.flush()  # what the ingest's timer does: no rejection needed to log the count
+    assert handler.lines[-1].startswith("rejected 1 more frames from sensor cam (key_type)")
+    assert rl.due_in() == 30  # imu's window, opened at 130
+    logger.removeHandler(handler)
+
+
 def float_ts_frame(sensor: str, seq: int) -> list[bytes]:
     """What a JavaScript client sends when it writes ts_ns as a Number: a float64 in msgpack."""
     topic, header, body = encode_ingest(sensor, seq, "tensor", np.zeros(3, np.float32), ts_ns=1)
@@ -92,6 +112,22 @@ def test_daemon_under_journald_logs_one_rejection_per_sensor_and_reason(tmp_path
         hits = [line for line in lines if "js_client" in line]
         assert len(hits) == 1 and hits[0].startswith("<4>warning sage.ingest: rejected a frame from sensor "
                                                      "js_client (key_type)"), hits
+        pub.close()
+    finally:
+        d.kill()
+
+
+def test_the_daemon_logs_a_stopped_burst_when_its_interval_ends(tmp_path):
+    """A burst of rejections that stops is summarised by the ingest's timer, with no later rejection."""
+    d = DaemonProcess(tmp_path, {"ingest": {"rejection_log_interval_s": 1.0}}).start()
+    try:
+        pub = SensorPublisher(d.ingest)
+        for i in range(5):
+            pub.send_parts(float_ts_frame("burst", i))
+        wait_for(lambda: d.status()["ingest"]["rejected"].get("key_type", 0) == 5, timeout_s=10)
+        wait_for(lambda: "rejected 4 more frames from sensor burst (key_type)" in d.log(), timeout_s=10)
+        assert d.status()["ingest"]["rejected"]["key_type"] == 5  # nothing else was rejected meanwhile
+        assert sum("sensor burst" in line for line in d.log().splitlines()) == 2  # the first, then the count
         pub.close()
     finally:
         d.kill()

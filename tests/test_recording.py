@@ -144,3 +144,55 @@ def test_record_for_a_duration_and_only_the_named_sensors(tmp_path):
         pub.close()
     finally:
         d.kill()
+
+
+def test_status_counts_what_the_tap_sent_and_dropped(recorded):
+    """The tap's counters (per sensor, recorders now and ever) are in the status document and the
+    `sagectl status` table; the recorder's own summary says what the tap sent and dropped meanwhile."""
+    a, _, sent, summary = recorded
+    assert summary["tap"] == {"sent": len(sent), "dropped": 0}
+    tap = a.status()["tap"]
+    assert (tap["sent"], tap["dropped"], tap["subscriptions"], tap["subscribed_total"]) == (len(sent), 0, 0, 1)
+    assert tap["sensors"] == {"cam": {"sent": 6, "dropped": 0}, "imu": {"sent": 12, "dropped": 0},
+                              "op": {"sent": 3, "dropped": 0}}
+    out = subprocess.run([SAGECTL, "--socket", a.control_endpoint, "status"], capture_output=True, text=True,
+                         env=a.env, timeout=30).stdout
+    assert f"tap  recorders 0 (ever 1)  sent {len(sent)}  dropped 0" in out
+
+
+def test_the_tap_counts_frames_a_slow_recorder_loses(tmp_path):
+    """A recorder that does not read: past SNDHWM the tap drops (counted per sensor), never blocks."""
+    import asyncio
+
+    import zmq
+    import zmq.asyncio
+
+    from sage_runtime.edges.tap import IngestTap
+
+    async def scenario() -> dict:
+        ctx = zmq.asyncio.Context()
+        tap = IngestTap(ctx, tmp_path, sndhwm=4)
+        task = asyncio.create_task(tap.run())
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 4)
+        sub.setsockopt(zmq.SUBSCRIBE, b"tap/")
+        sub.connect(tap.endpoint)
+        for _ in range(200):  # until the tap has seen the subscription
+            if tap.active:
+                break
+            await asyncio.sleep(0.01)
+        assert tap.active
+        payload = b"\0" * 65536
+        for i in range(500):
+            tap.publish("cam" if i % 2 else "imu", [b"sensor/x", b"h", payload])
+        stats = tap.stats()
+        task.cancel()
+        sub.close(linger=0)
+        tap.close()
+        ctx.destroy(linger=0)
+        return stats
+
+    stats = asyncio.run(scenario())
+    assert stats["sent"] + stats["dropped"] == 500 and stats["dropped"] > 0
+    assert stats["sensors"]["cam"]["sent"] + stats["sensors"]["cam"]["dropped"] == 250
+    assert stats["sensors"]["imu"]["dropped"] + stats["sensors"]["cam"]["dropped"] == stats["dropped"]

@@ -52,6 +52,7 @@ class VisionPlugin(IRPPlugin):
     #: refinement yet (the VAE latent warm start measured worse on panning crops: 1.15x the steps,
     #: -0.2 dB), so input policy `warm` starts each job cold here.
     input_policy = "queue"
+    one_sensor_per_job = True  # one frame restored per job; the host shares jobs among cameras
 
     def setup(self, ctx: PluginContext) -> None:
         super().setup(ctx)

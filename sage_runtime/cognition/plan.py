@@ -34,7 +34,7 @@ import torch
 
 from sage_runtime.cognition.atp import AtpLedger
 from sage_runtime.cognition.attention import (
-    AtpAllocator, Features, Sensor, SensorFusion, TrustWeightedExpertSelector, UniformAllocator, build_features,
+    AtpAllocator, SensorFusion, TrustWeightedExpertSelector, UniformAllocator, build_features,
 )
 from sage_runtime.config import SageConfig
 from sage_runtime.records import Frame, RunResult
@@ -80,10 +80,11 @@ class PluginView:
 class Cognition:
     def __init__(self, cfg: SageConfig, plugin_names: list[str], mailbox: Mailbox, state_dir: Path,
                  device: torch.device, telemetry: Callable[[], TelemetrySample] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_ns: Callable[[], int] = time.time_ns) -> None:
         self.cfg = cfg
         self.names = list(plugin_names)
         self.clock = clock
+        self.wall_ns = wall_ns  # the stamp of state transitions (a replay's virtual time)
         self.telemetry = telemetry
         self.trust_store = TrustStore(state_dir)
         now = clock()
@@ -352,7 +353,7 @@ class Cognition:
 
     def _announce(self, transition: dict[str, Any]) -> dict[str, Any]:
         """The `state` topic message: the transition, when (wall clock), in which tick, ATP left."""
-        transition.update(ts_ns=time.time_ns(), tick=self._ticks, atp=round(self.ledger.fraction, 4))
+        transition.update(ts_ns=self.wall_ns(), tick=self._ticks, atp=round(self.ledger.fraction, 4))
         log.info("state %s -> %s: %s", transition["from"], transition["to"], transition["reason"])
         return transition
 

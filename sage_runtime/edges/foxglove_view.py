@@ -13,7 +13,6 @@ salience.*; plot e.g. `/sage/status.atp_level`).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time

@@ -107,7 +107,7 @@ class SensorTable:
         self.sensors: dict[str, Sensor] = {}
         self.rejected: collections.Counter[str] = collections.Counter()
         self.last_rejection: dict[str, str] = {}
-        self.rejection_log = RejectionLog(log)
+        self.rejection_log = RejectionLog(log, interval_s=cfg.rejection_log_interval_s)
 
     def reject(self, reason: str, message: str, sensor: str | None = None) -> None:
         self.rejected[reason] += 1
@@ -398,7 +398,15 @@ class IngestServer:
             await asyncio.sleep(0)
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._pump(sock) for sock in self.socks))
+        await asyncio.gather(*(self._pump(sock) for sock in self.socks), self._flush_rejections())
+
+    async def _flush_rejections(self) -> None:
+        """The per-interval rejection counts are logged when their interval ends, not only when
+        the next rejection arrives (a burst that stops is still summarised)."""
+        rejections = self.table.rejection_log
+        while True:
+            await asyncio.sleep(rejections.due_in() + 0.01)
+            rejections.flush()
 
     def close(self) -> None:
         for sock in self.socks:

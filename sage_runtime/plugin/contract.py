@@ -115,6 +115,9 @@ class IRPPlugin(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[PluginOptions]] = PluginOptions
     accepts_kinds: ClassVar[frozenset[str]] = frozenset({"tensor"})
+    #: A job serves one sensor's frames (vision restores one frame per job): the host picks the
+    #: sensor by salience share (plugin/sensor_share.py) and keeps the others' for later jobs.
+    one_sensor_per_job: ClassVar[bool] = False
     #: Hard ceiling on steps per run; the runner's quota is usually lower.
     max_steps: int = 50
     #: Default halting rule: converged when every |dE| over the last `halt_window` intervals < eps.

@@ -10,6 +10,9 @@ preemption, or its deadline (the input's maximum age). A step that never returns
 interrupted in Python: the tick abandons it past the deadline plus a grace period (`check_hang`)
 and skips the plugin until its thread comes back; jobs hold copies of their frames, never
 mailbox leases, so an abandoned step pins nothing.
+
+With `synchronous=True` (deterministic replay, sage_runtime/replay.py) there is no thread: the
+caller runs the ready units in its own thread with `drain()`, on the host's injected `clock`.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sage_runtime.clock import SYSTEM, Clock
 from sage_runtime.plugin.account import PluginAccount
 from sage_runtime.metrics import LatencyWindow
 from sage_runtime.plugin.contract import IRPPlugin, PluginContext, PluginInputs
 from sage_runtime.plugin.priority import lower_thread_priority
 from sage_runtime.plugin.runner import Job, StepCost, advance, begin, failed, finish, next_halt, run_plugin
+from sage_runtime.plugin.sensor_share import SensorShare, split_sensor
 from sage_runtime.records import Frame, RunResult
 
 log = logging.getLogger("sage.plugins")
@@ -76,7 +81,7 @@ def job_policy(cfg: Any, plugin: IRPPlugin) -> JobPolicy:
 def merge_inputs(old: PluginInputs | None, new: PluginInputs) -> tuple[PluginInputs, int]:
     """New input joins input not yet served: newest frame per sensor, fifo backlogs in order (at
     most MAX_BACKLOG per sensor; returns how many older ones that dropped); context (state,
-    salience, fused, upstream) from `new`."""
+    fused, upstream) from `new`; salience per sensor from both, newest first."""
     if old is None:
         return new, 0
     frames = {**old.frames, **new.frames}
@@ -88,7 +93,8 @@ def merge_inputs(old: PluginInputs | None, new: PluginInputs) -> tuple[PluginInp
         if len(got) > 1 and (sensor in old.backlog or sensor in new.backlog):
             dropped += max(len(got) - MAX_BACKLOG, 0)
             backlog[sensor] = got[-MAX_BACKLOG:]
-    return PluginInputs(tick=new.tick, state=new.state, frames=frames, backlog=backlog, salience=new.salience,
+    salience = {**old.salience, **new.salience}  # a held frame keeps the salience it was scored with
+    return PluginInputs(tick=new.tick, state=new.state, frames=frames, backlog=backlog, salience=salience,
                         fused=new.fused, upstream=new.upstream), dropped
 
 
@@ -106,7 +112,8 @@ class PluginHost:
     """One plugin, its thread, its ATP account, its jobs and its health."""
 
     def __init__(self, plugin: IRPPlugin, *, breaker_failures: int, breaker_cooldown_s: float,
-                 policy: JobPolicy | None = None, cost_clock: Callable[[], int] | None = None) -> None:
+                 policy: JobPolicy | None = None, cost_clock: Callable[[], int] | None = None,
+                 clock: Clock = SYSTEM, synchronous: bool = False) -> None:
         self.plugin = plugin
         self.name = plugin.name
         self.policy = policy or JobPolicy(input_policy=getattr(plugin, "input_policy", "queue"))
@@ -117,6 +124,7 @@ class PluginHost:
         self.wall = StepCost()       # a step's wall time: what the deadline check predicts with
         self.init_cost = StepCost()
         self.cost_clock: Callable[[], int] = cost_clock or time.thread_time_ns
+        self.clock = clock  # deadlines, ages, breakers: the machine's, or a replay's virtual time
         self.on_finished: Callable[[], None] | None = None
         self.stats = HostStats()
         self.consecutive_failures = 0
@@ -125,6 +133,7 @@ class PluginHost:
         self.hung = False
         self.held_dropped = 0
         self.priority = "default"
+        self.share = SensorShare()
         self._cond = threading.Condition()
         self._calls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = collections.deque()
         self._job: Job | None = None
@@ -133,8 +142,10 @@ class PluginHost:
         self._unit_since_ns: int | None = None
         self._finished: collections.deque[Finished] = collections.deque()
         self._stopping = False
-        self._thread = threading.Thread(target=self._serve, name=f"plugin-{self.name}", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if not synchronous:
+            self._thread = threading.Thread(target=self._serve, name=f"plugin-{self.name}", daemon=True)
+            self._thread.start()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -144,6 +155,8 @@ class PluginHost:
         with self._cond:
             self._calls.append((fn, fut))
             self._cond.notify_all()
+        if self._thread is None:
+            self.drain()
         return fut
 
     def setup_and_warmup(self, ctx: PluginContext) -> concurrent.futures.Future[Any]:
@@ -178,7 +191,8 @@ class PluginHost:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(max(deadline - time.monotonic(), 0.05))
+        if self._thread is not None:
+            self._thread.join(max(deadline - time.monotonic(), 0.05))
 
     # ---------------------------------------------------------------- the tick's side
 
@@ -213,6 +227,9 @@ class PluginHost:
         self.stats.sample(self.account)
         for done in out:
             self._account(done.result)
+            if self.plugin.one_sensor_per_job:
+                for sensor in done.inputs.frames:
+                    self.stats.atp_by_sensor[sensor] += done.result.atp_spent
         return out
 
     def check_hang(self, grace_ms: float) -> None:
@@ -221,7 +238,7 @@ class PluginHost:
             job, since = self._job, self._unit_since_ns
             if job is None or since is None or self.hung:
                 return
-            now = time.perf_counter_ns()
+            now = self.clock.monotonic_ns()
             # Hung: past the job's deadline plus grace, and 10x the unit's usual wall time (a
             # starved CPU stretches every step; that is slowness, not a hang).
             if now < max(job.deadline_ns, since + int(10 * max(self.wall.ms, self.init_cost.ms) * 1e6)) \
@@ -239,7 +256,7 @@ class PluginHost:
     # ---------------------------------------------------------------- state
 
     def health(self, now: float | None = None) -> str:
-        now = time.monotonic() if now is None else now
+        now = self.clock.monotonic() if now is None else now
         if self.paused:
             return "paused"
         if self.hung:
@@ -260,7 +277,7 @@ class PluginHost:
         self.consecutive_failures += 1
         log.warning("plugin %s error: %s", self.name, result.error)
         if self.consecutive_failures >= self.breaker_failures:
-            self.breaker_until = time.monotonic() + self.breaker_cooldown_s
+            self.breaker_until = self.clock.monotonic() + self.breaker_cooldown_s
             log.warning("plugin %s circuit open for %.1f s after %d failures", self.name,
                         self.breaker_cooldown_s, self.consecutive_failures)
 
@@ -296,54 +313,88 @@ class PluginHost:
             work = self._wait_for_work()
             if work is None:
                 return
-            kind, arg = work
-            if kind == "call":
-                fn, fut = arg
-                if fut.set_running_or_notify_cancel():
-                    try:
-                        fut.set_result(fn())
-                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                        fut.set_exception(exc)
-            elif kind == "start":
-                self._start(arg)
-            else:
-                self._advance(arg)
+            self._do(work)
+
+    def drain(self) -> int:
+        """(synchronous hosts) Run every unit that is ready now on the caller's thread, in the
+        host's clock: the jobs' steps as far as their credit goes; the number of units run. Stops
+        when a job unit changes nothing (a job at its deadline's edge with no credit)."""
+        done = 0
+        while not self._stopping:
+            with self._cond:
+                work, _ = self._ready()
+            if work is None:
+                break
+            before = self._progress()
+            self._do(work)
+            done += 1
+            if work[0] == "job" and self._progress() == before:
+                break
+        return done
+
+    def _progress(self) -> tuple[Any, int]:
+        return self._job, self._job.steps if self._job is not None else -1
+
+    def _do(self, work: tuple[str, Any]) -> None:
+        kind, arg = work
+        if kind == "call":
+            fn, fut = arg
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    fut.set_exception(exc)
+        elif kind == "start":
+            self._start(arg)
+        else:
+            self._advance(arg)
 
     def _wait_for_work(self) -> tuple[str, Any] | None:
         """Under the lock: the next unit of work, or None when stopping. Waits for credit,
         input or a call; a job waiting for credit wakes at its deadline."""
         with self._cond:
             while not self._stopping:
-                if self._calls:
-                    return "call", self._calls.popleft()
-                job = self._job
-                if job is not None:
-                    if job.preempt or self.account.can_afford(self.cost.ms):
-                        return "job", job
-                    timeout = (job.deadline_ns - time.perf_counter_ns()) / 1e9 - self.wall.ms / 1e3
-                    if timeout <= 0:
-                        return "job", job
-                    self._cond.wait(timeout)
-                    continue
-                if self._next is None and self._pending_input() > 0:
-                    self._next = PluginInputs()  # work the plugin queued itself in an earlier job
-                if self._next is not None and self.available(time.monotonic()) \
-                        and self.account.can_afford(self.init_cost.ms):
-                    inputs, self._next = self._next, None
-                    return "start", inputs
-                self._cond.wait(0.5 if self._next is not None else None)
+                work, timeout = self._ready()
+                if work is not None:
+                    return work
+                self._cond.wait(timeout)
         return None
+
+    def _ready(self) -> tuple[tuple[str, Any] | None, float | None]:
+        """(Under the lock.) The unit of work ready now, else None and how long to wait for one."""
+        if self._calls:
+            return ("call", self._calls.popleft()), None
+        job = self._job
+        if job is not None:
+            if job.preempt or self.account.can_afford(self.cost.ms):
+                return ("job", job), None
+            timeout = (job.deadline_ns - self.clock.monotonic_ns()) / 1e9 - self.wall.ms / 1e3
+            return (("job", job), None) if timeout <= 0 else (None, timeout)
+        if self._next is None and self._pending_input() > 0:
+            self._next = PluginInputs()  # work the plugin queued itself in an earlier job
+        if self._next is not None and self.available(self.clock.monotonic()) \
+                and self.account.can_afford(self.init_cost.ms):
+            inputs, self._next = self._take_next(self._next)
+            return ("start", inputs), None
+        return None, (0.5 if self._next is not None else None)
+
+    def _take_next(self, held: PluginInputs) -> tuple[PluginInputs, PluginInputs | None]:
+        """(Under the lock.) The next job's inputs and what stays held: everything, or for a
+        one-sensor plugin one sensor's frames picked by salience share."""
+        if not self.plugin.one_sensor_per_job or len(held.frames) <= 1:
+            return held, None
+        return split_sensor(held, self.share.pick(sorted(held.frames), held.salience))
 
     def _deadline_ns(self, inputs: PluginInputs) -> int:
         """restart/warm serve samples, so the deadline is the oldest frame's age; queue serves
         requests in order, so each job gets max_age_ms from its start (a command or puzzle that
         waited in line, or a puzzle continued after a cut, is still answered, not cut at once)."""
         oldest = oldest_ts_ns(inputs) if self.policy.input_policy != "queue" else None
-        age_ms = max((time.time_ns() - oldest) / 1e6, 0.0) if oldest is not None else 0.0
-        return time.perf_counter_ns() + int(max(self.policy.max_age_ms - age_ms, 0.0) * 1e6)
+        age_ms = max((self.clock.time_ns() - oldest) / 1e6, 0.0) if oldest is not None else 0.0
+        return self.clock.monotonic_ns() + int(max(self.policy.max_age_ms - age_ms, 0.0) * 1e6)
 
     def _start(self, inputs: PluginInputs) -> None:
-        job = Job(inputs, self._deadline_ns(inputs), max_atp=self.policy.max_atp)
+        job = Job(inputs, self._deadline_ns(inputs), max_atp=self.policy.max_atp, wall_ns=self.clock.monotonic_ns)
         warm_from = self._last_state if self.policy.input_policy == "warm" else None
         with self._cond:
             self._job = job
@@ -357,7 +408,7 @@ class PluginHost:
 
     def _advance(self, job: Job) -> None:
         """One unit of a running job: end it when it must stop, else one step if credit covers it."""
-        ok, halt, _ = self._unit(job, lambda: next_halt(self.plugin, job, self.cost, wall=self.wall))
+        ok, halt, _ = self._unit(job, lambda: next_halt(self.plugin, job, self.cost, job.wall_ns, wall=self.wall))
         if not ok:
             return
         if halt is not None:
@@ -371,7 +422,7 @@ class PluginHost:
         returns after the tick abandoned it as hung is discarded; both give ok False."""
         t0 = self.cost_clock()
         with self._cond:
-            self._unit_since_ns = time.perf_counter_ns()
+            self._unit_since_ns = self.clock.monotonic_ns()
         try:
             out, ok = fn(), True
         except Exception as exc:  # noqa: BLE001 - isolation is the point
@@ -394,7 +445,7 @@ class PluginHost:
             return
         t0 = self.cost_clock()
         with self._cond:
-            self._unit_since_ns = time.perf_counter_ns()
+            self._unit_since_ns = self.clock.monotonic_ns()
         try:
             res = finish(self.plugin, job, halt, self.cost_clock)
         except Exception as exc:  # noqa: BLE001
@@ -435,6 +486,7 @@ class HostStats:
         self.empty = 0
         self.warm = 0
         self.atp_spent = 0.0
+        self.atp_by_sensor: collections.Counter[str] = collections.Counter()  # one-sensor plugins
         self.halts: collections.Counter[str] = collections.Counter()
         self.last_halt: str | None = None
         self.last_error: str | None = None
@@ -473,4 +525,5 @@ class HostStats:
                 "p99_ms": lat["p99_ms"], "atp_spent": round(self.atp_spent, 3),
                 "steps_p50": statistics.median(self._steps) if self._steps else None,
                 "atp_per_s": round((account.charged_total - c0) / (now - t0), 3) if now - t0 > 0.5 else None,
-                "preempted": self.halts["preempted"], "warm_starts": self.warm, "empty_jobs": self.empty}
+                "preempted": self.halts["preempted"], "warm_starts": self.warm, "empty_jobs": self.empty,
+                "atp_by_sensor": {k: round(v, 3) for k, v in sorted(self.atp_by_sensor.items())}}

@@ -50,8 +50,8 @@ class StepCost:
 
 @dataclass
 class Job:
-    """One refinement in progress. `deadline_ns` (perf_counter_ns) is when its input is too old:
-    a step predicted to end after it is not started. `max_atp` caps what the job may spend
+    """One refinement in progress. `deadline_ns` (by `wall_ns`, the host's monotonic clock) is
+    when its input is too old: a step predicted to end after it is not started. `max_atp` caps what the job may spend
     (halt `quota`). `preempt` is set from another thread and honoured between steps."""
 
     inputs: PluginInputs
@@ -66,6 +66,7 @@ class Job:
     abandoned: bool = False
     detail: str | None = None
     started_ns: int = 0
+    wall_ns: Clock = time.perf_counter_ns
 
 
 def _finite_energy(value: Any) -> float:
@@ -79,7 +80,7 @@ def begin(plugin: IRPPlugin, job: Job, warm_from: Any = None, clock_ns: Clock = 
     """Encode the job's inputs (from `warm_from`, the previous job's state, when the plugin has
     `warm_state` and one is given); ms spent by `clock_ns` (the cost clock). job.state stays None when there is nothing to do."""
     t0 = clock_ns()
-    job.started_ns = time.perf_counter_ns()
+    job.started_ns = job.wall_ns()
     warm = getattr(plugin, "warm_state", None) if warm_from is not None else None
     state = warm(warm_from, job.inputs) if warm is not None else None
     job.warm = state is not None
@@ -118,11 +119,11 @@ def advance(plugin: IRPPlugin, job: Job, cost: StepCost, clock_ns: Clock = time.
             wall: StepCost | None = None) -> float:
     """One step (step, project, energy); its measured ms by `clock_ns` (the cost clock: thread
     CPU time or wall time), which updates `cost`; `wall` learns the step's wall time."""
-    t0, w0 = clock_ns(), time.perf_counter_ns()
+    t0, w0 = clock_ns(), job.wall_ns()
     state = plugin.project(plugin.step(job.state))
     cost.observe((clock_ns() - t0) / 1e6)
     if wall is not None:
-        wall.observe((time.perf_counter_ns() - w0) / 1e6)
+        wall.observe((job.wall_ns() - w0) / 1e6)
     job.state = state
     job.steps += 1
     job.energies.append(_finite_energy(plugin.energy(state)))
@@ -138,14 +139,14 @@ def finish(plugin: IRPPlugin, job: Job, halt: str, clock_ns: Clock = time.perf_c
         return RunResult(plugin.name, "converged", 0, None, [], {}, 0.0, job.spent_ms, job.steps, detail="no input")
     outputs = plugin.outputs(job.state)
     job.spent_ms += (clock_ns() - t0) / 1e6
-    latency = (time.perf_counter_ns() - job.started_ns) / 1e6
+    latency = (job.wall_ns() - job.started_ns) / 1e6
     return RunResult(plugin.name, halt, job.steps, job.energies[-1], list(job.energies), outputs, latency,
                      job.spent_ms, job.steps, detail=job.detail, warm=job.warm)
 
 
 def failed(plugin: IRPPlugin, job: Job, exc: BaseException, clock_ns: Clock = time.perf_counter_ns) -> RunResult:
     """The `error` result of a job whose plugin raised (or returned a non-finite energy)."""
-    latency = (time.perf_counter_ns() - job.started_ns) / 1e6 if job.started_ns else 0.0
+    latency = (job.wall_ns() - job.started_ns) / 1e6 if job.started_ns else 0.0
     return RunResult(plugin.name, "error", job.steps, job.energies[-1] if job.energies else None,
                      list(job.energies), {}, latency, job.spent_ms, job.steps, error=f"{type(exc).__name__}: {exc}",
                      warm=job.warm)
