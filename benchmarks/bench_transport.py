@@ -129,12 +129,21 @@ def daemon_latency(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber
     return out
 
 
-def raw_throughput(tmp: Path, nbytes: int, n: int, hwm: int = 1000) -> tuple[float, int]:
+def daemon_rcvhwm() -> int:
+    """The daemon's ingest ZMQ_RCVHWM under CONFIG (capacity.receive_bytes // max_message_bytes)."""
+    try:
+        from sage_runtime.config import CapacitySection, IngestSection, receive_hwm
+    except ImportError:  # a tree from before capacity.rcvhwm: ingest.rcvhwm, 1000
+        return 1000
+    return receive_hwm(CapacitySection(), IngestSection().max_message_bytes)
+
+
+def raw_throughput(tmp: Path, nbytes: int, n: int, hwm: int = 1000, rcvhwm: int = 1000) -> tuple[float, int]:
     """A receiver process that only takes messages (benchmarks/relay.py --count), with the daemon
-    path's high-water marks (client SNDHWM, daemon RCVHWM): the frames per second it got, and how
+    path's high-water marks (client SNDHWM `hwm`, daemon RCVHWM `rcvhwm`): the frames per second it got, and how
     many of the n sent ZeroMQ dropped at a high-water mark."""
     ep = f"ipc://{tmp}/rawtp-{nbytes}.sock"
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("relay.py")), "--count", ep, str(hwm)],
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("relay.py")), "--count", ep, str(rcvhwm)],
                             stdout=subprocess.PIPE, text=True)
     try:
         if proc.stdout.readline().strip() != "ready":
@@ -232,9 +241,9 @@ def main() -> None:
             latency_table(d, pub, sub, tmp, n_lat, results["latency"])
             for name in ("64B", "64KiB"):
                 nbytes = SIZES[name]
-                raw_rate, raw_lost = raw_throughput(tmp, nbytes, n_tp)
+                raw_rate, raw_lost = raw_throughput(tmp, nbytes, n_tp, rcvhwm=daemon_rcvhwm())
                 dae_rate, lost = daemon_throughput(d, pub, nbytes, n_tp)
-                results["throughput"][name] = {"raw_msgs_per_s": round(raw_rate), "daemon_msgs_per_s": round(dae_rate),
+                results["throughput"][name] = {"rcvhwm": daemon_rcvhwm(), "sndhwm": 1000, "raw_msgs_per_s": round(raw_rate), "daemon_msgs_per_s": round(dae_rate),
                                                "ratio": round(dae_rate / raw_rate, 3), "sent": n_tp,
                                                "raw_dropped_at_zmq_hwm": raw_lost, "dropped_at_zmq_hwm": lost}
                 print(f"throughput {name}: raw {raw_rate:,.0f}/s ({raw_lost} of {n_tp} dropped at ZeroMQ HWM), "

@@ -348,7 +348,7 @@ def test_the_shared_bounded_receive_refuses_before_assembly_and_keeps_the_stream
     next message arrives whole (its rest was read and dropped, not left to be taken as a new message)."""
     from sage_runtime.edges.receive import receive_bounded
 
-    ctx = zmq.Context.instance()
+    ctx = zmq.Context()  # its own: an inproc name is released asynchronously after close
     a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
     try:
         a.bind("inproc://bounded-receive")
@@ -364,3 +364,4 @@ def test_the_shared_bounded_receive_refuses_before_assembly_and_keeps_the_stream
     finally:
         a.close(linger=0)
         b.close(linger=0)
+        ctx.term()

@@ -22,10 +22,6 @@ from sage_runtime.wire import WireError, decode_request, encode_reply
 
 log = logging.getLogger("sage.control")
 
-#: ZMQ_MAXMSGSIZE of control sockets and the most one request may carry in all its parts: requests
-#: are small maps; libzmq drops a peer whose part is larger, and the server refuses more in total.
-MAX_REQUEST_BYTES = 64 * 1024
-
 Handler = Callable[[dict[str, Any]], Any | Awaitable[Any]]
 
 
@@ -42,8 +38,10 @@ class ControlServer:
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, socket_mode: int = 0o660, *,
                  tcp_endpoint: str | None = None, security: EdgeSecurity | None = None,
-                 max_parts: int = 8) -> None:
-        self.max_parts = max_parts
+                 max_parts: int = 8, max_request_bytes: int = 64 * 1024, rcvhwm: int = 16) -> None:
+        # max_request_bytes: ZMQ_MAXMSGSIZE (libzmq drops a peer whose part is larger) and the most
+        # one request may carry in all its parts (refused past it, counted).
+        self.max_parts, self.max_request_bytes, self.rcvhwm = max_parts, max_request_bytes, rcvhwm
         self.sock = self._socket(ctx)
         if endpoint.startswith("ipc://"):
             path = endpoint[len("ipc://"):]
@@ -74,11 +72,11 @@ class ControlServer:
         self.bad_requests = 0
         self.refused: dict[str, int] = {TOO_MANY_PARTS: 0, OVERSIZE: 0}
 
-    @staticmethod
-    def _socket(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
+    def _socket(self, ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_request_bytes)
+        sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         return sock
 
     def register(self, cmd: str, handler: Handler) -> None:
@@ -115,13 +113,13 @@ class ControlServer:
         await asyncio.gather(*(self._serve(sock) for sock in self.socks))
 
     def _receive(self, raw: zmq.Socket) -> list[bytes] | None:
-        """One request through the shared bounded receive; past max_parts or MAX_REQUEST_BYTES it is
+        """One request through the shared bounded receive; past max_parts or max_request_bytes it is
         counted in `refused` and never assembled."""
-        got = receive_bounded(raw, self.max_parts, MAX_REQUEST_BYTES)
+        got = receive_bounded(raw, self.max_parts, self.max_request_bytes)
         if got.refused is not None:
             self.refused[got.refused] += 1
             log.warning("control request refused: %s", got.detail(
-                "capacity.max_message_parts", "MAX_REQUEST_BYTES", self.max_parts, MAX_REQUEST_BYTES))
+                "capacity.max_message_parts", "capacity.max_request_bytes", self.max_parts, self.max_request_bytes))
             return None
         return [frame.bytes for frame in got.parts]
 

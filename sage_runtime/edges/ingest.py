@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from sage_runtime.config import LATEST_SLOTS, CapacitySection, IngestSection, SensorSection
+from sage_runtime.config import LATEST_SLOTS, CapacitySection, IngestSection, SensorSection, receive_hwm
 from sage_runtime.logs import RejectionLog
 from sage_runtime.records import Frame
 from sage_runtime.mailbox import Lease, Mailbox, WriteStatus
@@ -331,7 +331,8 @@ class IngestServer:
         self.on_input = on_input
         cfg = table.cfg
         self.socks, self.endpoints = bind_edge(ctx, zmq.SUB, endpoints, "ingest", {
-            zmq.MAXMSGSIZE: cfg.max_message_bytes * PART_LIMIT_FACTOR, zmq.RCVHWM: cfg.rcvhwm,
+            zmq.MAXMSGSIZE: cfg.max_message_bytes * PART_LIMIT_FACTOR,
+            zmq.RCVHWM: receive_hwm(table.capacity, cfg.max_message_bytes),
             zmq.LINGER: 0, zmq.SUBSCRIBE: b""}, security)
         self.max_parts = table.capacity.max_message_parts
         self.messages = 0
@@ -348,7 +349,8 @@ class IngestServer:
             return
         try:
             msg = decode_ingest(parts, max_elements=cfg.max_elements, reject_non_finite=cfg.reject_non_finite,
-                                max_string_bytes=self.table.capacity.max_string_bytes)
+                                max_string_bytes=self.table.capacity.max_string_bytes,
+                                max_text_bytes=self.table.capacity.max_text_bytes)
             if msg.shm is not None:
                 self._admit_shm(msg, size)
                 return
