@@ -1,9 +1,11 @@
 """The tick loop: take frames, score and plan, grant ATP to plugin jobs, publish finished results.
 
 Ticks follow absolute deadlines (`start + k * period`), so lateness never accumulates into drift.
-With `wake_on_input` a frame arriving between deadlines (or a plugin job finishing) starts a
-tick at once (at most `max_rate_hz`), which keeps frame-to-result latency near one hop; the
-periodic ticks still run so state, ATP and the watchdog advance when nothing arrives.
+With `wake_on_input` a frame arriving between deadlines starts a tick at once (at most
+`max_rate_hz`), which keeps frame-to-result latency near one hop; the periodic ticks still run so
+state, ATP and the watchdog advance when nothing arrives. A job that ends is published by the
+event loop as soon as its plugin thread hands it over, not in the next tick (a plugin still
+holding input then asks for a tick, for its next grant).
 
 The tick never awaits plugin compute (DESIGN.md 7a): plugins refine on their own threads
 (`plugin.host`) in jobs that outlive a tick; the tick hands them new input (frames copied out
@@ -18,6 +20,7 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,7 +79,12 @@ class Orchestrator:
         self.lateness_ms = LatencyWindow(4096)
         self.books = TickBooks()
         self.priority = "default"
-        self._input = asyncio.Event()
+        # The loop's wait (`_wait`): one future resolved by the period's timer, by input (after
+        # 1/max_rate_hz) or by stop; cheaper per tick than asyncio.wait_for on an Event.
+        self._pending = False  # input arrived since the last tick started
+        self._waiter: asyncio.Future[None] | None = None
+        self._earliest = 0.0   # loop time before which input does not start a tick
+        self._hold: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._misses: collections.deque[bool] = collections.deque(maxlen=cfg.tick.miss_window)
@@ -87,20 +95,38 @@ class Orchestrator:
         self._waiting_since: dict[str, float] = {}
         self._offline: dict[str, concurrent.futures.Future[Any]] = {}
         for host in hosts:
-            host.on_finished = self._job_finished
+            host.on_finished = lambda host=host: self._job_finished(host)
 
     # ---------------------------------------------------------------- control from outside
 
     def notify_input(self) -> None:
-        self._input.set()
+        """(Event loop.) Input arrived: with wake_on_input a tick starts now, or at 1/max_rate_hz
+        after the last one."""
+        self._pending = True
+        waiter = self._waiter
+        if waiter is None or waiter.done() or not self.cfg.tick.wake_on_input or self._loop is None:
+            return
+        if self._loop.time() >= self._earliest:
+            waiter.set_result(None)
+        elif self._hold is None:
+            self._hold = self._loop.call_at(self._earliest, self._wake)
 
-    def _job_finished(self) -> None:
-        """Called on a plugin thread when a job ends: wake the tick to publish it."""
-        if self._loop is not None and self.cfg.tick.wake_on_input:
-            self._loop.call_soon_threadsafe(self._input.set)
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _job_finished(self, host: PluginHost) -> None:
+        """Called on a plugin thread when a job ends: the event loop publishes it at once, not
+        in the next tick (the replay drives `tick` itself and sets its own on_finished)."""
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._publish_host, host)
+            except RuntimeError:  # the loop is closing: the daemon is stopping
+                pass
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake()
 
     def apply_config(self, cfg: SageConfig) -> None:
         self.cfg = cfg
@@ -136,12 +162,12 @@ class Orchestrator:
             start = loop.time()
             # Woken without input means the timer fired; event-loop timers may fire up to a
             # millisecond early, which must not turn into a burst of empty "input" ticks.
-            periodic = start >= next_deadline or not self._input.is_set()
+            periodic = start >= next_deadline or not self._pending
             if periodic:
                 self.lateness_ms.record(max(start - next_deadline, 0.0) * 1e3)
             else:
                 self.books.input_ticks += 1
-            self._input.clear()
+            self._pending = False
             await self.tick(period)
             last_tick = start
             if periodic:
@@ -158,20 +184,24 @@ class Orchestrator:
         """Until the next periodic deadline, or (wake_on_input) the next input after 1/max_rate_hz."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        wait = next_deadline - now
-        if wait <= 0:
+        if next_deadline <= now:
             return
-        if not self.cfg.tick.wake_on_input:
-            await asyncio.sleep(wait)
-            return
-        earliest = last_tick + 1.0 / self.cfg.tick.max_rate_hz
+        wake_on_input = self.cfg.tick.wake_on_input
+        self._earliest = last_tick + 1.0 / self.cfg.tick.max_rate_hz if wake_on_input else math.inf
+        if wake_on_input and self._pending and now >= self._earliest:
+            return  # input arrived during the last tick
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_at(next_deadline, self._wake)
+        if wake_on_input and self._pending:
+            self._hold = loop.call_at(self._earliest, self._wake)
         try:
-            if earliest > now:
-                await asyncio.sleep(min(earliest - now, wait))
-            if loop.time() < next_deadline:
-                await asyncio.wait_for(self._input.wait(), timeout=next_deadline - loop.time())
-        except asyncio.TimeoutError:
-            pass
+            await waiter
+        finally:
+            timer.cancel()
+            if self._hold is not None:
+                self._hold.cancel()
+                self._hold = None
+            self._waiter = None
 
     async def tick(self, period_s: float) -> None:
         t0 = self.clock.monotonic()
@@ -224,35 +254,47 @@ class Orchestrator:
     def _dispatch(self, plan: TickPlan, offers: dict[str, Offer]) -> None:
         """New input to each plugin (copied out of the mailbox, with this tick's context), and
         each plugin's grant into its ATP account."""
-        fused = plan.fused.clone() if plan.fused is not None else None
+        # Grants first: a plugin thread woken by its input then finds the credit to start on
+        # (the other order woke it twice, once to find no credit, while the tick held the GIL).
+        for name, granted in plan.allocation.items():
+            self.hosts[name].deposit(granted)
+        fused = plan.fused.clone() if plan.fused is not None and offers else None
         for name, (latest, backlog) in offers.items():
             inputs = PluginInputs(tick=self.books.count, state=plan.state,
                                   frames={s: f.detached() for s, f in latest.items()},
                                   backlog={s: [f.detached() for f in got] for s, got in backlog.items()},
                                   salience=plan.salience, fused=fused, upstream=dict(self._upstream))
             self.hosts[name].submit(inputs)
-        for name, granted in plan.allocation.items():
-            self.hosts[name].deposit(granted)
 
     def _publish_finished(self) -> None:
-        """Publish every job that ended since the last tick; trust learns from each."""
-        tp = self.clock.monotonic()
-        state = self.cognition.state
-        for name, host in self.hosts.items():
+        """Publish every job that ended and was not published yet (see `_publish_host`)."""
+        for host in self.hosts.values():
             host.check_hang(self.cfg.tick.hang_grace_ms)
-            for done in host.take_finished():
-                res = done.result
-                self.cognition.record_result(name, res)
-                if res.halt != "error":
-                    self._upstream[name] = res.outputs
-                newest = newest_ts_ns(done.inputs)
-                stamp = self.clock.time_ns()
-                age_ms = (stamp - newest) / 1e6 if newest is not None else None
-                # `tick`: the tick whose input the job answers (its newest), not the one publishing it.
-                self.publisher.result(res, tick=done.inputs.tick or self.books.count, ts_ns=stamp, state=state,
-                                      inputs={s: f.seq for s, f in done.inputs.frames.items()}, age_ms=age_ms)
-                self.stages.record(f"plugin:{name}", res.latency_ms)
+            self._publish_host(host)
+
+    def _publish_host(self, host: PluginHost) -> None:
+        """Publish the jobs of `host` that ended: from the tick, or (live daemon) from the event
+        loop as soon as the plugin thread finished one; trust learns from each."""
+        tp = self.clock.monotonic()
+        finished = host.take_finished()
+        if not finished:
+            return
+        state, name = self.cognition.state, host.name
+        for done in finished:
+            res = done.result
+            self.cognition.record_result(name, res)
+            if res.halt != "error":
+                self._upstream[name] = res.outputs
+            newest = newest_ts_ns(done.inputs)
+            stamp = self.clock.time_ns()
+            age_ms = (stamp - newest) / 1e6 if newest is not None else None
+            # `tick`: the tick whose input the job answers (its newest), not the one publishing it.
+            self.publisher.result(res, tick=done.inputs.tick or self.books.count, ts_ns=stamp, state=state,
+                                  inputs={s: f.seq for s, f in done.inputs.frames.items()}, age_ms=age_ms)
+            self.stages.record(f"plugin:{name}", res.latency_ms)
         self.stages.record("publish", (self.clock.monotonic() - tp) * 1e3)
+        if self._waiter is not None and host.wants_atp():
+            self.notify_input()  # between ticks: its held input needs the next grant
 
     def _settle(self) -> None:
         """What each plugin thread measured is debited against what it was granted; credit past

@@ -237,10 +237,12 @@ class PluginHost:
             return self._job is not None or self._next is not None or self._pending_input() > 0
 
     def take_finished(self) -> list[Finished]:
+        self.stats.sample(self.account)
+        if not self._finished:
+            return []  # nothing ended: no lock on an idle tick (a job appended now is taken next time)
         with self._cond:
             out = list(self._finished)
             self._finished.clear()
-        self.stats.sample(self.account)
         for done in out:
             self._account(done.result)
             if self.plugin.one_sensor_per_job:
@@ -250,6 +252,8 @@ class PluginHost:
 
     def check_hang(self, grace_ms: float) -> None:
         """Abandon a job whose step has run past the job's deadline plus `grace_ms`."""
+        if self._job is None:
+            return  # no job: no lock on an idle tick
         with self._cond:
             job, since = self._job, self._unit_since_ns
             if job is None or since is None or self.hung:
