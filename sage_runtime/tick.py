@@ -120,9 +120,14 @@ class Orchestrator:
         in the next tick (the replay drives `tick` itself and sets its own on_finished)."""
         if self._loop is not None:
             try:
-                self._loop.call_soon_threadsafe(self._publish_host, host)
+                self._loop.call_soon_threadsafe(self._publish_now, host)
             except RuntimeError:  # the loop is closing: the daemon is stopping
                 pass
+
+    def _publish_now(self, host: PluginHost) -> None:
+        """(Event loop, between ticks.) A stopping daemon publishes nothing more, as before."""
+        if not self._stop.is_set():
+            self._publish_host(host)
 
     def stop(self) -> None:
         self._stop.set()
@@ -162,7 +167,7 @@ class Orchestrator:
             start = loop.time()
             # Woken without input means the timer fired; event-loop timers may fire up to a
             # millisecond early, which must not turn into a burst of empty "input" ticks.
-            periodic = start >= next_deadline or not self._pending
+            periodic = start >= next_deadline or not self._pending or not self.cfg.tick.wake_on_input
             if periodic:
                 self.lateness_ms.record(max(start - next_deadline, 0.0) * 1e3)
             else:
@@ -211,7 +216,8 @@ class Orchestrator:
         plan: TickPlan | None = None
         try:
             self._publish_finished()
-            offers = {name: got for name, host in self.hosts.items() if (got := self._inputs_for(host, frames))}
+            offers = {name: got for name, host in self.hosts.items()
+                      if (got := self._inputs_for(host, frames))} if frames else {}
             plan = self._plan(frames, offers, period_s)
             for transition in plan.transitions:
                 self.publisher.state(transition)
@@ -219,7 +225,9 @@ class Orchestrator:
             self._offline_work(plan)
             self._settle()
         finally:
-            self._release(leases + (plan.leases if plan is not None else []))
+            self._release(leases)
+            if plan is not None:
+                self._release(plan.leases)
         self._close_tick(t0, period_s)
 
     def _plan(self, frames: dict[str, list[Frame]], offers: dict[str, Offer], period_s: float) -> TickPlan:
@@ -325,7 +333,7 @@ class Orchestrator:
     def _offline_work(self, plan: TickPlan) -> None:
         """DREAM/REST consolidation on the plugin thread with the ATP the plan set aside; settled
         with its measured time in the tick after it returns, never awaited."""
-        for name, fut in list(self._offline.items()):
+        for name, fut in list(self._offline.items()) if self._offline else ():
             if fut.done():
                 del self._offline[name]
                 try:
