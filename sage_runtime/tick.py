@@ -88,6 +88,7 @@ class Orchestrator:
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._misses: collections.deque[bool] = collections.deque(maxlen=cfg.tick.miss_window)
+        self._missed = 0  # True entries in _misses, kept as they come and go (no sum per tick)
         self.first_full_tick = asyncio.Event()
         # The newest outputs of every plugin (memory reads the vision embedding from here), and
         # since when each plugin has wanted ATP without being granted any (cognition ranks by it).
@@ -150,7 +151,7 @@ class Orchestrator:
     def deadline_miss_rate(self) -> float:
         """Share of the last `miss_window` ticks that overran; ticks before start count as met, so
         one slow first tick is not a 100 % miss rate."""
-        return sum(self._misses) / (self._misses.maxlen or 1)
+        return self._missed / (self._misses.maxlen or 1)
 
     # ---------------------------------------------------------------- the loop
 
@@ -372,7 +373,10 @@ class Orchestrator:
         elapsed_ms = (self.clock.monotonic() - t0) * 1e3
         self.tick_ms.record(elapsed_ms)
         missed = elapsed_ms > period_s * 1e3
+        if len(self._misses) == self._misses.maxlen:
+            self._missed -= self._misses[0]
         self._misses.append(missed)
+        self._missed += missed
         self.books.overruns += missed
         self.books.over_1_5x += elapsed_ms > 1.5 * period_s * 1e3
         self.books.stalls += elapsed_ms > STALL_MS
