@@ -161,26 +161,47 @@ def test_bad_declared_noise_level_is_a_clear_error(plugin: VisionPlugin) -> None
 
 def test_energy_never_rises_even_with_a_prior_that_misleads() -> None:
     """The acceptance rule, not the net, keeps E monotone: an untrained net's steps are cut back
-    or refused, never taken uphill (progress on real photos: the held-out test below)."""
+    or refused, never taken uphill, and refused steps leave the image as it was (progress on real
+    photos: the held-out tests below)."""
     g = torch.Generator().manual_seed(0)
     x = torch.stack([clean_scene(s, 64, 64).permute(2, 0, 1).float() / 255 for s in (3, 4)])
     y = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
     valid = (torch.rand(2, 1, 64, 64, generator=g) > 0.3).float()
-    sigma = torch.tensor([0.1, 0.1])
     torch.manual_seed(5)
     cases = {"noise+holes": (y, torch.tensor([0.1, 0.1])), "holes": (x * valid, torch.zeros(2))}
-    runs = {}
     for case, (obs, sigma) in cases.items():
         for name, net, cfg in (("trained", load_prior(), refine.RefineConfig()),
                                ("untrained", PriorNet().eval(), refine.RefineConfig()),
-                               ("no backtracking", load_prior(), refine.RefineConfig(max_halvings=0))):
+                               ("one step size", load_prior(), refine.RefineConfig(step_sizes=(1.0,)))):
             r = refine.start(net, obs, valid, sigma, cfg)
-            energies = [r.energy]
+            energies, before = [r.energy], r
             for _ in range(8):
                 r = refine.step(net, r, cfg)
                 energies.append(r.energy)
-            e = runs[case, name] = torch.stack(energies)
+                still = r.stalled.view(-1, 1, 1, 1)
+                assert bool(torch.where(still, r.x == before.x, True).all()), (case, name)
+                before = r
+            e = torch.stack(energies)
             assert bool((e[1:] <= e[:-1]).all()), (case, name, e)
+
+
+def test_energy_estimates_the_error_without_ground_truth() -> None:
+    """E is the shadow restoration's error at observed pixels it never saw: under noise of level
+    sigma it reads (its error against the clean image) + sigma^2, so steps it accepts are steps that
+    help against the truth (on average; the held-out tests below check per crop)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.stack([clean_scene(s, 96, 96).permute(2, 0, 1).float() / 255 for s in (5, 6, 7)])
+    sigma = 0.08
+    y = (x + sigma * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    valid = torch.ones_like(x[:, :1])
+    cfg = refine.RefineConfig()
+    r = refine.start(load_prior(), y, valid, torch.full((3,), sigma), cfg)
+    for _ in range(2):
+        r = refine.step(load_prior(), r, cfg)
+    n = r.held.sum((1, 2, 3)) * 3
+    truth = (r.held * (r.shadow - x).square()).sum((1, 2, 3)) / n
+    assert torch.allclose(r.energy, truth + sigma ** 2, rtol=0.15), (r.energy, truth + sigma ** 2)
+    assert not bool((r.energy <= sigma ** 2 * 0.9).any())  # E does not reward copying the noise
 
 
 def test_runner_history_is_monotone(plugin: VisionPlugin) -> None:

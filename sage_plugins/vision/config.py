@@ -11,7 +11,7 @@ class VisionConfig(PluginOptions):
     weights: str | None = None                # embedding encoder (VAE); default: weights.pt shipped in this package
     prior: str | None = None                  # prior net; default: prior.pt shipped in this package
     prior_sigma: float = Field(0.02, gt=0)    # tau: data weight tau^2 / (tau^2 + sigma^2) against the prior's estimate
-    max_halvings: int = Field(2, ge=0)        # backtracking trials per step
+    holdout: float = Field(0.1, gt=0, lt=1)   # share of observed pixels hidden from the shadow that scores steps (refine.py)
     tv_per_sigma: float = Field(0.9, ge=0)    # the floor's TV weight per unit of noise sigma
     max_side: int = Field(256, ge=8)          # working size: the frame's own, scaled down to this longer side if larger
     max_steps: int = Field(2, ge=1)           # = train.py --unroll; more steps lose PSNR under noise (README)
