@@ -14,5 +14,6 @@ class VisionConfig(PluginOptions):
     holdout: float = Field(0.1, gt=0, lt=1)   # share of observed pixels hidden from the shadow that scores steps (refine.py)
     tv_per_sigma: float = Field(0.9, ge=0)    # the floor's TV weight per unit of noise sigma
     max_side: int = Field(256, ge=8)          # working size: the frame's own, scaled down to this longer side if larger
-    max_steps: int = Field(2, ge=1)           # = train.py --unroll; more steps lose PSNR under noise (README)
+    min_z: float = Field(1.0, ge=0)           # a step must lower the held-out energy by this many standard errors
+    max_steps: int = Field(4, ge=1)           # calibrated (calibrate.py): later steps are mostly refused
     rel_eps: float = Field(1e-3, ge=0)        # converged when a step lowered E by less than this share of it

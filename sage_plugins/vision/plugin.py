@@ -60,7 +60,7 @@ class VisionPlugin(IRPPlugin):
         cfg = self.cfg = ctx.options
         self.max_steps = cfg.max_steps
         self.refine_cfg = refine.RefineConfig(prior_sigma=cfg.prior_sigma, holdout=cfg.holdout,
-                                              tv_per_sigma=cfg.tv_per_sigma)
+                                              min_z=cfg.min_z, tv_per_sigma=cfg.tv_per_sigma)
         self.net = load_prior(Path(cfg.prior) if cfg.prior else PRIOR, ctx.device)
         self.encoder = load_pretrained(Path(cfg.weights) if cfg.weights else WEIGHTS, ctx.device)
         c, h, w = self.encoder.latent_shape

@@ -38,7 +38,7 @@ class RefineConfig:
     prior_sigma: float = 0.02   # tau: width of the prior around the net's estimate (the data blend's weight)
     step_sizes: tuple[float, ...] = (0.25, 0.5, 1.0)   # t tried per step; the one with the lowest E is taken
     holdout: float = 0.1        # share of observed pixels hidden from the shadow (the energy's sample)
-    min_z: float = 0.0          # a step must lower E by this many standard errors of the decrease
+    min_z: float = 1.0          # a step must lower E by this many standard errors of the decrease
     seed: int = 0               # of the held-out pixels (fixed: the same frame gives the same result)
     tv_per_sigma: float = 0.9   # the floor's TV weight per unit of noise sigma
 
