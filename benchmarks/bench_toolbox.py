@@ -44,7 +44,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     n, reps = (2000, 3) if args.quick else (5000, 5)
-    cfg = {"ingest": {"rcvhwm": 100000}}
+    # Bursts of thousands of small frames: a deep receive queue, paid for by a small message limit.
+    cfg = {"ingest": {"max_message_bytes": 4096}, "capacity": {"rcvhwm": 100000}}
     with tempfile.TemporaryDirectory() as tmp:
         d = DaemonProcess(Path(tmp), cfg).start()
         try:

@@ -89,7 +89,6 @@ class IngestSection(Section):
     rejection_log_interval_s: float = Field(60.0, gt=0, le=3600)
     default_tensor_policy: str = "latest"
     default_fifo_policy: str = "fifo:64"
-    rcvhwm: int = Field(1000, ge=1)
     #: Filled from capacity.max_sensors (one number for ingest, salience and the mailbox).
     max_sensors: int = Field(64, ge=1)
     sensors: dict[str, SensorSection] = {}
@@ -208,6 +207,19 @@ class CapacitySection(Section):
     max_message_parts: int = Field(8, ge=3, le=64)
     #: Event `type`/`target`/`priority` and reward `target` strings: status and the ledgers keep them.
     max_string_bytes: int = Field(256, ge=16, le=65536)
+    #: What libzmq may queue per peer on the ingest socket before the daemon reads a part: rcvhwm
+    #: whole messages of up to ingest.max_message_bytes. Past the mark the peer is pushed back (its
+    #: own send queue, then its SNDHWM drops), nothing more is held here.
+    receive_bytes: int = Field(512 * MIB, ge=MIB)
+    #: ZMQ_RCVHWM of the ingest and control sockets, in messages per peer; unset: receive_bytes //
+    #: ingest.max_message_bytes (16 at the defaults; 8,192 for 64 KiB messages), at most 100,000.
+    rcvhwm: int | None = Field(None, ge=1, le=100_000)
+    #: One control request, all parts together (ZMQ_MAXMSGSIZE of the control sockets: a single part
+    #: over it makes libzmq drop the peer before allocating it).
+    max_request_bytes: int = Field(64 * 1024, ge=4096, le=16 * MIB)
+    #: One text frame's payload: decoding UTF-8 runs on the event loop (~25 ms per 30 MiB of non-ASCII
+    #: text on a loaded 2-core box), so longer ones are refused (`too_long`) before any decoding.
+    max_text_bytes: int = Field(4 * MIB, ge=1024, le=1024 * MIB)
     #: Concurrent peers per TCP endpoint (ZAP refuses more); ipc endpoints are guarded by file modes.
     max_tcp_peers: int = Field(64, ge=1, le=4096)
     #: Health turns `degraded` when a budget is this full.
@@ -226,9 +238,22 @@ def _itemsize(dtype: str | None) -> int:
     return max(int(digits) // 8, 1) if digits else 1
 
 
+def receive_hwm(cap: CapacitySection, max_message_bytes: int) -> int:
+    """ZMQ_RCVHWM of a socket whose messages are up to max_message_bytes: capacity.rcvhwm, or what
+    receive_bytes allows; never more than receive_bytes holds (the control socket's requests)."""
+    fits = max(1, min(cap.receive_bytes // max_message_bytes, 100_000))
+    return fits if cap.rcvhwm is None else min(cap.rcvhwm, fits)
+
+
 def check_capacity(cfg: "SageConfig") -> None:
-    """Every declared sensor and the default policies fit the per-sensor budget (ValueError naming the key)."""
+    """Every declared sensor and the default policies fit the per-sensor budget, and libzmq's receive
+    queue fits receive_bytes (ValueError naming the keys)."""
     cap, ing = cfg.capacity, cfg.ingest
+    queued = (cap.rcvhwm or 1) * ing.max_message_bytes
+    if queued > cap.receive_bytes:
+        what = (f"capacity.rcvhwm {cap.rcvhwm} x ingest.max_message_bytes {ing.max_message_bytes} = {queued} bytes"
+                if cap.rcvhwm else f"ingest.max_message_bytes {queued} (one message; capacity.rcvhwm unset)")
+        raise ValueError(f"{what} libzmq may queue per peer exceeds capacity.receive_bytes {cap.receive_bytes}")
     budget = cap.sensor_bytes
     frame = ing.max_message_bytes
     worst = channel_slots(ing.default_tensor_policy) * frame
@@ -396,6 +421,8 @@ class SageConfig(Section):
                 raise ValueError(f"{section}.max_sensors is capacity.max_sensors (one number for ingest, salience "
                                  f"and the mailbox): set that instead")
             out[section] = {**raw, "max_sensors": n}
+        if isinstance(out.get("ingest"), dict) and "rcvhwm" in out["ingest"]:
+            raise ValueError("ingest.rcvhwm is capacity.rcvhwm (bounded by capacity.receive_bytes): set that instead")
         return out
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ from sage_runtime.capabilities import capability_report
 from sage_runtime.cognition.commands import cognition_commands
 from sage_runtime.cognition.plan import Cognition
 from sage_runtime.config import (
-    SageConfig, expand_endpoint, load_config, resolve_runtime_dir, resolve_state_dir, split_reload,
+    SageConfig, expand_endpoint, load_config, receive_hwm, resolve_runtime_dir, resolve_state_dir, split_reload,
 )
 from sage_runtime.edges.control import CommandError, ControlServer
 from sage_runtime.edges.ingest import IngestServer, SensorTable
@@ -53,6 +53,8 @@ from sage_runtime.telemetry import open_telemetry
 from sage_runtime.tick import Orchestrator
 
 log = logging.getLogger("sage.daemon")
+#: Below this soft fd limit (after raising it to the hard one) the daemon warns at start.
+MIN_NOFILE = 4096
 
 STOP_TIMEOUT_S = 4.0
 SOCKET_FILES = ("control.sock", "ingest.sock", "results.sock")
@@ -129,7 +131,9 @@ class Daemon:
         stack.callback(self.security.close)
         self.control = ControlServer(actx, expand_endpoint(cfg.control.endpoint, self.runtime_dir),
                                      cfg.control.socket_mode, tcp_endpoint=cfg.control.tcp_endpoint,
-                                     security=self.security, max_parts=cfg.capacity.max_message_parts)
+                                     security=self.security, max_parts=cfg.capacity.max_message_parts,
+                                     max_request_bytes=cfg.capacity.max_request_bytes,
+                                     rcvhwm=receive_hwm(cfg.capacity, cfg.capacity.max_request_bytes))
         stack.callback(self.control.close)
         self.publisher = ResultPublisher(zmq.Context.shadow(actx.underlying), self._endpoints(cfg.results.endpoints),
                                          cfg.results.sndhwm, self.security)
@@ -416,7 +420,12 @@ def serve(cfg: SageConfig, config_path: str | None, *, demo: Any = None, replay:
     """Run the daemon until SIGTERM/SIGINT. Typed failures propagate (cli.py maps them to codes)."""
     setup_logging(cfg.runtime.log_level)
     bound_malloc()
-    raise_nofile()
+    soft, _ = raise_nofile()
+    if soft < MIN_NOFILE:
+        # libzmq aborts when an ipc accept meets EMFILE: a burst of TCP connections that ZAP has not
+        # shed yet (1,100 at once, on a loaded box) can take the daemon to a limit this low.
+        log.warning("file descriptor limit is %d: a flood of connections can abort the daemon; give it "
+                    "LimitNOFILE=65536 (the unit does) or ulimit -n %d", soft, MIN_NOFILE)
     if cfg.runtime.uvloop:
         with contextlib.suppress(ImportError):
             import uvloop

@@ -141,13 +141,12 @@ def zmtp_partial_message(path: str) -> None:
 
 def test_clients_that_vanish_mid_multipart_leave_no_trace(edges):
     before = edges.status()["ingest"]
-    ctx = zmq.Context.instance()
-    half = ctx.socket(zmq.PUB)
-    half.connect(edges.ingest)
-    time.sleep(0.3)  # joined (slow joiner), so the first part does leave this process
-    half.send(b"sensor/ghost", zmq.SNDMORE)
-    half.send(msgpack.packb({"v": 1}), zmq.SNDMORE)
-    half.close(linger=0)
+    # SensorPublisher waits for the daemon's subscription (a handshake, not a 0.3 s sleep that a
+    # loaded box outran): the first parts do leave this process, then the sender vanishes.
+    half = SensorPublisher(edges.ingest)
+    half.sock.send(b"sensor/ghost", zmq.SNDMORE)
+    half.sock.send(msgpack.packb({"v": 1}), zmq.SNDMORE)
+    half.sock.close(linger=0)
     zmtp_partial_message(str(edges.run_dir / "ingest.sock"))
     pub = connect_publisher(edges, "after_vanish")
     pub.tensor("after_vanish_t", np.ones(4, np.float32))
@@ -188,8 +187,7 @@ def test_malformed_bytes_over_real_zeromq_are_counted_by_reason(edges):
         return all(now.get(r, 0) - before.get(r, 0) == n for r, n in wanted.items())
     wait_for(counted, timeout_s=10)
     # Far above max_message_bytes: libzmq cuts the sender off before the daemon sees it (not counted).
-    cut = SensorPublisher(edges.ingest)
-    time.sleep(0.3)
+    cut = SensorPublisher(edges.ingest)  # waits for the daemon's subscription
     cut.send_parts([b"sensor/huge", hdr(sensor="huge", dtype="uint8", shape=[5 * MiB]), b"\0" * (5 * MiB)])
     cut.close()
     pub.tensor("small", np.zeros((4, 4), np.uint8))

@@ -336,3 +336,32 @@ def test_status_is_answered_within_1s_during_a_flood_of_big_frames(daemon):
         done.set()
         sender.join(timeout=10)
     still_fine(daemon)
+
+
+@pytest.mark.parametrize("parts, want", [
+    ([b"a"] * 12, "too_many_parts"),
+    ([b"a" * 600, b"b" * 600, b"c", b"d"], "oversize"),
+    ([b"a" * 500, b"b" * 500], None),
+])
+def test_the_shared_bounded_receive_refuses_before_assembly_and_keeps_the_stream_aligned(parts, want):
+    """Ingest and control read through one receive: a refused message leaves nothing kept and the
+    next message arrives whole (its rest was read and dropped, not left to be taken as a new message)."""
+    from sage_runtime.edges.receive import receive_bounded
+
+    ctx = zmq.Context()  # its own: an inproc name is released asynchronously after close
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        a.bind("inproc://bounded-receive")
+        b.connect("inproc://bounded-receive")
+        b.send_multipart(parts)
+        b.send_multipart([b"next", b"ok"])
+        assert a.poll(5000)
+        got = receive_bounded(a, 8, 1024)
+        assert got.refused == want and got.count == len(parts) and got.size == sum(map(len, parts))
+        assert [f.bytes for f in got.parts] == ([] if want else parts)
+        after = receive_bounded(a, 8, 1024)
+        assert after.refused is None and [f.bytes for f in after.parts] == [b"next", b"ok"]
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)
+        ctx.term()

@@ -167,6 +167,8 @@ def unit() -> configparser.ConfigParser:
 def test_unit_contract():
     svc = unit()["Service"]
     assert svc["Type"] == "notify" and svc["Restart"] == "on-failure"
+    # a config error or a second daemon fails the same way each time: no restart loop
+    assert set(svc["RestartPreventExitStatus"].split()) == {str(cli.EXIT_CONFIG), str(cli.EXIT_RUNNING)}
     assert svc["RuntimeDirectory"] == "sage" and svc["StateDirectory"] == "sage"
     assert _seconds(svc["WatchdogSec"]) > 0
     assert _seconds(svc["TimeoutStopSec"]) > daemon.STOP_TIMEOUT_S + 1, "SIGKILL must not cut the drain short"

@@ -16,14 +16,11 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from sage_runtime.edges.receive import OVERSIZE, TOO_MANY_PARTS, receive_bounded
 from sage_runtime.edges.security import EdgeSecurity, bind
 from sage_runtime.wire import WireError, decode_request, encode_reply
 
 log = logging.getLogger("sage.control")
-
-#: ZMQ_MAXMSGSIZE of control sockets and the most one request may carry in all its parts: requests
-#: are small maps; libzmq drops a peer whose part is larger, and the server refuses more in total.
-MAX_REQUEST_BYTES = 64 * 1024
 
 Handler = Callable[[dict[str, Any]], Any | Awaitable[Any]]
 
@@ -41,8 +38,10 @@ class ControlServer:
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, socket_mode: int = 0o660, *,
                  tcp_endpoint: str | None = None, security: EdgeSecurity | None = None,
-                 max_parts: int = 8) -> None:
-        self.max_parts = max_parts
+                 max_parts: int = 8, max_request_bytes: int = 64 * 1024, rcvhwm: int = 16) -> None:
+        # max_request_bytes: ZMQ_MAXMSGSIZE (libzmq drops a peer whose part is larger) and the most
+        # one request may carry in all its parts (refused past it, counted).
+        self.max_parts, self.max_request_bytes, self.rcvhwm = max_parts, max_request_bytes, rcvhwm
         self.sock = self._socket(ctx)
         if endpoint.startswith("ipc://"):
             path = endpoint[len("ipc://"):]
@@ -71,13 +70,13 @@ class ControlServer:
         self.handlers: dict[str, Handler] = {}
         self.requests = 0
         self.bad_requests = 0
-        self.refused: dict[str, int] = {"too_many_parts": 0, "oversize": 0}
+        self.refused: dict[str, int] = {TOO_MANY_PARTS: 0, OVERSIZE: 0}
 
-    @staticmethod
-    def _socket(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
+    def _socket(self, ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_request_bytes)
+        sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         return sock
 
     def register(self, cmd: str, handler: Handler) -> None:
@@ -114,28 +113,15 @@ class ControlServer:
         await asyncio.gather(*(self._serve(sock) for sock in self.socks))
 
     def _receive(self, raw: zmq.Socket) -> list[bytes] | None:
-        """One request, part by part; past max_parts or MAX_REQUEST_BYTES the rest is read and let go
-        (counted in `refused`), never assembled."""
-        frames: list[bytes] = []
-        size, count, refused = 0, 0, None
-        while True:
-            frame = raw.recv(zmq.NOBLOCK, copy=False)
-            count += 1
-            size += len(frame)
-            if refused is None:
-                refused = ("too_many_parts" if count > self.max_parts else
-                           "oversize" if size > MAX_REQUEST_BYTES else None)
-                if refused is None:
-                    frames.append(frame.bytes)
-                else:
-                    frames.clear()
-            if not frame.more:
-                break
-        if refused is not None:
-            self.refused[refused] += 1
-            log.warning("control request of %d parts, %d bytes refused (%s)", count, size, refused)
+        """One request through the shared bounded receive; past max_parts or max_request_bytes it is
+        counted in `refused` and never assembled."""
+        got = receive_bounded(raw, self.max_parts, self.max_request_bytes)
+        if got.refused is not None:
+            self.refused[got.refused] += 1
+            log.warning("control request refused: %s", got.detail(
+                "capacity.max_message_parts", "capacity.max_request_bytes", self.max_parts, self.max_request_bytes))
             return None
-        return frames
+        return [frame.bytes for frame in got.parts]
 
     async def _serve(self, sock: zmq.asyncio.Socket) -> None:
         raw = zmq.Socket.shadow(sock.underlying)

@@ -18,10 +18,11 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from sage_runtime.config import LATEST_SLOTS, CapacitySection, IngestSection, SensorSection
+from sage_runtime.config import LATEST_SLOTS, CapacitySection, IngestSection, SensorSection, receive_hwm
 from sage_runtime.logs import RejectionLog
 from sage_runtime.records import Frame
 from sage_runtime.mailbox import Lease, Mailbox, WriteStatus
+from sage_runtime.edges.receive import receive_bounded
 from sage_runtime.edges.security import EdgeSecurity, bind_edge
 from sage_runtime.edges.tap import IngestTap
 from sage_runtime.wire import DTYPES, IngestMessage, WireError, decode_ingest, torch_dtype
@@ -327,7 +328,8 @@ class IngestServer:
         self.on_input = on_input
         cfg = table.cfg
         self.socks, self.endpoints = bind_edge(ctx, zmq.SUB, endpoints, "ingest", {
-            zmq.MAXMSGSIZE: cfg.max_message_bytes * PART_LIMIT_FACTOR, zmq.RCVHWM: cfg.rcvhwm,
+            zmq.MAXMSGSIZE: cfg.max_message_bytes * PART_LIMIT_FACTOR,
+            zmq.RCVHWM: receive_hwm(table.capacity, cfg.max_message_bytes),
             zmq.LINGER: 0, zmq.SUBSCRIBE: b""}, security)
         self.max_parts = table.capacity.max_message_parts
         self.messages = 0
@@ -344,7 +346,8 @@ class IngestServer:
             return
         try:
             msg = decode_ingest(parts, max_elements=cfg.max_elements, reject_non_finite=cfg.reject_non_finite,
-                                max_string_bytes=self.table.capacity.max_string_bytes)
+                                max_string_bytes=self.table.capacity.max_string_bytes,
+                                max_text_bytes=self.table.capacity.max_text_bytes)
             self.table.admit(msg, size)
             if self.tap is not None and self.tap.active:
                 self.tap.publish(msg.sensor, parts)
@@ -355,33 +358,15 @@ class IngestServer:
             log.exception("ingest failed on a message (counted as ingest.internal_errors)")
 
     def _receive(self, raw: zmq.Socket) -> None:
-        """One message, part by part: past max_message_parts or max_message_bytes the rest is read
-        and let go at once (counted), never assembled into a list of parts."""
+        """One message through the shared bounded receive: refused (counted) before assembly."""
         cfg = self.table.cfg
-        parts: list[Any] = []
-        size, count, refused = 0, 0, None
-        while True:
-            frame = raw.recv(zmq.NOBLOCK, copy=False)
-            count += 1
-            size += len(frame)
-            if refused is None:
-                if count > self.max_parts:
-                    refused = "too_many_parts"
-                elif size > cfg.max_message_bytes:
-                    refused = "oversize"
-                else:
-                    parts.append(frame)
-                if refused is not None:
-                    parts.clear()
-            if not frame.more:
-                break
-        if refused is None:
-            self.handle(parts, size)
+        got = receive_bounded(raw, self.max_parts, cfg.max_message_bytes)
+        if got.refused is None:
+            self.handle(got.parts, got.size)
             return
         self.messages += 1
-        limit = (f"max_message_parts {self.max_parts}" if refused == "too_many_parts"
-                 else f"max_message_bytes {cfg.max_message_bytes}")
-        self.table.reject(refused, f"message of {count} parts, {size} bytes exceeds {limit}")
+        self.table.reject(got.refused, got.detail("capacity.max_message_parts", "ingest.max_message_bytes",
+                                                  self.max_parts, cfg.max_message_bytes))
 
     async def _pump(self, sock: zmq.asyncio.Socket) -> None:
         raw = zmq.Socket.shadow(sock.underlying)

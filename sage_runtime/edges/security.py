@@ -14,6 +14,7 @@ import collections
 import ipaddress
 import itertools
 import logging
+import math
 import os
 import re
 import stat
@@ -47,12 +48,21 @@ _monitor_ids = itertools.count()
 
 
 class _CappedAuthenticator(AsyncioAuthenticator):
-    """pyzmq's ZAP handler, refusing a CURVE handshake while its edge already has `max_peers`
-    connected TCP peers: each costs a file descriptor, and at the process's limit libzmq aborted."""
+    """pyzmq's ZAP handler, refusing a handshake (CURVE, or NULL on a plain TCP socket) while its
+    edge already has `max_peers` connected TCP peers: each costs a file descriptor, and at the
+    process's limit libzmq aborted."""
 
     def __init__(self, ctx: zmq.asyncio.Context, security: "EdgeSecurity") -> None:
         super().__init__(ctx, log=logging.getLogger("sage.security.zap"))
         self.security = security
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        # [version, request_id, domain, address, identity, mechanism, ...]: NULL has no credentials
+        # hook of its own in pyzmq, so its cap is checked here.
+        if len(msg) >= 6 and msg[5] == b"NULL" and self.security.over_peer_cap(msg[2].decode(errors="replace")):
+            self._send_zap_reply(msg[1], b"400", b"too many peers")
+            return
+        await super().handle_zap_message(msg)
 
     async def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:
         if self.security.over_peer_cap(domain):
@@ -153,12 +163,18 @@ class EdgeSecurity:
         self.counts: dict[str, collections.Counter[str]] = {}
         self.peers: collections.Counter[str] = collections.Counter()  # TCP peers connected now, per edge
         self._monitors: list[tuple[str, zmq.Socket, zmq.asyncio.Socket]] = []
+        self.curve_edges: set[str] = set()
         if keys is not None:
             # Before any secured socket binds: a handshake without a ZAP handler would pass unchecked.
-            self.auth = _CappedAuthenticator(ctx, self)
-            self.auth.start()
+            self._start_auth()
             log.info("CurveZMQ on TCP endpoints: %d authorised client key(s) in %s",
                      len(zmq.auth.load_certificates(keys.authorized_keys_dir)), keys.authorized_keys_dir)
+
+    def _start_auth(self) -> AsyncioAuthenticator:
+        if self.auth is None:
+            self.auth = _CappedAuthenticator(self.ctx, self)
+            self.auth.start()
+        return self.auth
 
     @property
     def enabled(self) -> bool:
@@ -171,9 +187,16 @@ class EdgeSecurity:
         sock.curve_secretkey = self.keys.secret
         sock.curve_publickey = self.keys.public
         sock.curve_server = True
+        self._start_auth().configure_curve(domain=edge, location=str(self.keys.authorized_keys_dir))
+        self.curve_edges.add(edge)
+        self.cap_peers(sock, edge)
+
+    def cap_peers(self, sock: zmq.Socket, edge: str) -> None:
+        """Count `sock`'s TCP peers and handshakes under `edge` and refuse a handshake past
+        max_peers (ZAP; NULL handshakes too on a plain socket). Call before bind, on a socket with
+        TCP endpoints only: its every peer counts."""
+        self._start_auth()
         sock.zap_domain = edge.encode()
-        assert self.auth is not None
-        self.auth.configure_curve(domain=edge, location=str(self.keys.authorized_keys_dir))
         address = f"inproc://sage-monitor-{edge}-{next(_monitor_ids)}"
         sock.monitor(address, sum(_HANDSHAKE_EVENTS) | _PEER_EVENTS)
         mon = self.ctx.socket(zmq.PAIR)
@@ -191,8 +214,10 @@ class EdgeSecurity:
         if self.peers[edge] <= self.max_peers:
             return False
         self.counts[edge]["refused_peers"] += 1
-        log.warning("%s: refusing a TCP peer: %d connected, capacity.max_tcp_peers is %d", edge,
-                    self.peers[edge], self.max_peers)
+        refused = self.counts[edge]["refused_peers"]
+        if refused == 10 ** int(math.log10(refused)):  # 1st, 10th, 100th...: a flood is not a log flood
+            log.warning("%s: refusing TCP peers (%d so far): %d connected, capacity.max_tcp_peers is %d", edge,
+                        refused, self.peers[edge], self.max_peers)
         return True
 
     async def _watch(self, edge: str, mon: zmq.asyncio.Socket) -> None:
@@ -211,7 +236,7 @@ class EdgeSecurity:
 
     def stats(self, edge: str) -> dict[str, Any]:
         counts = self.counts.get(edge, collections.Counter())
-        return {"curve": edge in self.counts, **{name: counts[name] for name in _HANDSHAKE_EVENTS.values()},
+        return {"curve": edge in self.curve_edges, **{name: counts[name] for name in _HANDSHAKE_EVENTS.values()},
                 "peers": self.peers[edge], "refused_peers": counts["refused_peers"]}
 
     def close(self) -> None:
@@ -240,18 +265,19 @@ def bind_edge(ctx: zmq.Context, sock_type: int, endpoints: list[str], edge: str,
     for the TCP endpoints (a security option applies to every endpoint of a socket; ipc endpoints
     stay plain, file modes guard them). Returns the sockets and the bound endpoints."""
     secured = security is not None and security.enabled
-    groups = [[ep for ep in endpoints if not (secured and is_tcp(ep))],
-              [ep for ep in endpoints if secured and is_tcp(ep)]]
+    groups = [[ep for ep in endpoints if not is_tcp(ep)], [ep for ep in endpoints if is_tcp(ep)]]
     socks: list[Any] = []
     bound: list[str] = []
-    for curve, group in enumerate(groups):
+    for tcp, group in enumerate(groups):
         if not group:
             continue
         sock = ctx.socket(sock_type)
         for option, value in options.items():
             sock.setsockopt(option, value)
-        if curve:
+        if tcp and secured:
             security.secure(sock, edge)  # type: ignore[union-attr]
+        elif tcp and security is not None:
+            security.cap_peers(sock, edge)  # plain TCP (loopback opt-in): its peers are capped too
         for ep in group:
             bind(sock, ep, f"{edge}.endpoints")
             bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))

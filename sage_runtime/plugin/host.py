@@ -44,6 +44,9 @@ INPUT_POLICIES = ("queue", "restart", "warm")
 CREDIT_STEPS = 4.0
 #: Frames kept per fifo sensor for a plugin's next job; older ones are dropped and counted.
 MAX_BACKLOG = 64
+#: ... and at most this many bytes of them: 64 texts of 4 MiB held for a busy plugin, once in its
+#: pending input and again in its running job, took a daemon under a 1.5 GiB RLIMIT_AS to MemoryError.
+MAX_BACKLOG_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,8 @@ def job_policy(cfg: Any, plugin: IRPPlugin) -> JobPolicy:
 
 def merge_inputs(old: PluginInputs | None, new: PluginInputs) -> tuple[PluginInputs, int]:
     """New input joins input not yet served: newest frame per sensor, fifo backlogs in order (at
-    most MAX_BACKLOG per sensor; returns how many older ones that dropped); context (state,
-    fused, upstream) from `new`; salience per sensor from both, newest first."""
+    most MAX_BACKLOG frames and MAX_BACKLOG_BYTES per sensor; returns how many older ones that
+    dropped); context (state, fused, upstream) from `new`; salience per sensor from both, newest first."""
     if old is None:
         return new, 0
     frames = {**old.frames, **new.frames}
@@ -91,11 +94,24 @@ def merge_inputs(old: PluginInputs | None, new: PluginInputs) -> tuple[PluginInp
         got = [*(old.backlog.get(sensor) or ([old.frames[sensor]] if sensor in old.frames else [])),
                *(new.backlog.get(sensor) or ([new.frames[sensor]] if sensor in new.frames else []))]
         if len(got) > 1 and (sensor in old.backlog or sensor in new.backlog):
-            dropped += max(len(got) - MAX_BACKLOG, 0)
-            backlog[sensor] = got[-MAX_BACKLOG:]
+            kept = _newest_within(got[-MAX_BACKLOG:], MAX_BACKLOG_BYTES)
+            dropped += len(got) - len(kept)
+            backlog[sensor] = kept
     salience = {**old.salience, **new.salience}  # a held frame keeps the salience it was scored with
     return PluginInputs(tick=new.tick, state=new.state, frames=frames, backlog=backlog, salience=salience,
                         fused=new.fused, upstream=new.upstream), dropped
+
+
+def _newest_within(frames: list[Frame], budget: int) -> list[Frame]:
+    """The newest frames whose payloads fit `budget` bytes (the newest always stays)."""
+    total, keep = 0, 0
+    for frame in reversed(frames):
+        data = frame.data
+        total += len(data) if isinstance(data, (str, bytes)) else int(getattr(data, "nbytes", 0))
+        if keep and total > budget:
+            break
+        keep += 1
+    return frames[len(frames) - keep:]
 
 
 def oldest_ts_ns(inputs: PluginInputs) -> int | None:
