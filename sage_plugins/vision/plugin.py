@@ -138,7 +138,7 @@ class VisionPlugin(IRPPlugin):
         return {
             "embedding": self.embedding(r.x),
             "reconstruction": to_uint8(r.x, state.channels),
-            "error_map": error_map(r.prior, r.y, r.valid),
+            "error_map": error_map(r.x if r.prior is None else r.prior, r.y, r.valid),
             "fit_psnr_db": round(min(fit, 100.0), 3),
             "valid_fraction": round(n_valid / r.valid.numel(), 4),
             "noise_sigma": round(float(r.sigma[0]), 4),

@@ -19,7 +19,8 @@ against the clean image) + sigma^2, and without noise the shadow's MSE in the hi
 a step that E says is better is, in expectation, better against the truth (which a fixed-point
 residual |x - N(x)|^2 was not). So E never rises, step 0 is the floor, the plugin halts when no
 step size lowers E, and one step costs one net forward on a batch of two (image and shadow) at the
-working size, whatever the step size (the candidates are compared without a forward). Every tensor
+working size, whatever the step size (the candidates are compared without a forward; `start`
+makes none, so the floor is out before the net runs). Every tensor
 carries a batch dimension; images are independent.
 """
 
@@ -49,11 +50,12 @@ class Refinement:
     valid: torch.Tensor        # B x 1 x H x W in {0, 1}
     sigma: torch.Tensor        # B, noise level (0: observed pixels are exact)
     x: torch.Tensor            # B x 3 x H x W current estimate
-    prior: torch.Tensor        # N(x), the net's estimate at x (the next step's target before data consistency)
     energy: torch.Tensor       # B, E: held-out squared error of the shadow (module docstring)
     held: torch.Tensor         # B x 1 x H x W: observed pixels hidden from the shadow
     shadow: torch.Tensor       # B x 3 x H x W: the shadow's estimate (same steps, held pixels invalid)
-    shadow_prior: torch.Tensor  # N at the shadow's estimate
+    prior: torch.Tensor | None = None         # the net's last estimate N (None before the first step)
+    shadow_prior: torch.Tensor | None = None  # N at the shadow, from the same forward
+    fresh: bool = False        # prior and shadow_prior are N at the current x and shadow
     steps: int = 0
     stalled: torch.Tensor | None = None  # B bool: the last step found no decrease
 
@@ -101,14 +103,14 @@ def _both(net: PriorNet, x: torch.Tensor, xs: torch.Tensor, r_y: torch.Tensor, v
 
 @torch.no_grad()
 def start(net: PriorNet, y: torch.Tensor, valid: torch.Tensor, sigma: torch.Tensor, cfg: RefineConfig) -> Refinement:
-    """Step 0: the classical floor for the image and its shadow, with the net's estimates there."""
+    """Step 0: the classical floor for the image and its shadow, and E there. No net forward: the
+    first step makes it, so the floor is published as soon as it exists."""
     held = holdout_mask(valid, cfg.holdout, cfg.seed)
     b = y.shape[0]
     floors = classical.floor(torch.cat([y, y]), torch.cat([valid, valid - held]), torch.cat([sigma, sigma]),
                              cfg.tv_per_sigma)
     x, xs = floors[:b], floors[b:]
-    z, zs = _both(net, x, xs, y, valid, valid - held, sigma)
-    return Refinement(y, valid, sigma, x, z, held_out_error(xs, y, held), held, xs, zs,
+    return Refinement(y, valid, sigma, x, held_out_error(xs, y, held), held, xs,
                       stalled=torch.zeros(b, dtype=torch.bool, device=y.device))
 
 
@@ -116,26 +118,21 @@ def start(net: PriorNet, y: torch.Tensor, valid: torch.Tensor, sigma: torch.Tens
 def step(net: PriorNet, r: Refinement, cfg: RefineConfig) -> Refinement:
     """One monotone step for every image of the batch (see the module docstring)."""
     shadow_valid = r.valid - r.held
-    d = consistent(r.prior, r.y, r.valid, r.sigma, cfg.prior_sigma) - r.x
-    ds = consistent(r.shadow_prior, r.y, shadow_valid, r.sigma, cfg.prior_sigma) - r.shadow
+    z, zs = (r.prior, r.shadow_prior) if r.fresh else _both(net, r.x, r.shadow, r.y, r.valid, shadow_valid, r.sigma)
+    d = consistent(z, r.y, r.valid, r.sigma, cfg.prior_sigma) - r.x
+    ds = consistent(zs, r.y, shadow_valid, r.sigma, cfg.prior_sigma) - r.shadow
     ts = torch.tensor(cfg.step_sizes, device=r.y.device)
     scored = [_gain_z(r.shadow, (r.shadow + float(t) * ds).clamp(0.0, 1.0), r.y, r.held) for t in ts]
     gains, zscores = torch.stack([g for g, _ in scored]), torch.stack([z for _, z in scored])
     gains = torch.where((zscores > cfg.min_z) & (gains > 0), gains, torch.zeros_like(gains))
     best_gain, best = gains.max(0)
     ok = best_gain > 0
-    best_err = r.energy - best_gain
+    keep = ok.view(-1, 1, 1, 1)
     t = torch.where(ok, ts[best], torch.zeros_like(ts[best])).view(-1, 1, 1, 1)
-    x, xs = (r.x + t * d).clamp(0.0, 1.0), (r.shadow + t * ds).clamp(0.0, 1.0)
-    x, xs = torch.where(ok.view(-1, 1, 1, 1), x, r.x), torch.where(ok.view(-1, 1, 1, 1), xs, r.shadow)
-    if bool(ok.any()):
-        z, zs = _both(net, x, xs, r.y, r.valid, shadow_valid, r.sigma)
-        keep = ok.view(-1, 1, 1, 1)
-        z, zs = torch.where(keep, z, r.prior), torch.where(keep, zs, r.shadow_prior)
-    else:
-        z, zs = r.prior, r.shadow_prior
-    e = torch.where(ok, best_err, r.energy)
-    return replace(r, x=x, prior=z, energy=e, shadow=xs, shadow_prior=zs, steps=r.steps + 1, stalled=~ok)
+    x = torch.where(keep, (r.x + t * d).clamp(0.0, 1.0), r.x)
+    xs = torch.where(keep, (r.shadow + t * ds).clamp(0.0, 1.0), r.shadow)
+    return replace(r, x=x, shadow=xs, prior=z, shadow_prior=zs, fresh=not bool(ok.any()),
+                   energy=torch.where(ok, r.energy - best_gain, r.energy), steps=r.steps + 1, stalled=~ok)
 
 
 def refine(net: PriorNet, y: torch.Tensor, valid: torch.Tensor, sigma: torch.Tensor, cfg: RefineConfig,
