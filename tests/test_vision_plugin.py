@@ -81,6 +81,8 @@ def test_unknown_or_bad_config_is_rejected() -> None:
         VisionPlugin().setup(make_context(VisionPlugin, {"lamda": 1.0}))
     with pytest.raises(ValueError, match="prior_sigma"):
         VisionPlugin().setup(make_context(VisionPlugin, {"prior_sigma": 0.0}))
+    with pytest.raises(ValueError, match="holdout"):  # all observed pixels hidden: no energy to step on
+        VisionPlugin().setup(make_context(VisionPlugin, {"holdout": 1.0}))
 
 
 def test_accepts_images_only(plugin: VisionPlugin) -> None:
