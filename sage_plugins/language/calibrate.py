@@ -5,7 +5,11 @@ commands from the calibration half of the evaluation-only split (grammar.heldout
 CER and with word-level recognizer errors, stop/cancel phrases, the `calibration` out-of-grammar
 utterances and negations of oog.json. Each utterance goes through the plugin's path
 (evaluate.plugin_readings); a logistic regression over understand.FEATURES predicts whether the
-candidate read is the command said (out-of-grammar and negated utterances: never). The threshold
+candidate read is the command said (out-of-grammar and negated utterances: never). The choices
+made on this mix (nothing of the evaluation sets): the candidate is read from the denoiser's first
+prediction (its intent was right more often than the refined text's here), and the `disagree` and
+`real_word` features (with both changes, at 10% CER the threshold's recall here rose from 83.3% to
+90.5% at 99.5% precision, and the out-of-grammar utterances accepted fell from 1 of 400 to 0). The threshold
 is the lowest at which the accepted readings are >= 99.5% right on the part of the mix at the
 operating point (10%-CER commands, stop phrases, out-of-grammar, negated). Writes calibration.json.
 """

@@ -75,15 +75,16 @@ def plugin_readings(model: Denoiser, grammar: Grammar, calibrator: Calibrator, r
                     max_reads: int = 3, batch: int = 125, max_normalized: float = MAX_NORMALIZED
                     ) -> list[tuple[Reading, str, float]]:
     """(reading, refined text, model confidence) per raw utterance, by the plugin's path: fillers removed, mask-predict
-    refinement with the grammar projection, then understand.read."""
+    refinement with the grammar projection, then understand.read (with the first prediction too)."""
     project = grammar_projection(model, grammar, max_normalized, max_reads)
     out = []
     for i in range(0, len(raws), batch):
         chunk = raws[i:i + batch]
         cleaned = [clean_words(normalize(x)) or normalize(x) or " " for x in chunk]
-        state = refine(model, cleaned, total=total, max_reads=max_reads, project=project)
-        for x, t, e in zip(chunk, texts(state), energies(state).tolist()):
-            out.append((read(grammar, calibrator, x, t, math.exp(-e), max_normalized), t, math.exp(-e)))
+        start = first_pass(model, cleaned, total)
+        state = refine(model, cleaned, total=total, max_reads=max_reads, project=project, start=start)
+        for x, f, t, e in zip(chunk, texts(start), texts(state), energies(state).tolist()):
+            out.append((read(grammar, calibrator, x, t, math.exp(-e), max_normalized, first=f), t, math.exp(-e)))
     return out
 
 

@@ -29,6 +29,7 @@ class LanguageState:
     frames: tuple[Frame, ...]   # the commands being refined, oldest first
     inputs: tuple[str, ...]     # their normalized noisy text
     refine: RefineState
+    first: tuple[str, ...] = ()  # the denoiser's first prediction of each (the intent candidate)
 
 
 class LanguageOptions(PluginOptions):
@@ -109,7 +110,8 @@ class LanguagePlugin(IRPPlugin):
             return None
         noisy = tuple(normalize(f.data) for f in frames)
         heard = [clean_words(x) or x for x in noisy]  # the denoiser never saw fillers or stutters
-        return LanguageState(tuple(frames), noisy, first_pass(self.model, heard, self.total))
+        start = first_pass(self.model, heard, self.total)
+        return LanguageState(tuple(frames), noisy, start, tuple(texts(start)))
 
     def step(self, state: LanguageState) -> LanguageState:
         return replace(state, refine=advance(self.model, state.refine))
@@ -122,16 +124,18 @@ class LanguagePlugin(IRPPlugin):
             return state
         return replace(state, refine=self._project(state.refine))
 
-    def reading(self, raw: str, text: str, model_confidence: float) -> dict[str, Any]:
-        """What one refined command means: intent (None: no command), reason, calibrated confidence.
-        Model only (no grammar constraint): the exact parse of the model's text and its own
+    def reading(self, raw: str, text: str, model_confidence: float, first: str | None = None) -> dict[str, Any]:
+        """What one refined command means: intent (None: no command), reason, calibrated confidence;
+        `first` (the denoiser's first prediction) is where the candidate is read from. Model only (no grammar constraint): the exact parse of the model's text and its own
         confidence, no understanding layer."""
         if not self.constrained:
             intent = self.grammar.parse(text)
             return {"intent": intent, "reason": None if intent else "out_of_grammar", "candidate": intent,
-                    "confidence": model_confidence}
-        r = read(self.grammar, self.calibrator, raw, text, model_confidence, self.max_normalized)
-        out = {"intent": r.intent, "reason": r.reason, "candidate": r.candidate, "confidence": r.confidence}
+                    "command": text if intent else None, "confidence": model_confidence}
+        r = read(self.grammar, self.calibrator, raw, text, model_confidence, self.max_normalized, first)
+        out = {"intent": r.intent, "reason": r.reason, "candidate": r.candidate,
+               "command": r.command if r.candidate is not None else None,
+               "confidence": r.confidence}
         if r.negation is not None:
             out["negation"] = r.negation
         return out
@@ -150,8 +154,8 @@ class LanguagePlugin(IRPPlugin):
         corrected = texts(state.refine)
         energy = energies(state.refine).tolist()
         commands = [{"sensor": f.sensor, "seq": f.seq, "input": x, "text": t, "model_confidence": math.exp(-e),
-                     **self.reading(x, t, math.exp(-e))}
-                    for f, x, t, e in zip(state.frames, state.inputs, corrected, energy)]
+                     **self.reading(x, t, math.exp(-e), first)}
+                    for f, x, t, e, first in zip(state.frames, state.inputs, corrected, energy, state.first)]
         newest = commands[-1]
         return {
             "text": newest["text"],
@@ -159,6 +163,7 @@ class LanguagePlugin(IRPPlugin):
             "confidence": newest["confidence"],
             "reason": newest["reason"],
             "candidate": newest["candidate"],
+            "command": newest["command"],
             "model_confidence": newest["model_confidence"],
             "embedding": torch.nn.functional.normalize(state.refine.embedding[-1], dim=0).cpu(),
             "input": newest["input"],

@@ -13,9 +13,15 @@ text, the denoiser's refined text and the model's own confidence. In order:
    than a tight distance from the value read is reported unknown with the words heard
    (`"unknown": {"place": "dock"}`), never replaced by a known value;
 6. a calibrator maps features of that alignment (how far the heard words are from the command,
-   the worst-heard content word, the share of words in no vocabulary, the model's confidence) to
-   the probability that the candidate is what was said; below the threshold the intent is null
-   (reason `low_confidence`).
+   the worst-heard content word, the share of words in no vocabulary, the model's confidence,
+   whether the denoiser's first and refined readings name different commands, how many fixed or
+   action words were heard as a different real word) to the probability that the candidate is
+   what was said; below the threshold the intent is null (reason `low_confidence`).
+
+The candidate is the nearest command to the denoiser's first prediction when it is given (on the
+calibration half its intent was right more often than the refined text's: 97.75 vs 97.5% at 10%
+CER, 96.8 vs 96.0% at 0-20% CER, 95.0 vs 94.7% with word-level noise); the refined text feeds
+`model_nll` and `disagree`.
 """
 
 from __future__ import annotations
@@ -30,7 +36,12 @@ from sage_plugins.language.grammar import MAX_NORMALIZED, Grammar, _distance, no
 from sage_plugins.language.utterance import clean_words, negation, stop_phrase
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
-FEATURES = ("bias", "distance", "worst", "slot_worst", "missing", "oov", "model_nll")
+FEATURES = ("bias", "distance", "worst", "slot_worst", "missing", "oov", "model_nll", "disagree", "real_word")
+#: Common English words (pronouns, auxiliaries, prepositions, frequent verbs and nouns), written
+#: independently of the out-of-grammar sets. One heard in place of a different fixed or action word
+#: ("there is a cup" read as "where is a cup") says the speaker said something else.
+COMMON_WORDS = frozenset(Path(__file__).with_name("common_words.txt").read_text().split())
+REAL_WORD_ROLES = frozenset({"fixed", "action", "nav"})
 #: Elements whose loss changes nothing a robot does: a recognizer may drop or garble them.
 MINOR_ROLES = frozenset({"det"})
 MINOR_WORDS = frozenset({"the", "a", "to", "in", "on", "from", "and", "please", "me", "my"})
@@ -101,10 +112,21 @@ def _empty(action: str) -> dict[str, Any]:
     return {"action": action, "object": None, "attributes": [], "place": None}
 
 
-def features(grammar: Grammar, heard: str, command: str, model_confidence: float
+def _real_words(grammar: Grammar, rows: list[tuple[str, str, str, int]]) -> int:
+    """Heard words that are real words (common English or the command vocabulary) in place of a
+    different fixed, action or navigation word of the command."""
+    n = 0
+    for role, phrase, words, cost in rows:
+        if cost and role in REAL_WORD_ROLES and phrase not in MINOR_WORDS:
+            n += sum((w in COMMON_WORDS or w in grammar._lexicon) and w not in phrase.split() for w in words.split())
+    return n
+
+
+def features(grammar: Grammar, heard: str, command: str, model_confidence: float, disagree: bool = False
              ) -> tuple[tuple[float, ...], dict[str, str]] | None:
     """(FEATURES of `heard` read as grammatical `command`, unknown slots {role: words}) or None
-    when the heard words cannot be aligned with the command."""
+    when the heard words cannot be aligned with the command. `disagree`: the denoiser's first and
+    refined readings are different commands."""
     rows = grammar.heard(heard, command)
     if rows is None:
         return None
@@ -125,12 +147,14 @@ def features(grammar: Grammar, heard: str, command: str, model_confidence: float
     words = heard.split()
     oov = sum(min(_distance(w, v) for v in lexicon) > (len(w) >= 4) for w in words) / max(1, len(words))
     nll = -math.log(max(model_confidence, 1e-6))
-    return (1.0, total / max(len(heard), len(command), 1), worst, slot_worst, float(missing), oov, nll), unknown
+    return (1.0, total / max(len(heard), len(command), 1), worst, slot_worst, float(missing), oov, nll,
+            float(disagree), float(_real_words(grammar, rows))), unknown
 
 
 def read(grammar: Grammar, calibrator: Calibrator, raw: str, refined: str, model_confidence: float,
-         max_normalized: float = MAX_NORMALIZED) -> Reading:
-    """The reading of one utterance (see the module docstring for the order of decisions)."""
+         max_normalized: float = MAX_NORMALIZED, first: str | None = None) -> Reading:
+    """The reading of one utterance (see the module docstring for the order of decisions).
+    `first`: the denoiser's first prediction (step 0) of the same text."""
     heard = clean_words(normalize(raw))
     stop = stop_phrase(heard)
     if stop is not None:
@@ -140,20 +164,26 @@ def read(grammar: Grammar, calibrator: Calibrator, raw: str, refined: str, model
     if neg is not None:
         return Reading(None, "negated", 0.0, heard=heard, negation=neg)
     near = grammar.nearest(refined, max_normalized)
+    if first is not None:
+        near_first = grammar.nearest(first, max_normalized)
+        disagree = near is None or near_first is None or near.text != near_first.text
+        near = near_first
+    else:
+        disagree = False
     if near is None:
         return Reading(None, "out_of_grammar", 0.0, heard=heard)
-    return _scored(grammar, calibrator, heard, near.text, near.intent, model_confidence)
+    return _scored(grammar, calibrator, heard, near.text, near.intent, model_confidence, disagree)
 
 
 def _scored(grammar: Grammar, calibrator: Calibrator, heard: str, command: str, intent: dict[str, Any],
-            model_confidence: float) -> Reading:
+            model_confidence: float, disagree: bool = False) -> Reading:
     if grammar.parse(command) is None:  # a stop/cancel phrase outside the grammar: align it as one word
         d = _distance(heard, command)
         # the denoiser never saw these phrases, so its confidence says nothing about them
-        x = (1.0, d / max(len(heard), len(command)), d / (len(command) + 1), 0.0, 0.0, 0.0, 0.0)
+        x = (1.0, d / max(len(heard), len(command)), d / (len(command) + 1), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         unknown: dict[str, str] = {}
     else:
-        got = features(grammar, heard, command, model_confidence)
+        got = features(grammar, heard, command, model_confidence, disagree)
         if got is None:
             return Reading(None, "out_of_grammar", 0.0, heard=heard, command=command)
         x, unknown = got

@@ -24,8 +24,9 @@ STOP_PHRASES = {
 }
 STOP_TOLERANCE = 0.2
 #: Negation words. A token (or two joined, a split word) within one edit (OSA: a swap is one) of a
-#: 4+ letter one with the same first letter, or equal to a short one, negates; "do" followed by a
-#: near "not" too.
+#: 4+ letter one with the same first letter, or equal to a short one, or holding "'t" (an n't
+#: contraction however garbled: "da'tt"; no command has an apostrophe, and the noise models never
+#: write one), negates; "do" followed by a near "not" too.
 NEGATIONS = ("don't", "dont", "do not", "donot", "never", "not", "no", "don", "shouldn't", "mustn't")
 _SHORT_NEG = frozenset({"not", "no", "don"})
 _PREFIX_NEG = ("don't", "dont", "never", "donot")
@@ -54,7 +55,7 @@ def stop_phrase(text: str) -> tuple[str, str, int] | None:
 
 
 def _negation_token(word: str) -> bool:
-    if word in _SHORT_NEG:
+    if word in _SHORT_NEG or "'t" in word:  # English writes "'t" only in n't contractions: negations
         return True
     w = word.replace("'", "")
     return len(w) >= 4 and any(w[0] == n[0] and OSA.distance(w, n.replace("'", "")) <= 1 for n in _LONG_NEG)
@@ -69,8 +70,8 @@ def negation(text: str, lexicon: frozenset[str] = frozenset()) -> str | None:
         nxt = words[i + 1] if i + 1 < len(words) else ""
         if w == "do" and OSA.distance(nxt, "not") <= 1:
             return f"do {nxt}"
-        if nxt and w not in lexicon and nxt not in lexicon and _negation_token(w + nxt):  # a split word
-            return f"{w} {nxt}"
         if w not in lexicon and (_negation_token(w) or w.startswith(_PREFIX_NEG)):  # "don'tgo": merged
             return w
+        if nxt and w not in lexicon and nxt not in lexicon and _negation_token(w + nxt):  # a split word
+            return f"{w} {nxt}"
     return None
