@@ -85,10 +85,10 @@ def sensors_for(n: int, rng: np.random.Generator) -> list[Sensor]:
     return out
 
 
-def cases(rng: np.random.Generator) -> list[tuple[str, str, Callable[[], object], Callable[[], object] | None]]:
+def cases(rng: np.random.Generator, backend: str = "auto") -> list[tuple[str, str, Callable[[], object], Callable[[], object] | None]]:
     """(module, case, torch call, numpy call) for every benchmarked configuration."""
     out: list = []
-    alloc = AtpAllocator()
+    alloc = AtpAllocator(backend=backend)
     ref_alloc = NumpyAllocator(alloc)
     for n in (4, 16, 64):
         f = rng.random((n, len(FEATURES))).astype(np.float32)
@@ -99,7 +99,7 @@ def cases(rng: np.random.Generator) -> list[tuple[str, str, Callable[[], object]
                 lambda s=state, ft=ft: alloc.allocate(s, ft, 8.0, seed=1),
                 lambda s=state, f=f, z=noise: ref_alloc.allocate(s, f, 8.0, noise=z),
             ))
-    sel = TrustWeightedExpertSelector()
+    sel = TrustWeightedExpertSelector(backend=backend)
     ref_sel = NumpySelector(sel)
     trust = rng.random(sel.n_experts)
     trust_t = torch.from_numpy(trust)
@@ -109,7 +109,7 @@ def cases(rng: np.random.Generator) -> list[tuple[str, str, Callable[[], object]
         out.append(("selector", f"128 experts k=8 batch={b}", lambda xt=xt: sel.select(xt, trust_t),
                     lambda x=x: ref_sel.select(x, trust)))
         out.append(("selector", f"numpy API batch={b}", lambda x=x: sel.select_numpy(x, trust), None))
-    fus = SensorFusion()
+    fus = SensorFusion(backend=backend)
     ref_fus = NumpyFusion(fus)
     for n in (1, 4, 8, 16):
         sensors = sensors_for(n, rng)
@@ -122,7 +122,7 @@ def cases(rng: np.random.Generator) -> list[tuple[str, str, Callable[[], object]
     s8 = sensors_for(8, rng)
     x1 = torch.from_numpy(rng.standard_normal((1, sel.d_model)).astype(np.float32))
     f16n, x1n = f16.numpy(), x1.numpy()
-    sel256 = TrustWeightedExpertSelector(d_model=fus.d)
+    sel256 = TrustWeightedExpertSelector(d_model=fus.d, backend=backend)
     ref_sel256 = NumpySelector(sel256)
     state_cycle = iter(np.tile(np.array(STATES), 10**6))
 
@@ -156,19 +156,21 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=3000)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--backend", nargs="+", default=["sdpa", "auto"],
+                    help="module backends to time against the numpy reference (auto: numpy on CPU, SDPA on CUDA)")
     ap.add_argument("--only", nargs="*", default=None, help="modules to run (allocator selector fusion pipeline)")
     args = ap.parse_args()
 
     rows = []
     load_before = os.getloadavg()
     with torch.inference_mode():
-        for threads in args.threads:
+        for threads, backend in ((t, b) for t in args.threads for b in args.backend):
             torch.set_num_threads(threads)
-            for module, case, fn, ref in cases(np.random.default_rng(0)):
+            for module, case, fn, ref in cases(np.random.default_rng(0), backend):
                 if args.only and module not in args.only:
                     continue
                 t, t_cpu, r, r_cpu = timed_pair(fn, ref, args.iters, args.warmup)
-                row = {"module": module, "case": case, "threads": threads, "torch": pct(t), "numpy": pct(r),
+                row = {"module": module, "case": case, "threads": threads, "backend": backend, "torch": pct(t), "numpy": pct(r),
                        "torch_cpu_time": pct(t_cpu), "numpy_cpu_time": pct(r_cpu)}
                 if r:
                     row["ratio_p50"] = round(row["torch"]["p50_ms"] / row["numpy"]["p50_ms"], 3)
@@ -178,7 +180,7 @@ def main() -> int:
                 rows.append(row)
                 num = row["numpy"]
                 print(
-                    f"{module:9s} {case:48s} thr={threads}  torch p50 {row['torch']['p50_ms']:.4f} "
+                    f"{module:9s} {case:48s} thr={threads} {backend:4s} module p50 {row['torch']['p50_ms']:.4f} "
                     f"p99 {row['torch']['p99_ms']:.4f} ms"
                     + f" (cpu p99 {row['torch_cpu_time']['p99_ms']:.4f})"
                     + (f" | numpy p50 {num['p50_ms']:.4f} p99 {num['p99_ms']:.4f} ms" if r else "")

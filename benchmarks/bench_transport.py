@@ -1,5 +1,8 @@
-"""Transport benchmark: frame-to-result latency through the daemon vs one raw pyzmq hop, ingest
-throughput vs raw pyzmq, tick lateness at 100 Hz, and the idle daemon's CPU use.
+"""Transport benchmark: frame-to-result latency through the daemon (over ZeroMQ, and with the bytes in a
+shared-memory ring) against, in the same run, one raw
+pyzmq hop and a minimal Python relay (benchmarks/relay.py: SUB -> PUB in its own process, the same
+three-part message); ingest throughput vs raw pyzmq with the same high-water marks (every frame
+ZeroMQ dropped is counted, on both sides); tick lateness at 100 Hz; the idle daemon's CPU use.
 
 Run: .venv/bin/python benchmarks/bench_transport.py [--quick]   (writes benchmarks/results/transport.json)
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,14 +72,52 @@ def raw_hop_latency(tmp: Path, nbytes: int, n: int) -> list[float]:
     return out
 
 
-def daemon_latency(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber, nbytes: int, n: int) -> list[float]:
-    """Send one frame, wait for the result that names its seq; repeat."""
+def relay_latency(tmp: Path, nbytes: int, n: int) -> list[float]:
+    """Client PUB -> relay process (SUB -> PUB) -> client SUB: the frame -> result floor in Python."""
+    in_ep, out_ep = f"ipc://{tmp}/relay-in.sock", f"ipc://{tmp}/relay-out.sock"
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("relay.py")), in_ep, out_ep],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("relay did not start")
+        ctx = zmq.Context.instance()
+        pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(out_ep)
+        pub.connect(in_ep)
+        connected(pub, sub)
+        frame = np.zeros(nbytes, np.uint8)
+        out = []
+        for i in range(n + 5):
+            t0 = time.perf_counter()
+            pub.send_multipart(encode_ingest("relay", i, "tensor", frame, ts_ns=time.time_ns()), copy=False)
+            if not sub.poll(5000):
+                raise TimeoutError("relay: message lost")
+            sub.recv_multipart(copy=False)
+            if i >= 5:
+                out.append((time.perf_counter() - t0) * 1e3)
+        pub.send(b"stop")
+        pub.close(1000)
+        sub.close(0)
+        proc.wait(10)
+        return out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def daemon_latency(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber, nbytes: int, n: int,
+                   shm: bool = False) -> list[float]:
+    """Send one frame (over ZeroMQ, or its bytes through the sensor's shared-memory ring), wait for
+    the result that names its seq; repeat. The shm time includes the client's copy into the ring."""
     frame = np.zeros(nbytes, np.uint8)
-    sensor = f"lat{nbytes}"
+    sensor = f"{'shm' if shm else 'lat'}{nbytes}"
+    send = pub.tensor_shm if shm else pub.tensor
     out = []
     for i in range(n + 5):
         t0 = time.perf_counter()
-        seq = pub.tensor(sensor, frame)
+        seq = send(sensor, frame)
         while True:
             msg = sub.recv(timeout_s=2.0)
             if msg is None:
@@ -87,27 +129,44 @@ def daemon_latency(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber
     return out
 
 
-def raw_throughput(tmp: Path, nbytes: int, n: int) -> float:
-    ctx = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.setsockopt(zmq.RCVHWM, 0)
+def daemon_rcvhwm() -> int:
+    """The daemon's ingest ZMQ_RCVHWM under CONFIG (capacity.receive_bytes // max_message_bytes)."""
+    try:
+        from sage_runtime.config import CapacitySection, IngestSection, receive_hwm
+    except ImportError:  # a tree from before capacity.rcvhwm: ingest.rcvhwm, 1000
+        return 1000
+    return receive_hwm(CapacitySection(), IngestSection().max_message_bytes)
+
+
+def raw_throughput(tmp: Path, nbytes: int, n: int, hwm: int = 1000, rcvhwm: int = 1000) -> tuple[float, int]:
+    """A receiver process that only takes messages (benchmarks/relay.py --count), with the daemon
+    path's high-water marks (client SNDHWM `hwm`, daemon RCVHWM `rcvhwm`): the frames per second it got, and how
+    many of the n sent ZeroMQ dropped at a high-water mark."""
     ep = f"ipc://{tmp}/rawtp-{nbytes}.sock"
-    sub.bind(ep)
-    pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.connect(ep)
-    connected(pub, sub)
-    frame = np.zeros(nbytes, np.uint8)
-    t0 = time.perf_counter()
-    for i in range(n):
-        pub.send_multipart(encode_ingest("raw", i, "tensor", frame, ts_ns=1), copy=False)
-    for _ in range(n):
-        sub.recv_multipart(copy=False)
-    rate = n / (time.perf_counter() - t0)
-    pub.close(0)
-    sub.close(0)
-    return rate
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("relay.py")), "--count", ep, str(rcvhwm)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("raw receiver did not start")
+        pub = zmq.Context.instance().socket(zmq.XPUB)
+        pub.setsockopt(zmq.SNDHWM, hwm)
+        pub.connect(ep)
+        if not pub.poll(20000):  # the subscription: the connection is up
+            raise TimeoutError("raw receiver never subscribed")
+        pub.recv()
+        frame = np.zeros(nbytes, np.uint8)
+        for i in range(n):
+            pub.send_multipart(encode_ingest("raw", i, "tensor", frame, ts_ns=1), copy=False)
+        time.sleep(0.5)
+        pub.send(b"stop")
+        got, seconds = proc.stdout.readline().split()
+        pub.close(1000)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return int(got) / max(float(seconds), 1e-9), n - int(got)
 
 
 def daemon_throughput(d: DaemonProcess, pub: SensorPublisher, nbytes: int, n: int) -> tuple[float, int]:
@@ -128,6 +187,26 @@ def daemon_throughput(d: DaemonProcess, pub: SensorPublisher, nbytes: int, n: in
     return last / (last_change - t0), n - last
 
 
+def latency_table(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber, tmp: Path, n_lat: int,
+                  out: dict) -> None:
+    """Raw hop, relay and daemon, size by size, interleaved in the same run."""
+    print(f"{'size':>6} {'raw p50':>8} {'relay p50':>9} {'relay p99':>9} {'daemon p50':>10} {'daemon p99':>10}"
+          f" {'over relay':>10} {'x relay':>7} {'shm p50':>8} {'shm p99':>8}")
+    for name, nbytes in SIZES.items():
+        n = n_lat if nbytes < (1 << 20) else max(10, n_lat // 4)
+        raw = pct(raw_hop_latency(tmp, nbytes, n))
+        rel = pct(relay_latency(tmp, nbytes, n))
+        dae = pct(daemon_latency(d, pub, sub, nbytes, n))
+        shm = pct(daemon_latency(d, pub, sub, nbytes, n, shm=True)) if hasattr(pub, "tensor_shm") else \
+            {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan")}  # a tree without shared-memory ingest
+        over, ratio = round(dae["p50_ms"] - rel["p50_ms"], 4), round(dae["p50_ms"] / rel["p50_ms"], 2)
+        out[name] = {"raw_hop": raw, "python_relay": rel, "through_daemon": dae, "through_daemon_shm": shm,
+                     "overhead_vs_relay_p50_ms": over, "ratio_vs_relay_p50": ratio,
+                     "ratio_vs_raw_p50": round(dae["p50_ms"] / raw["p50_ms"], 2)}
+        print(f"{name:>6} {raw['p50_ms']:>8.3f} {rel['p50_ms']:>9.3f} {rel['p99_ms']:>9.3f} {dae['p50_ms']:>10.3f}"
+              f" {dae['p99_ms']:>10.3f} {over:>10.3f} {ratio:>7.2f} {shm['p50_ms']:>8.3f} {shm['p99_ms']:>8.3f}")
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -139,7 +218,7 @@ def main() -> None:
     args = ap.parse_args()
     n_lat = 30 if args.quick else 200
     n_tp = 500 if args.quick else 5000
-    idle_s = 3.0 if args.quick else 10.0
+    idle_s = 3.0 if args.quick else 30.0
     results: dict = {"machine": machine(), "config": CONFIG, "latency": {}, "throughput": {}}
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
@@ -159,24 +238,17 @@ def main() -> None:
             pub = SensorPublisher(d.ingest)
             sub = ResultSubscriber(d.results, topics=("result/",))
             wait_for(lambda: (pub.tensor("warm", np.zeros(1, np.uint8)), sub.recv(0.2))[1], timeout_s=20)
-            print(f"{'size':>6} {'raw p50':>9} {'raw p99':>9} {'daemon p50':>11} {'daemon p99':>11} {'ratio p50':>9}")
-            for name, nbytes in SIZES.items():
-                n = n_lat if nbytes < (1 << 20) else max(10, n_lat // 4)
-                raw = pct(raw_hop_latency(tmp, nbytes, n))
-                dae = pct(daemon_latency(d, pub, sub, nbytes, n))
-                ratio = round(dae["p50_ms"] / raw["p50_ms"], 2)
-                results["latency"][name] = {"raw_hop": raw, "through_daemon": dae, "ratio_p50": ratio}
-                print(f"{name:>6} {raw['p50_ms']:>9.3f} {raw['p99_ms']:>9.3f} {dae['p50_ms']:>11.3f}"
-                      f" {dae['p99_ms']:>11.3f} {ratio:>9.2f}")
+            latency_table(d, pub, sub, tmp, n_lat, results["latency"])
             for name in ("64B", "64KiB"):
                 nbytes = SIZES[name]
-                raw_rate = raw_throughput(tmp, nbytes, n_tp)
+                raw_rate, raw_lost = raw_throughput(tmp, nbytes, n_tp, rcvhwm=daemon_rcvhwm())
                 dae_rate, lost = daemon_throughput(d, pub, nbytes, n_tp)
-                results["throughput"][name] = {"raw_msgs_per_s": round(raw_rate), "daemon_msgs_per_s": round(dae_rate),
+                results["throughput"][name] = {"rcvhwm": daemon_rcvhwm(), "sndhwm": 1000, "raw_msgs_per_s": round(raw_rate), "daemon_msgs_per_s": round(dae_rate),
                                                "ratio": round(dae_rate / raw_rate, 3), "sent": n_tp,
-                                               "dropped_at_zmq_hwm": lost}
-                print(f"throughput {name}: raw {raw_rate:,.0f}/s daemon {dae_rate:,.0f}/s "
-                      f"({lost} of {n_tp} dropped at ZeroMQ high-water marks)")
+                                               "raw_dropped_at_zmq_hwm": raw_lost, "dropped_at_zmq_hwm": lost}
+                print(f"throughput {name}: raw {raw_rate:,.0f}/s ({raw_lost} of {n_tp} dropped at ZeroMQ HWM), "
+                      f"daemon {dae_rate:,.0f}/s ({lost} of {n_tp} dropped at ZeroMQ HWM), "
+                      f"ratio {dae_rate / raw_rate:.3f}")
             status = d.status()
             results["daemon_after"] = {"tick": status["tick"], "rejected": status["ingest"]["rejected"]}
             pub.close()

@@ -14,6 +14,11 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+# numpy's BLAS runs on the tick thread (salience, fusion on CPU): one thread, or OpenBLAS threads
+# products of 10,000+ elements and its spin-waits cost milliseconds per call on a busy box. Set
+# before numpy loads; an operator's own setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from sage_runtime import __version__
 from sage_runtime.errors import AlreadyRunning, ConfigError, PluginLoadError
 from sage_runtime.limits import log_early_signals

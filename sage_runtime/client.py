@@ -14,8 +14,9 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from sage_runtime.shm import ShmWriter
 from sage_runtime.wire import (
-    ResultMessage, decode_published, decode_reply, encode_ingest, encode_request,
+    ResultMessage, decode_published, decode_reply, encode_ingest, encode_ingest_shm, encode_request,
 )
 
 
@@ -69,6 +70,7 @@ class SensorPublisher:
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every (re)connecting subscriber is reported
         self.sock.connect(self.endpoint)
         self._seq: dict[str, int] = {}
+        self._rings: dict[str, ShmWriter] = {}
         self.subscribed = False
         if connect_timeout_s is not None and not self.wait_connected(connect_timeout_s):
             self.sock.close(linger=0)
@@ -101,6 +103,27 @@ class SensorPublisher:
         self.send_parts(encode_ingest(sensor, n, "tensor", array, ts_ns=ts_ns or time.time_ns(), meta=meta))
         return n
 
+    def tensor_shm(self, sensor: str, array: Any, *, seq: int | None = None, ts_ns: int | None = None,
+                   meta: Mapping[str, Any] | None = None, slots: int = 4) -> int:
+        """Send a numpy array through shared memory (same host as the daemon): its bytes go into
+        this sensor's ring, only the header goes over ZeroMQ. The ring (/dev/shm/sage-<pid>-...)
+        is made on the first frame, sized to it (a larger frame later makes a new one), and
+        unlinked by close(); the daemon unlinks it if this process dies. Returns the seq used."""
+        import numpy as np
+
+        array = np.ascontiguousarray(array)
+        ring = self._rings.get(sensor)
+        if ring is None or array.nbytes > ring.slot_bytes:
+            if ring is not None:
+                ring.close()
+            ring = self._rings[sensor] = ShmWriter(f"sage-{os.getpid()}-{id(self):x}-{sensor}",
+                                                   max(array.nbytes, 64), slots)
+        slot, gen = ring.write(array)
+        n = self._next(sensor, seq)
+        self.send_parts(encode_ingest_shm(sensor, n, array.dtype.name, array.shape, ring.name, slot, gen,
+                                          ts_ns=ts_ns or time.time_ns(), meta=meta))
+        return n
+
     def text(self, sensor: str, text: str, *, seq: int | None = None, ts_ns: int | None = None,
              meta: Mapping[str, Any] | None = None) -> int:
         n = self._next(sensor, seq)
@@ -123,6 +146,9 @@ class SensorPublisher:
 
     def close(self) -> None:
         self.sock.close()
+        for ring in self._rings.values():
+            ring.close()
+        self._rings.clear()
 
 
 def _connect_and_wait(sock: zmq.Socket, endpoint: str, timeout_s: float) -> bool:

@@ -89,6 +89,8 @@ class IngestSection(Section):
     rejection_log_interval_s: float = Field(60.0, gt=0, le=3600)
     default_tensor_policy: str = "latest"
     default_fifo_policy: str = "fifo:64"
+    #: Accept tensor frames whose bytes wait in a client's shared-memory ring (docs/protocol.md).
+    shm: bool = True
     #: Filled from capacity.max_sensors (one number for ingest, salience and the mailbox).
     max_sensors: int = Field(64, ge=1)
     sensors: dict[str, SensorSection] = {}

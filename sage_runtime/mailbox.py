@@ -77,21 +77,11 @@ class _Slot:
     """One preallocated frame buffer and the state the channel lock guards."""
 
     __slots__ = ("data", "data_u8", "host_u8", "host_np", "host_mv", "ready", "release_events",
-                 "shape", "view", "seq", "meta", "ts_ns", "leases", "writing", "live")
+                 "shape", "view", "seq", "meta", "ts_ns", "leases", "writing", "live", "adopted")
 
     def __init__(self, numel: int, dtype: torch.dtype, device: torch.device) -> None:
-        # zeros, not empty: touching every page now keeps page faults off the first frames' path
-        self.data = torch.zeros(numel, dtype=dtype, device=device)
-        self.data_u8 = self.data.view(torch.uint8)
-        if device.type == "cuda":
-            # Frames from the wire land in pinned host memory, then go up with an async copy.
-            self.host_u8: torch.Tensor = torch.zeros(self.data_u8.numel(), dtype=torch.uint8, pin_memory=True)
-            self.ready: torch.cuda.Event | None = torch.cuda.Event()
-        else:
-            self.host_u8 = self.data_u8
-            self.ready = None
-        self.host_np: np.ndarray = self.host_u8.numpy()
-        self.host_mv = memoryview(self.host_np)
+        self.ready: torch.cuda.Event | None = torch.cuda.Event() if device.type == "cuda" else None
+        self.allocate(numel, dtype, device)
         self.release_events: list[Any] = []  # CUDA: recorded on each reader's stream at release
         self.shape: tuple[int, ...] = (0,)
         self.view = self.data[:0]  # the frame-shaped view leases hand out; rebuilt when the shape changes
@@ -101,6 +91,27 @@ class _Slot:
         self.leases = 0       # readers holding it
         self.writing = False  # reserved by a writer, not yet published
         self.live = False     # the current latest frame, or queued in a fifo
+        self.adopted = False  # `view` is a caller's buffer (write_bytes(adopt=True)), not `data`
+
+    def allocate(self, numel: int, dtype: torch.dtype, device: torch.device) -> None:
+        """The slot's own buffer (and, on CUDA, its pinned staging buffer)."""
+        with torch.inference_mode(False):  # inference tensors could not be written outside inference mode
+            # zeros, not empty: touching every page now keeps page faults off the first frames' path
+            self.data = torch.zeros(numel, dtype=dtype, device=device)
+            self.data_u8 = self.data.view(torch.uint8)
+            if device.type == "cuda":
+                # Frames from the wire land in pinned host memory, then go up with an async copy.
+                self.host_u8 = torch.zeros(self.data_u8.numel(), dtype=torch.uint8, pin_memory=True)
+            else:
+                self.host_u8 = self.data_u8
+        self.host_np: np.ndarray = self.host_u8.numpy()
+        self.host_mv = memoryview(self.host_np)
+
+    def drop_storage(self) -> None:
+        """An adopted frame is this (CPU) slot's storage now: give the preallocated buffer back, so the
+        channel holds at most its slot count of frames, as the capacity budgets counted."""
+        if self.data.numel():
+            self.allocate(0, self.data.dtype, self.data.device)
 
     @property
     def free(self) -> bool:
@@ -118,7 +129,7 @@ class Lease:
     garbage-collected without release is reclaimed at the channel's next operation and counted.
     """
 
-    __slots__ = ("_channel", "_slot", "_tensor", "_stream", "_released", "seq", "meta", "ts_ns", "shape")
+    __slots__ = ("_channel", "_slot", "_tensor", "_stream", "_released", "seq", "meta", "ts_ns", "shape", "stable")
 
     def __init__(self, channel: Channel, slot: _Slot, stream: Any) -> None:
         self._released = False
@@ -130,6 +141,8 @@ class Lease:
         self.ts_ns: int = slot.ts_ns
         self.shape: tuple[int, ...] = slot.shape
         self._tensor = slot.view
+        #: The view is an adopted buffer nobody writes again: it stays valid after release.
+        self.stable: bool = slot.adopted
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -209,8 +222,12 @@ class Channel:
     # ---------------------------------------------------------------- writers
 
     def write_bytes(self, buf: Any, shape: tuple[int, ...] | list[int], meta: Mapping[str, Any] | None = None,
-                    ts_ns: int = 0, *, dtype: torch.dtype | None = None) -> WriteResult:
-        """Copy a raw C-order buffer (bytes, memoryview, zmq frame buffer) in as a frame of `shape`."""
+                    ts_ns: int = 0, *, dtype: torch.dtype | None = None, adopt: bool = False) -> WriteResult:
+        """Copy a raw C-order buffer (bytes, memoryview, zmq frame buffer) in as a frame of `shape`.
+
+        adopt: the buffer is the caller's to give away and nobody writes it again (a received zmq
+        frame): on a CPU channel a large, aligned, writable one becomes the slot's storage instead of
+        being copied (the slot keeps it alive until it is rewritten and the last lease is gone)."""
         shape = tuple(map(int, shape))
         if dtype is not None and dtype != self.spec.dtype:
             return self._reject("dtype", f"channel holds {self.spec.dtype}, got {dtype}")
@@ -225,6 +242,11 @@ class Channel:
         if isinstance(reserved, WriteResult):
             return reserved
         slot, status = reserved
+        if adopt and self._can_adopt(src):
+            slot.view = torch.frombuffer(src, dtype=self.spec.dtype, count=numel).view(shape)
+            slot.shape, slot.adopted = shape, True
+            slot.drop_storage()
+            return self._publish(slot, meta, ts_ns, status)
         self._shape(slot, shape, numel)
         try:
             if nbytes <= SMALL_COPY_BYTES:
@@ -311,12 +333,22 @@ class Channel:
                 self._side_stream.wait_event(event)  # type: ignore[union-attr]
         return slot, status
 
-    @staticmethod
-    def _shape(slot: _Slot, shape: tuple[int, ...], numel: int) -> None:
-        """Give a reserved slot (this writer's alone) the frame's shape and a view of that shape."""
-        if slot.shape != shape:
+    def _can_adopt(self, src: memoryview) -> bool:
+        """Adopting beats copying for large frames; torch needs a writable buffer aligned to the dtype."""
+        if self._side_stream is not None or src.readonly or src.nbytes <= SMALL_COPY_BYTES:
+            return False
+        return np.frombuffer(src, dtype=np.uint8, count=1).ctypes.data % self.itemsize == 0
+
+    def _shape(self, slot: _Slot, shape: tuple[int, ...], numel: int) -> None:
+        """Give a reserved slot (this writer's alone) the frame's shape and a view of that shape;
+        a slot that gave its buffer up for adopted frames gets a new one (the budget still has room)."""
+        if slot.data.numel() < numel:
+            slot.allocate(self._max_numel, self.spec.dtype, self.device)
+            slot.shape = ()
+        if slot.shape != shape or slot.adopted:
             slot.view = slot.data[:numel].view(shape)
             slot.shape = shape
+            slot.adopted = False
 
     def _find_free(self) -> _Slot | None:
         """The lowest free slot: reusing the same few slots keeps them warm in cache."""

@@ -57,6 +57,7 @@ REJECT_REASONS = (
     "version", "missing_key", "key_type", "kind", "dtype", "shape", "too_large", "payload_size",
     "utf8", "non_finite", "meta", "event", "reward", "undeclared", "declared_mismatch",
     "oversize", "channel", "too_long", "too_many_parts", "sensor_limit", "sensor_budget", "mailbox_budget",
+    "shm", "shm_torn",
 )
 #: Event and reward strings kept by status and the ledgers (type, target, priority) are at most this long.
 MAX_STRING_BYTES = 256
@@ -73,6 +74,16 @@ class WireError(ValueError):
 
 
 @dataclass(frozen=True)
+class ShmRef:
+    """A tensor frame waiting in a client's shared-memory ring (sage_runtime/shm.py)."""
+
+    name: str
+    slot: int
+    gen: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
 class IngestMessage:
     """A validated ingest message. `payload` is the raw tensor buffer, the text, or the map."""
 
@@ -84,6 +95,7 @@ class IngestMessage:
     dtype: str | None = None
     shape: tuple[int, ...] | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    shm: ShmRef | None = None  # payload is in a shared-memory ring until the shm edge resolves it
 
     def array(self) -> np.ndarray:
         """A read-only numpy view of a tensor payload (bfloat16 comes as its raw uint16 bits)."""
@@ -229,6 +241,9 @@ def _decode_tensor(sensor: str, seq: int, ts_ns: int, header: Mapping[str, Any],
         if numel > max_elements:
             raise WireError("too_large", f"tensor exceeds the {max_elements} element limit")
     expected = numel * ITEMSIZE[dtype]
+    if "shm" in header:
+        return IngestMessage(sensor, seq, ts_ns, "tensor", None, dtype, tuple(shape), meta,
+                             _shm_ref(header["shm"], payload, expected))
     if payload.nbytes != expected:
         raise WireError("payload_size", f"payload has {payload.nbytes} bytes, shape {shape} of {dtype} needs {expected}")
     if reject_non_finite and dtype in FLOAT_DTYPES and numel:
@@ -237,6 +252,35 @@ def _decode_tensor(sensor: str, seq: int, ts_ns: int, header: Mapping[str, Any],
         if not finite:
             raise WireError("non_finite", "float tensor contains NaN or Inf")
     return IngestMessage(sensor, seq, ts_ns, "tensor", payload, dtype, tuple(shape), meta)
+
+
+def _shm_ref(ref: Any, payload: memoryview, nbytes: int) -> ShmRef:
+    """The header's `shm` map: {name: str, slot: int, gen: even int}; the payload part is empty."""
+    if not isinstance(ref, dict):
+        raise WireError("shm", "header key 'shm' must be a map {name, slot, gen}")
+    name, slot, gen = ref.get("name"), ref.get("slot"), ref.get("gen")
+    if not isinstance(name, str) or not 1 <= len(name) <= 205:
+        raise WireError("shm", "shm.name must be a ring name (sage-...)")
+    if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 63 for v in (slot, gen)) or gen % 2:
+        raise WireError("shm", "shm.slot and shm.gen must be integers in [0, 2^63), gen even")
+    if payload.nbytes:
+        raise WireError("payload_size", f"a shared-memory frame's payload part must be empty, got {payload.nbytes} bytes")
+    return ShmRef(name, slot, gen, nbytes)
+
+
+def encode_ingest_shm(sensor: str, seq: int, dtype: str, shape: Sequence[int], ring: str, slot: int, gen: int, *,
+                      ts_ns: int, meta: Mapping[str, Any] | None = None) -> list[bytes]:
+    """The three parts of a tensor frame whose bytes wait in slot `slot` of ring `ring`, written as
+    generation `gen` (docs/protocol.md, "Shared-memory ingest"); the payload part is empty."""
+    check_sensor_id(sensor)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype} is not on the wire")
+    header: dict[str, Any] = {"v": PROTOCOL_VERSION, "sensor": sensor, "seq": int(seq), "ts_ns": int(ts_ns),
+                              "kind": "tensor", "dtype": dtype, "shape": [int(d) for d in shape],
+                              "shm": {"name": ring, "slot": int(slot), "gen": int(gen)}}
+    if meta:
+        header["meta"] = dict(meta)
+    return [f"sensor/{sensor}".encode(), msgpack.packb(header, use_bin_type=True), b""]
 
 
 def encode_ingest(sensor: str, seq: int, kind: str, payload: Any, *, ts_ns: int,

@@ -110,6 +110,7 @@ class Cognition:
         self._snarc: dict[str, dict[str, float]] = {}
         self._granted: dict[str, float] = {}
         self._runs: collections.deque[tuple[float, bool]] = collections.deque()
+        self._failed_runs = 0  # of those in _runs: a running count, not a sum over the window per tick
         self._critical: dict[str, Any] | None = None
         self._ticks = 0
         self.events = collections.Counter[str]()
@@ -307,6 +308,7 @@ class Cognition:
             now = self.clock()
             failed = result.halt == "error"
             self._runs.append((now, failed))
+            self._failed_runs += failed
             if failed:
                 kind = "timeout" if (result.error or "").startswith("hung") else "error"
                 self.trust.record_plugin_error(name, kind)
@@ -338,8 +340,8 @@ class Cognition:
     def _error_rate(self, now: float) -> float:
         horizon = now - self.cfg.cognition.error_window_s
         while self._runs and self._runs[0][0] < horizon:
-            self._runs.popleft()
-        return sum(failed for _, failed in self._runs) / len(self._runs) if self._runs else 0.0
+            self._failed_runs -= self._runs.popleft()[1]
+        return self._failed_runs / len(self._runs) if self._runs else 0.0
 
     # ---------------------------------------------------------------- trust persistence
 

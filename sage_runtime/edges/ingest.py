@@ -25,7 +25,8 @@ from sage_runtime.mailbox import Lease, Mailbox, WriteStatus
 from sage_runtime.edges.receive import receive_bounded
 from sage_runtime.edges.security import EdgeSecurity, bind_edge
 from sage_runtime.edges.tap import IngestTap
-from sage_runtime.wire import DTYPES, IngestMessage, WireError, decode_ingest, torch_dtype
+from sage_runtime.edges.shm_ingest import ShmIngest
+from sage_runtime.wire import DTYPES, IngestMessage, WireError, decode_ingest, encode_ingest, torch_dtype
 
 log = logging.getLogger("sage.ingest")
 
@@ -197,7 +198,8 @@ class SensorTable:
             self._check_fits(sensor, msg)
         if msg.kind == "tensor":
             meta = {**msg.meta, "_wire_seq": msg.seq}
-            result = sensor.channel.write_bytes(msg.payload, msg.shape, meta=meta, ts_ns=msg.ts_ns)
+            # adopt: the received zmq frame becomes the slot's storage (no copy) where the mailbox can
+            result = sensor.channel.write_bytes(msg.payload, msg.shape, meta=meta, ts_ns=msg.ts_ns, adopt=True)
             if result.status == WriteStatus.REJECTED:
                 raise WireError("channel", f"sensor {msg.sensor!r}: its channel refused the frame ({result.reason})")
             if result.status == WriteStatus.DROPPED:
@@ -255,13 +257,13 @@ class SensorTable:
                         if lease is not None:
                             leases.append(lease)
                             got.append(Frame(sensor.sensor_id, int(lease.meta.get("_wire_seq", lease.seq)),
-                                             lease.ts_ns, "tensor", lease.tensor, lease.meta))
+                                             lease.ts_ns, "tensor", lease.tensor, lease.meta, lease.stable))
                         sensor.taken_seq = sensor.pending_seq
                 else:
                     while (lease := sensor.channel.pop()) is not None:
                         leases.append(lease)
                         got.append(Frame(sensor.sensor_id, int(lease.meta.get("_wire_seq", lease.seq)),
-                                         lease.ts_ns, "tensor", lease.tensor, lease.meta))
+                                         lease.ts_ns, "tensor", lease.tensor, lease.meta, lease.stable))
             else:
                 while sensor.queue:
                     msg, nbytes = sensor.queue.popleft()
@@ -324,6 +326,7 @@ class IngestServer:
                  on_input: Callable[[], None], security: EdgeSecurity | None = None, *,
                  tap: IngestTap | None = None) -> None:
         self.table = table
+        self.shm = ShmIngest(table.cfg.max_sensors, table.cfg.reject_non_finite) if table.cfg.shm else None
         self.tap = tap  # admitted frames go to it only while a recorder subscribes
         self.on_input = on_input
         cfg = table.cfg
@@ -348,6 +351,9 @@ class IngestServer:
             msg = decode_ingest(parts, max_elements=cfg.max_elements, reject_non_finite=cfg.reject_non_finite,
                                 max_string_bytes=self.table.capacity.max_string_bytes,
                                 max_text_bytes=self.table.capacity.max_text_bytes)
+            if msg.shm is not None:
+                self._admit_shm(msg, size)
+                return
             self.table.admit(msg, size)
             if self.tap is not None and self.tap.active:
                 self.tap.publish(msg.sensor, parts)
@@ -356,6 +362,22 @@ class IngestServer:
         except Exception:  # noqa: BLE001 - a bug here must cost one message, never the ingest task
             self.internal_errors += 1
             log.exception("ingest failed on a message (counted as ingest.internal_errors)")
+
+    def _admit_shm(self, msg: IngestMessage, size: int) -> None:
+        """A frame whose bytes wait in a client's ring: resolved, size-checked and admitted like any
+        other (same counters, limits and reasons)."""
+        if self.shm is None:
+            raise WireError("shm", "shared-memory ingest is off (ingest.shm: false)")
+        limit = self.table.cfg.max_message_bytes
+        assert msg.shm is not None
+        if size + msg.shm.nbytes > limit:
+            raise WireError("oversize", f"message of {size + msg.shm.nbytes} bytes (with its shared-memory "
+                                        f"payload) exceeds max_message_bytes {limit}")
+        resolved = self.shm.resolve(msg)
+        self.table.admit(resolved, size + msg.shm.nbytes)
+        if self.tap is not None and self.tap.active:  # recorded as an ordinary frame, payload included
+            self.tap.publish(msg.sensor, encode_ingest(msg.sensor, msg.seq, "tensor", resolved.array(),
+                                                       ts_ns=msg.ts_ns, meta=msg.meta or None))
 
     def _receive(self, raw: zmq.Socket) -> None:
         """One message through the shared bounded receive: refused (counted) before assembly."""
@@ -383,7 +405,8 @@ class IngestServer:
             await asyncio.sleep(0)
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._pump(sock) for sock in self.socks), self._flush_rejections())
+        await asyncio.gather(*(self._pump(sock) for sock in self.socks), self._flush_rejections(),
+                             *([self.shm.run()] if self.shm is not None else []))
 
     async def _flush_rejections(self) -> None:
         """The per-interval rejection counts are logged when their interval ends, not only when
@@ -396,3 +419,5 @@ class IngestServer:
     def close(self) -> None:
         for sock in self.socks:
             sock.close(linger=0)
+        if self.shm is not None:
+            self.shm.close()

@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .sdpa import pick_backend
 
 #: Named columns of the target feature tensor ``[N, len(FEATURES)]`` (float32).
 FEATURES: tuple[str, ...] = (
@@ -109,6 +112,7 @@ class AtpAllocator(torch.nn.Module):
         rest_consolidation_share: float | None = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         pats = dict(DEFAULT_PATTERNS if patterns is None else patterns)
@@ -126,6 +130,9 @@ class AtpAllocator(torch.nn.Module):
         self._padded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
         self._seeded = torch.Generator(device=self.device)
+        self.backend = pick_backend(backend, self.device)
+        self._np_queries = q.numpy()
+        self._np_log = log_cols.cpu().numpy()
         self.eval()
 
     def keys(self, features: torch.Tensor) -> torch.Tensor:
@@ -161,6 +168,8 @@ class AtpAllocator(torch.nn.Module):
             return torch.zeros(b, 0, dtype=torch.float64, device=self.device)
         if mask is not None and not bool(mask.any(-1).all()):
             raise ValueError("every row of mask needs at least one real target")
+        if self.backend == "numpy":
+            return self._allocate_numpy(name, pat, features, total_atp, seed, mask)
         with torch.inference_mode():
             k = self.keys(features.to(self.device, torch.float32))
             valid = None
@@ -179,6 +188,29 @@ class AtpAllocator(torch.nn.Module):
                 return alloc.mul_(float(total_atp) / alloc.sum(-1, keepdim=True))
             total = torch.as_tensor(total_atp, dtype=torch.float64, device=alloc.device).reshape(-1, 1)
             return alloc.mul_(total / alloc.sum(-1, keepdim=True))
+
+    def _allocate_numpy(self, name: str, pat: StatePattern, features: torch.Tensor, total_atp: float | torch.Tensor,
+                        seed: int | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """``allocate_batch`` in numpy (the CPU backend): the same keys, logits, noise and mix."""
+        b, n, _ = features.shape
+        x = np.fmax(features.detach().numpy().astype(np.float32, copy=False), 0.0)  # NaN -> 0, clamp at 0
+        k = np.where(self._np_log, -np.log1p(x), np.minimum(x, 1.0))
+        valid = None
+        if mask is not None:
+            valid = mask.numpy().astype(np.float64)
+            k *= valid[..., None]
+        z = k @ self._np_queries[STATES.index(name)]  # [B, N]
+        bias = self._logit_bias(pat, b, n, mask, seed)
+        if bias is not None:
+            z += bias.numpy().reshape(b, n)
+        z -= z.max(-1, keepdims=True)
+        w = np.exp(z).astype(np.float64)
+        w /= w.sum(-1, keepdims=True)
+        alloc = _mix_numpy(pat, w, k, valid)
+        total = float(total_atp) if isinstance(total_atp, (int, float)) else \
+            torch.as_tensor(total_atp, dtype=torch.float64).numpy().reshape(-1, 1)
+        alloc *= total / alloc.sum(-1, keepdims=True)
+        return torch.from_numpy(alloc)
 
     def _padding(self, n: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         """Queries and identity values zero-padded to a common width (a power of two >= 16, >= n).
@@ -223,6 +255,27 @@ class AtpAllocator(torch.nn.Module):
         n_c = c.sum(-1, keepdim=True)
         mix = pat.mix * (n_c > 0).double()
         return w.mul_(1.0 - mix).add_(mix * c / n_c.clamp(min=1e-12))
+
+
+def _mix_numpy(pat: StatePattern, w: np.ndarray, k: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """``AtpAllocator._mix`` in numpy, float64 (``w [B, N]`` is modified)."""
+    if pat.anchor == "uniform":
+        anchor = pat.mix / w.shape[-1] if valid is None else valid * (pat.mix / valid.sum(-1, keepdims=True))
+        w *= 1.0 - pat.mix
+        w += anchor
+        return w
+    if pat.anchor in ("top", "crisis"):
+        rank = w if pat.anchor == "top" else w + 2.0 * k[..., COL["is_crisis"]]
+        idx = rank.argmax(-1)
+        w *= 1.0 - pat.mix
+        w[np.arange(w.shape[0]), idx] += pat.mix
+        return w
+    c = k[..., COL["is_consolidation"]].astype(np.float64)
+    n_c = c.sum(-1, keepdims=True)
+    mix = pat.mix * (n_c > 0)
+    w *= 1.0 - mix
+    w += mix * c / np.maximum(n_c, 1e-12)
+    return w
 
 
 class UniformAllocator:

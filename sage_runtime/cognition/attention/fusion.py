@@ -7,6 +7,10 @@ missing sensors, all passed to SDPA as one additive ``attn_mask``. Identity colu
 the values make SDPA return each head's attention weights next to its output, so the reported
 weights are exactly the ones that built the fused vector.
 
+Backend (``backend="auto"``): on CPU the same math runs in numpy, on CUDA through SDPA. At these
+sizes (a few sensors, d=64..256) torch's per-op dispatch costs more on CPU than the arithmetic;
+bench_attention.py measures both against the numpy reference in one run.
+
 The projections are a seeded random init, not trained: the goal changes the query
 deterministically, but no goal "means" anything to a sensor until someone trains them.
 """
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .adapters import MODALITIES, image_features, text_features, vector_features
-from .sdpa import HAS_ENABLE_GQA, gqa_attention
+from .sdpa import HAS_ENABLE_GQA, gqa_attention, pick_backend
 
 
 def _unit(x: float) -> float:
@@ -66,6 +70,7 @@ class SensorFusion(torch.nn.Module):
         seed: int = 0,
         device: str | torch.device = "cpu",
         force_repeat_kv: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if q_heads % kv_heads or d % q_heads:
@@ -93,6 +98,9 @@ class SensorFusion(torch.nn.Module):
         self._bias = np.zeros(16, dtype=np.float32)
         self._scratch: dict[int, torch.Tensor] = {}
         self._goal_q: dict[tuple[str, int], torch.Tensor] = {}
+        self.backend = pick_backend(backend, self.device)
+        self._np_kv = self.w_raw_kv.cpu().numpy()
+        self._np_q: dict[str, np.ndarray] = {}
         self.eval()
 
     def _kv_scratch(self, n: int) -> tuple[int, torch.Tensor]:
@@ -194,6 +202,8 @@ class SensorFusion(torch.nn.Module):
         with torch.inference_mode():
             if usable == 0:
                 return torch.zeros(self.d, device=self.device), torch.zeros(n, device=self.device)
+            if self.backend == "numpy":
+                return self._forward_numpy(goal, raw, bias)
             hd = self.head_dim
             cap, scratch = self._kv_scratch(n)
             kv = (torch.from_numpy(raw).to(self.device) @ self.w_raw_kv).view(n, 2, self.kv_heads, hd)
@@ -204,3 +214,21 @@ class SensorFusion(torch.nn.Module):
                 attn_mask=mask, scale=hd**-0.5, repeat_fallback=self.repeat_kv,
             )[0, :, 0]
             return out[:, :hd].reshape(self.d), out[:, hd : hd + n].mean(0)
+
+    def _forward_numpy(self, goal: str | torch.Tensor, raw: np.ndarray, bias: np.ndarray
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward``'s attention in numpy (the CPU backend): the same logits, softmax and mean."""
+        n, hd, g = raw.shape[0], self.head_dim, self.q_heads // self.kv_heads
+        q = self._np_q.get(goal) if isinstance(goal, str) else None
+        if q is None:
+            q = self._query(goal, 0).numpy().reshape(self.kv_heads, g, hd) * np.float32(hd**-0.5)
+            if isinstance(goal, str) and len(self._np_q) < 256:
+                self._np_q[goal] = q
+        kv = (raw @ self._np_kv).reshape(n, 2, self.kv_heads, hd)
+        z = np.matmul(q, kv[:, 0].transpose(1, 2, 0)) + bias  # [kv, g, n]
+        z -= z.max(-1, keepdims=True)
+        p = np.exp(z, out=z)
+        p /= p.sum(-1, keepdims=True)
+        fused = np.matmul(p, kv[:, 1].transpose(1, 0, 2))  # [kv, g, hd]
+        return torch.from_numpy(fused.reshape(self.d)), torch.from_numpy(p.reshape(self.q_heads, n).mean(0))
+

@@ -36,3 +36,14 @@ def gqa_attention(
             q, repeat_kv(k, groups), repeat_kv(v, groups), attn_mask=attn_mask, scale=scale
         )
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, enable_gqa=True)
+
+
+def pick_backend(backend: str, device: torch.device) -> str:
+    """``auto``: numpy on CPU (cheaper than torch dispatch at these sizes), SDPA on CUDA."""
+    if backend not in ("auto", "numpy", "sdpa"):
+        raise ValueError(f"backend must be auto, numpy or sdpa, got {backend!r}")
+    if backend == "auto":
+        return "numpy" if device.type == "cpu" else "sdpa"
+    if backend == "numpy" and device.type != "cpu":
+        raise ValueError("the numpy backend runs on CPU only")
+    return backend

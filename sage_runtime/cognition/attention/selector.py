@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .sdpa import HAS_ENABLE_GQA, gqa_attention, repeat_kv
+from .sdpa import HAS_ENABLE_GQA, gqa_attention, pick_backend, repeat_kv
 
 
 def trust_for_context(
@@ -61,6 +61,7 @@ class TrustWeightedExpertSelector(torch.nn.Module):
         seed: int = 0,
         device: str | torch.device = "cpu",
         force_repeat_kv: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if q_heads % kv_heads:
@@ -91,6 +92,10 @@ class TrustWeightedExpertSelector(torch.nn.Module):
         self.register_buffer("k", k.contiguous().to(self.device))
         self.register_buffer("v", v.contiguous().to(self.device))
         self.register_buffer("out_keys_t", (out_keys.T / math.sqrt(q_heads * hd)).contiguous().to(self.device))
+        self.backend = pick_backend(backend, self.device)
+        kv_k, kv_v = (k[0, ::g], v[0, ::g]) if self.repeat_kv else (k[0], v[0])  # one per KV head
+        self._np = (w_q.T.contiguous().numpy(), (kv_k.transpose(1, 2) / math.sqrt(hd)).contiguous().numpy(),
+                    kv_v.contiguous().numpy(), self.out_keys_t.cpu().numpy())
         self.eval()
 
     @staticmethod
@@ -101,6 +106,8 @@ class TrustWeightedExpertSelector(torch.nn.Module):
 
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Router logits ``[B, n_experts]`` for contexts ``x [B, d_model]``."""
+        if self.backend == "numpy":
+            return torch.from_numpy(self._logits_numpy(x.detach().float().numpy()))
         with torch.inference_mode():
             b = x.shape[0]
             q = (x.to(self.device, self.w_q_t.dtype) @ self.w_q_t).view(b, self.q_heads, self.head_dim)
@@ -109,9 +116,33 @@ class TrustWeightedExpertSelector(torch.nn.Module):
             o = gqa_attention(q, self.k, self.v, repeat_fallback=self.repeat_kv)
             return o[0].transpose(0, 1).reshape(b, -1) @ self.out_keys_t
 
+    def _logits_numpy(self, x: np.ndarray) -> np.ndarray:
+        """``router_logits`` in numpy (the CPU backend): query head h attends with KV head h // g."""
+        w_q_t, k_t, v, out_keys_t = self._np
+        b, g = x.shape[0], self.q_heads // self.kv_heads
+        q = (x @ w_q_t).reshape(b, self.kv_heads, g, self.head_dim).transpose(1, 0, 2, 3)
+        z = np.matmul(q.reshape(self.kv_heads, b * g, self.head_dim), k_t)  # [kv, b*g, N]
+        z -= z.max(-1, keepdims=True)
+        p = np.exp(z, out=z)
+        p /= p.sum(-1, keepdims=True)
+        o = np.matmul(p, v).reshape(self.kv_heads, b, g, self.head_dim).transpose(1, 0, 2, 3)
+        return o.reshape(b, -1) @ out_keys_t
+
+    def _scores_numpy(self, x: torch.Tensor, trust: torch.Tensor, a: float) -> torch.Tensor:
+        logits = self._logits_numpy(x.detach().float().numpy()).astype(np.float64)
+        lo = logits.min(-1, keepdims=True)
+        norm = (logits - lo) / np.maximum(logits.max(-1, keepdims=True) - lo, 1e-300)
+        t = np.clip(trust.numpy(), 0.0, 1.0)
+        return torch.from_numpy(norm * (1.0 - a) + t * a)
+
     def scores(self, x: torch.Tensor, trust: torch.Tensor, alpha: float | None = None) -> torch.Tensor:
         """Mixed score per expert ``[B, n_experts]`` (float64): (1 - alpha) * minmax(router) + alpha * trust."""
         a = self.alpha if alpha is None else self._check_alpha(alpha)
+        if self.backend == "numpy":
+            trust = torch.as_tensor(trust, dtype=torch.float64)
+            if trust.shape[-1] != self.n_experts:
+                raise ValueError(f"trust needs {self.n_experts} entries per row, got {tuple(trust.shape)}")
+            return self._scores_numpy(x, trust, a)
         trust = torch.as_tensor(trust, dtype=torch.float64, device=self.device)
         if trust.shape[-1] != self.n_experts:
             raise ValueError(f"trust needs {self.n_experts} entries per row, got {tuple(trust.shape)}")
@@ -132,6 +163,11 @@ class TrustWeightedExpertSelector(torch.nn.Module):
         """
         squeeze = x.dim() == 1
         s = self.scores(x.unsqueeze(0) if squeeze else x, trust, alpha)
+        if self.backend == "numpy":
+            sn = s.numpy()
+            order = np.argsort(-sn, axis=-1, kind="stable")[:, : self.top_k]
+            idx, ordered = torch.from_numpy(order), torch.from_numpy(np.take_along_axis(sn, order, -1))
+            return (idx[0], ordered[0]) if squeeze else (idx, ordered)
         with torch.inference_mode():
             ordered, idx = torch.sort(s, dim=-1, descending=True, stable=True)
             idx, ordered = idx[:, : self.top_k], ordered[:, : self.top_k]
