@@ -107,7 +107,10 @@ def test_c_example(daemon, tmp_path):
     assert build.returncode == 0, build.stderr
     run = subprocess.run([str(binary), daemon.ingest, "25"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    wait_for(lambda: received(daemon, "c_cam") == 25, timeout_s=10)
+    try:
+        wait_for(lambda: received(daemon, "c_cam") == 25, timeout_s=20)
+    except TimeoutError:
+        raise AssertionError(f"daemon received {received(daemon, 'c_cam')} of 25 c_cam frames") from None
     status = daemon.status()
     assert status["ingest"]["rejected"] == {} and status["ingest"]["sensors"]["c_cam"]["modality"] == "image"
     nothing = subprocess.run([str(binary), f"ipc://{tmp_path}/none.sock", "1"], capture_output=True, text=True,

@@ -163,7 +163,10 @@ def test_client_killed_with_9_its_ring_is_unmapped_and_unlinked(daemon: DaemonPr
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    wait_for(lambda: not os.path.exists(os.path.join(SHM_DIR, name)), timeout_s=10)
+    # The periodic sweep of dead clients' rings may unlink the file before the reader's own sweep
+    # unmaps it: wait for both.
+    wait_for(lambda: not os.path.exists(os.path.join(SHM_DIR, name))
+             and name not in daemon.status()["ingest"]["shm"]["rings"], timeout_s=10)
     st = daemon.status()["ingest"]["shm"]
     assert name not in st["rings"] and st["closed"] == 1
     assert daemon.proc.poll() is None  # the daemon runs on

@@ -58,7 +58,8 @@ int main(int argc, char **argv) {
     int frames = argc > 2 ? atoi(argv[2]) : 10;
     void *ctx = zmq_ctx_new();
     void *pub = zmq_socket(ctx, ZMQ_XPUB);
-    int linger = 2000, timeout = 5000;
+    /* linger: time to hand over what the daemon's receive queue (capacity.rcvhwm) pushed back */
+    int linger = 5000, timeout = 5000;
     zmq_setsockopt(pub, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(pub, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
     if (zmq_connect(pub, endpoint) != 0) { fprintf(stderr, "connect %s: %s\n", endpoint, zmq_strerror(zmq_errno())); return 1; }

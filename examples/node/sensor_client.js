@@ -16,7 +16,7 @@ const { encode } = require("@msgpack/msgpack");
 async function main() {
   const endpoint = process.argv[2] || "ipc:///run/sage/ingest.sock";
   const frames = Number(process.argv[3] || 10);
-  const pub = new zmq.XPublisher({ linger: 2000, receiveTimeout: 5000 });
+  const pub = new zmq.XPublisher({ linger: 5000, receiveTimeout: 5000 });  // linger: what the daemon pushed back still goes
   pub.connect(endpoint);
   try {
     const [subscription] = await pub.receive(); // 0x01 + topic: the daemon's ingest subscribed

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -48,8 +49,7 @@ def trajectory(net: PriorNet, clean: torch.Tensor, y: torch.Tensor, valid: torch
     r = refine.start(net, y, valid, sigma, cfg)
     out = [psnr(quantise(r.x), clean)]
     for _ in range(steps):
-        r = refine.step(net, r, cfg) if variant is None else refine.Refinement(r.y, r.valid, r.sigma,
-                                                                                variant(net, r, cfg), r.prior, r.energy)
+        r = refine.step(net, r, cfg) if variant is None else replace(r, x=variant(net, r, cfg))
         out.append(psnr(quantise(r.x), clean))
     return out
 

@@ -40,7 +40,7 @@ from sage_runtime.records import Frame
 QUALITY = Path(__file__).resolve().parent / "quality.json"
 HOLES, NOISE = ("drop30", "blocks20"), ("noise05", "noise10")
 JUDGED = HOLES + NOISE
-BUDGET = 2              # full budget: the plugin's default max_steps (the steps the prior was trained along)
+BUDGET = 4              # full budget: the plugin's default max_steps (picked in calibrate.py)
 SIZE = 128
 TEST_SEED, VALIDATION_SEED = 2024, 777
 TV_WEIGHTS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16)

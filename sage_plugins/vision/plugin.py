@@ -4,8 +4,9 @@ Per run: take the most salient new image frame at its own size (scaled down past
 with its validity mask (2nd/4th channel, see images.py) and its noise level (the frame's
 `noise_sigma` meta when the sensor declares one, else a blind estimate). Step 0 publishes the
 classical floor (harmonic hole filling, TV denoising); each step moves towards the prior net's
-data-consistent estimate only if that lowers the energy (refine.py), so quality never falls below
-the floor and observed pixels are kept exactly when the frame is noise-free.
+data-consistent estimate only if that lowers the energy, a held-out estimate of the image's error
+from observed pixels hidden from a shadow restoration (refine.py), and observed pixels are kept
+exactly when the frame is noise-free.
 Outputs: the reconstruction and an error map at the working size, and a 256-d embedding (the
 VAE encoder's code of the reconstruction, pooled; for fusion and memory).
 """
@@ -58,8 +59,8 @@ class VisionPlugin(IRPPlugin):
         super().setup(ctx)
         cfg = self.cfg = ctx.options
         self.max_steps = cfg.max_steps
-        self.refine_cfg = refine.RefineConfig(prior_sigma=cfg.prior_sigma, max_halvings=cfg.max_halvings,
-                                              tv_per_sigma=cfg.tv_per_sigma)
+        self.refine_cfg = refine.RefineConfig(prior_sigma=cfg.prior_sigma, holdout=cfg.holdout,
+                                              min_z=cfg.min_z, tv_per_sigma=cfg.tv_per_sigma)
         self.net = load_prior(Path(cfg.prior) if cfg.prior else PRIOR, ctx.device)
         self.encoder = load_pretrained(Path(cfg.weights) if cfg.weights else WEIGHTS, ctx.device)
         c, h, w = self.encoder.latent_shape
@@ -137,7 +138,7 @@ class VisionPlugin(IRPPlugin):
         return {
             "embedding": self.embedding(r.x),
             "reconstruction": to_uint8(r.x, state.channels),
-            "error_map": error_map(r.prior, r.y, r.valid),
+            "error_map": error_map(r.x if r.prior is None else r.prior, r.y, r.valid),
             "fit_psnr_db": round(min(fit, 100.0), 3),
             "valid_fraction": round(n_valid / r.valid.numel(), 4),
             "noise_sigma": round(float(r.sigma[0]), 4),

@@ -2,21 +2,26 @@
 
 State: the observation y with its validity mask and noise level sigma, and the current estimate x.
 Step 0 is the classical floor (classical.py). Each step asks the prior net for a better image
-z = N(x; y, mask, sigma), makes it consistent with the data and moves x towards it:
+z = N(x; y, mask, sigma), makes it consistent with the data,
 
     T(x) = valid * (w y + (1 - w) z) + (1 - valid) * z,   w = tau^2 / (tau^2 + sigma^2)
 
 (w = 1 when sigma = 0: observed pixels are kept exactly, the net only fills holes; under noise
-an observed pixel counts as much as its noise level allows). T(x) is the minimiser, for that z, of
+an observed pixel counts as much as its noise level allows), and moves x to x + t (T(x) - x) for
+the step size t that most lowers the energy, or stays put when none does.
 
-    E(x) = [ sum valid (x - y)^2 / (2 max(sigma, sigma_q)^2) + sum (x - N(x))^2 / (2 tau^2) ] / n
-
-the negative log-posterior with the data's noise and a Gaussian of width tau (the prior's own
-error) around the net's estimate. A step tries x + t (T(x) - x) at t = 1, 1/2, 1/4, ... and is
-taken only where it lowers E; where none does, x stays put and the image is marked stalled (the
-plugin halts). So E never rises, step 0 is the floor, and one step costs one net forward at the
-working size (more when it backtracks). Every tensor carries a batch dimension; images are
-independent (evaluation batches what the plugin does one image at a time).
+The energy is a held-out estimate of the image's error, from the observation alone: a fixed random
+share `holdout` of the observed pixels is hidden from a *shadow* restoration that runs the same
+floor and the same steps (same step sizes) with those pixels marked invalid. E is the mean
+squared difference, at the hidden pixels, between the shadow's estimate and the observation.
+The shadow never saw those pixels, so under noise of level sigma E estimates (shadow's MSE
+against the clean image) + sigma^2, and without noise the shadow's MSE in the hidden pixels:
+a step that E says is better is, in expectation, better against the truth (which a fixed-point
+residual |x - N(x)|^2 was not). So E never rises, step 0 is the floor, the plugin halts when no
+step size lowers E, and one step costs one net forward on a batch of two (image and shadow) at the
+working size, whatever the step size (the candidates are compared without a forward; `start`
+makes none, so the floor is out before the net runs). Every tensor
+carries a batch dimension; images are independent.
 """
 
 from __future__ import annotations
@@ -28,14 +33,14 @@ import torch
 from sage_plugins.vision import classical
 from sage_plugins.vision.model import PriorNet
 
-#: Quantisation noise of a uint8 frame (1/255/sqrt(12)): the data term's width when sigma is 0.
-SIGMA_Q = 1.0 / 255.0 / 12 ** 0.5
-
 
 @dataclass(frozen=True)
 class RefineConfig:
-    prior_sigma: float = 0.02   # tau: width of the prior around the net's estimate (its typical error)
-    max_halvings: int = 2       # backtracking trials per step; after them the estimate stays put
+    prior_sigma: float = 0.02   # tau: width of the prior around the net's estimate (the data blend's weight)
+    step_sizes: tuple[float, ...] = (0.25, 0.5, 1.0)   # t tried per step; the one with the lowest E is taken
+    holdout: float = 0.1        # share of observed pixels hidden from the shadow (the energy's sample)
+    min_z: float = 1.0          # a step must lower E by this many standard errors of the decrease
+    seed: int = 0               # of the held-out pixels (fixed: the same frame gives the same result)
     tv_per_sigma: float = 0.9   # the floor's TV weight per unit of noise sigma
 
 
@@ -45,8 +50,12 @@ class Refinement:
     valid: torch.Tensor        # B x 1 x H x W in {0, 1}
     sigma: torch.Tensor        # B, noise level (0: observed pixels are exact)
     x: torch.Tensor            # B x 3 x H x W current estimate
-    prior: torch.Tensor        # N(x), the net's estimate at x (the next step's target before data consistency)
-    energy: torch.Tensor       # B, E(x)
+    energy: torch.Tensor       # B, E: held-out squared error of the shadow (module docstring)
+    held: torch.Tensor         # B x 1 x H x W: observed pixels hidden from the shadow
+    shadow: torch.Tensor       # B x 3 x H x W: the shadow's estimate (same steps, held pixels invalid)
+    prior: torch.Tensor | None = None         # the net's last estimate N (None before the first step)
+    shadow_prior: torch.Tensor | None = None  # N at the shadow, from the same forward
+    fresh: bool = False        # prior and shadow_prior are N at the current x and shadow
     steps: int = 0
     stalled: torch.Tensor | None = None  # B bool: the last step found no decrease
 
@@ -62,42 +71,68 @@ def consistent(z: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, sigma: tor
     return (valid * (w * y + (1 - w) * z) + (1 - valid) * z).clamp(0.0, 1.0)
 
 
-def energy_of(x: torch.Tensor, z: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, sigma: torch.Tensor,
-              tau: float) -> torch.Tensor:
-    """Per-image E(x) given z = N(x)."""
-    n = x[0].numel()
-    sd = sigma.clamp_min(SIGMA_Q).view(-1, 1, 1, 1)
-    data = (valid * (x - y).square() / (2 * sd.square())).flatten(1).sum(1)
-    return (data + (x - z).square().flatten(1).sum(1) / (2 * tau ** 2)) / n
+def held_out_error(shadow: torch.Tensor, y: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+    """Per-image E: mean squared shadow-vs-observation difference over the held pixels (0 if none)."""
+    n = (held.flatten(1).sum(1) * shadow.shape[1]).clamp_min(1.0)
+    return (held * (shadow - y).square()).flatten(1).sum(1) / n
+
+
+def _gain_z(old: torch.Tensor, new: torch.Tensor, y: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: the decrease of E from shadow `old` to `new`, and that decrease over its
+    standard error (the held pixels are a sample: a decrease within its noise is not evidence)."""
+    diff = (held * ((old - y).square() - (new - y).square())).flatten(1)
+    n = (held.flatten(1).sum(1) * old.shape[1]).clamp_min(1.0)
+    gain = diff.sum(1) / n
+    var = (diff.square().sum(1) / n - gain.square()).clamp_min(0.0)
+    return gain, gain / (var / n).sqrt().clamp_min(1e-12)
+
+
+def holdout_mask(valid: torch.Tensor, share: float, seed: int) -> torch.Tensor:
+    """A fixed random `share` of the valid pixels (B x 1 x H x W)."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.rand(valid.shape, generator=g).to(valid.device) < share
+    return valid * pick.float()
+
+
+def _both(net: PriorNet, x: torch.Tensor, xs: torch.Tensor, r_y: torch.Tensor, valid: torch.Tensor,
+          shadow_valid: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """N at the image and at its shadow, one forward on the batch of both."""
+    z = net(torch.cat([x, xs]), torch.cat([r_y, r_y]), torch.cat([valid, shadow_valid]), torch.cat([sigma, sigma]))
+    return z[: x.shape[0]], z[x.shape[0]:]
 
 
 @torch.no_grad()
 def start(net: PriorNet, y: torch.Tensor, valid: torch.Tensor, sigma: torch.Tensor, cfg: RefineConfig) -> Refinement:
-    """Step 0: the classical floor, with the net's estimate there (for the energy and the first step)."""
-    x = classical.floor(y, valid, sigma, cfg.tv_per_sigma)
-    z = net(x, y, valid, sigma)
-    e = energy_of(x, z, y, valid, sigma, cfg.prior_sigma)
-    return Refinement(y, valid, sigma, x, z, e, stalled=torch.zeros_like(e, dtype=torch.bool))
+    """Step 0: the classical floor for the image and its shadow, and E there. No net forward: the
+    first step makes it, so the floor is published as soon as it exists."""
+    held = holdout_mask(valid, cfg.holdout, cfg.seed)
+    b = y.shape[0]
+    floors = classical.floor(torch.cat([y, y]), torch.cat([valid, valid - held]), torch.cat([sigma, sigma]),
+                             cfg.tv_per_sigma)
+    x, xs = floors[:b], floors[b:]
+    return Refinement(y, valid, sigma, x, held_out_error(xs, y, held), held, xs,
+                      stalled=torch.zeros(b, dtype=torch.bool, device=y.device))
 
 
 @torch.no_grad()
 def step(net: PriorNet, r: Refinement, cfg: RefineConfig) -> Refinement:
     """One monotone step for every image of the batch (see the module docstring)."""
-    d = consistent(r.prior, r.y, r.valid, r.sigma, cfg.prior_sigma) - r.x
-    x, z, e = r.x.clone(), r.prior.clone(), r.energy.clone()
-    pending = torch.ones_like(e, dtype=torch.bool)
-    t = 1.0
-    for _ in range(cfg.max_halvings + 1):
-        cand = r.x + t * d
-        z_c = net(cand, r.y, r.valid, r.sigma)
-        e_c = energy_of(cand, z_c, r.y, r.valid, r.sigma, cfg.prior_sigma)
-        ok = pending & (e_c < r.energy)
-        x[ok], z[ok], e[ok] = cand[ok], z_c[ok], e_c[ok]
-        pending &= ~ok
-        if not bool(pending.any()):
-            break
-        t *= 0.5
-    return replace(r, x=x, prior=z, energy=e, steps=r.steps + 1, stalled=pending)
+    shadow_valid = r.valid - r.held
+    z, zs = (r.prior, r.shadow_prior) if r.fresh else _both(net, r.x, r.shadow, r.y, r.valid, shadow_valid, r.sigma)
+    d = consistent(z, r.y, r.valid, r.sigma, cfg.prior_sigma) - r.x
+    ds = consistent(zs, r.y, shadow_valid, r.sigma, cfg.prior_sigma) - r.shadow
+    ts = torch.tensor(cfg.step_sizes, device=r.y.device)
+    scored = [_gain_z(r.shadow, (r.shadow + float(t) * ds).clamp(0.0, 1.0), r.y, r.held) for t in ts]
+    gains, zscores = torch.stack([g for g, _ in scored]), torch.stack([z for _, z in scored])
+    gains = torch.where((zscores > cfg.min_z) & (gains > 0), gains, torch.zeros_like(gains))
+    best_gain, best = gains.max(0)
+    ok = best_gain > 0
+    keep = ok.view(-1, 1, 1, 1)
+    t = torch.where(ok, ts[best], torch.zeros_like(ts[best])).view(-1, 1, 1, 1)
+    x = torch.where(keep, (r.x + t * d).clamp(0.0, 1.0), r.x)
+    xs = torch.where(keep, (r.shadow + t * ds).clamp(0.0, 1.0), r.shadow)
+    return replace(r, x=x, shadow=xs, prior=z, shadow_prior=zs, fresh=not bool(ok.any()),
+                   energy=torch.where(ok, r.energy - best_gain, r.energy), steps=r.steps + 1, stalled=~ok)
 
 
 def refine(net: PriorNet, y: torch.Tensor, valid: torch.Tensor, sigma: torch.Tensor, cfg: RefineConfig,
