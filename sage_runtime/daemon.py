@@ -125,19 +125,7 @@ class Daemon:
         stack.callback(self._remove_socket_files)
         self.mailbox = Mailbox(self.device)
         stack.callback(self.mailbox.close)
-        actx = zmq.asyncio.Context()
-        stack.callback(actx.destroy, linger=0)
-        self.security = EdgeSecurity(actx, load_keys(cfg), max_peers=cfg.capacity.max_tcp_peers)
-        stack.callback(self.security.close)
-        self.control = ControlServer(actx, expand_endpoint(cfg.control.endpoint, self.runtime_dir),
-                                     cfg.control.socket_mode, tcp_endpoint=cfg.control.tcp_endpoint,
-                                     security=self.security, max_parts=cfg.capacity.max_message_parts,
-                                     max_request_bytes=cfg.capacity.max_request_bytes,
-                                     rcvhwm=receive_hwm(cfg.capacity, cfg.capacity.max_request_bytes))
-        stack.callback(self.control.close)
-        self.publisher = ResultPublisher(zmq.Context.shadow(actx.underlying), self._endpoints(cfg.results.endpoints),
-                                         cfg.results.sndhwm, self.security)
-        stack.callback(self.publisher.close)
+        actx = self._open_control_and_results(stack)
         self.compute = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         stack.callback(self.compute.shutdown, wait=False, cancel_futures=True)
         self.compute.submit(lambda: None)  # its thread now, not at the first trust save: thread count stays flat
@@ -169,6 +157,24 @@ class Daemon:
         self._open_views(stack)
         self._install_signals(stack)
         return hosts
+
+    def _open_control_and_results(self, stack: contextlib.AsyncExitStack) -> zmq.asyncio.Context:
+        """The ZeroMQ context, edge security, the control socket and the results publisher."""
+        cfg = self.cfg
+        actx = zmq.asyncio.Context()
+        stack.callback(actx.destroy, linger=0)
+        self.security = EdgeSecurity(actx, load_keys(cfg), max_peers=cfg.capacity.max_tcp_peers)
+        stack.callback(self.security.close)
+        self.control = ControlServer(actx, expand_endpoint(cfg.control.endpoint, self.runtime_dir),
+                                     cfg.control.socket_mode, tcp_endpoint=cfg.control.tcp_endpoint,
+                                     security=self.security, max_parts=cfg.capacity.max_message_parts,
+                                     max_request_bytes=cfg.capacity.max_request_bytes,
+                                     rcvhwm=receive_hwm(cfg.capacity, cfg.capacity.max_request_bytes))
+        stack.callback(self.control.close)
+        self.publisher = ResultPublisher(zmq.Context.shadow(actx.underlying), self._endpoints(cfg.results.endpoints),
+                                         cfg.results.sndhwm, self.security)
+        stack.callback(self.publisher.close)
+        return actx
 
     def _open_views(self, stack: contextlib.AsyncExitStack) -> None:
         """Prometheus /metrics and the Foxglove live view (each only when its `listen` is set): readers

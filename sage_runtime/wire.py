@@ -161,13 +161,7 @@ def decode_ingest(parts: Sequence[Any], *, max_elements: int = 1 << 24, reject_n
     if len(parts) != 3:
         raise WireError("part_count", f"expected 3 parts (topic, header, payload), got {len(parts)}")
     topic_raw, header_raw, payload = (_buffer(p) for p in parts)
-    try:
-        topic = bytes(topic_raw).decode("utf-8")
-    except UnicodeDecodeError:
-        raise WireError("topic", "topic is not UTF-8") from None
-    if not topic.startswith("sensor/"):
-        raise WireError("topic", f"topic {topic[:80]!r} does not start with 'sensor/'")
-    check_sensor_id(topic[len("sensor/"):])
+    topic = _decode_topic(topic_raw)
     header = _unpack_map(header_raw, "header")
 
     version = _require(header, "v", int)
@@ -195,6 +189,22 @@ def decode_ingest(parts: Sequence[Any], *, max_elements: int = 1 << 24, reject_n
         return _decode_tensor(sensor, seq, ts_ns, header, payload, meta, max_elements, reject_non_finite)
     if kind == "text":
         return IngestMessage(sensor, seq, ts_ns, kind, _decode_text(payload, max_text_bytes), meta=meta)
+    return IngestMessage(sensor, seq, ts_ns, kind, _decode_body(kind, payload, max_string_bytes), meta=meta)
+
+
+def _decode_topic(raw: Any) -> str:
+    try:
+        topic = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireError("topic", "topic is not UTF-8") from None
+    if not topic.startswith("sensor/"):
+        raise WireError("topic", f"topic {topic[:80]!r} does not start with 'sensor/'")
+    check_sensor_id(topic[len("sensor/"):])
+    return topic
+
+
+def _decode_body(kind: str, payload: Any, max_string_bytes: int) -> dict[str, Any]:
+    """An event's or reward's msgpack map, its strings bounded and its fields checked."""
     body = _unpack_map(payload, f"{kind} payload")
     _check_strings(body, ("type", "target", "priority"), max_string_bytes, kind)
     if kind == "reward":
@@ -210,7 +220,7 @@ def decode_ingest(parts: Sequence[Any], *, max_elements: int = 1 << 24, reject_n
             raise WireError("event", "event needs a string 'type'")
         if body.get("priority") not in EVENT_PRIORITIES:
             raise WireError("event", f"event priority must be one of {', '.join(EVENT_PRIORITIES)}")
-    return IngestMessage(sensor, seq, ts_ns, kind, body, meta=meta)
+    return body
 
 
 def _decode_text(payload: memoryview, max_text_bytes: int | None) -> str:
