@@ -450,7 +450,8 @@ def test_in_grammar_intent_bar_at_ten_percent_cer(understood):
 
 @pytest.mark.xfail(reason="short of the issue's bars: measured on 400 held-out commands at 10% CER, "
                           "precision 98.05% (bar 99%) with recall 88.0% (bar 90%) at threshold 0.94; "
-                          "see the model card", strict=False)
+                          "a 700-step fine-tune with word-level noise did not close it (rejected on the "
+                          "calibration half); see the model card", strict=False)
 def test_in_grammar_precision_and_recall_at_the_threshold(understood):
     c10 = understood["commands_cer10"]
     assert c10["precision"] >= 0.99 and c10["recall"] >= 0.90, c10
@@ -499,3 +500,29 @@ def test_a_real_word_in_place_of_a_command_word_is_a_feature(grammar):
     assert said[k] == 1.0 and garbled[k] == 0.0
     cal = Calibrator.load()
     assert cal.probability(said) < cal.probability(garbled)
+
+
+def test_training_inputs_without_word_noise_draw_as_the_shipped_run(grammar):
+    """`train.py` without `--word-share` draws exactly the inputs the shipped weights were trained
+    on (same RNG use as a bare `corrupt`), so the model card's command reproduces weights.pt; with
+    it, a share of the inputs carry word-level errors."""
+    from sage_plugins.language.train import noisy_text
+    texts_ = [grammar.sample(random.Random(i)).text for i in range(200)]
+    a, b = random.Random(5), random.Random(5)
+    assert [noisy_text(t, a) for t in texts_] == [
+        corrupt(t, b.uniform(0.05, 0.25) if b.random() > 0.1 else 0.0, b, max_tries=1) for t in texts_]
+    worded = [noisy_text(t, random.Random(i), word_share=1.0) for i, t in enumerate(texts_)]
+    assert sum(len(w.split()) != len(t.split()) for w, t in zip(worded, texts_)) > 20
+
+
+def test_calibration_half_report_scores_each_part_at_the_threshold():
+    """calibrate.half_report: the figures candidate weights are compared on (never the evaluation sets)."""
+    from sage_plugins.language.calibrate import half_report
+    from sage_plugins.language.understand import Reading
+    cup, pot = {"action": "find", "object": "cup"}, {"action": "find", "object": "pot"}
+    mix = [("a", cup, True, "c10"), ("b", cup, True, "c10"), ("c", pot, True, "c10"), ("d", None, True, "oog")]
+    readings = [Reading(None, None, 0.0, candidate=c) for c in (cup, pot, pot, cup)]
+    got = half_report(mix, readings, [0.99, 0.95, 0.5, 0.99], threshold=0.9)
+    assert got["c10"] == {"n": 3, "candidate_exact": round(2 / 3, 4), "accepted": round(2 / 3, 4),
+                          "precision": 0.5, "recall": round(1 / 3, 4)}
+    assert got["oog"]["accepted"] == 1.0 and got["oog"]["precision"] == 0.0

@@ -17,6 +17,7 @@ operating point (10%-CER commands, stop phrases, out-of-grammar, negated). Write
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import time
@@ -49,22 +50,41 @@ def stop_set(n: int, seed: int) -> list[tuple[str, dict[str, Any], str]]:
     return out
 
 
-def calibration_mix(n: int, grammar: Grammar) -> list[tuple[str, dict[str, Any] | None, bool]]:
-    """(raw utterance, the intent said or None, whether it picks the threshold) for the calibration
-    mix, about `n` utterances. The threshold is picked on the 10%-CER commands, the stop phrases,
-    the out-of-grammar and the negated utterances (the operating point the bar is set at)."""
+def calibration_mix(n: int, grammar: Grammar) -> list[tuple[str, dict[str, Any] | None, bool, str]]:
+    """(raw utterance, the intent said or None, whether it picks the threshold, part name) for the
+    calibration mix, about `n` utterances. The threshold is picked on the 10%-CER commands, the stop
+    phrases, the out-of-grammar and the negated utterances (the operating point the bar is set at)."""
     rng = random.Random(SEEDS["oog"])
-    mix: list[tuple[str, dict[str, Any] | None, bool]] = []
-    mix += [(x, i, False) for _, i, x in heldout_set(n * 3 // 10, SEEDS["char"], (0.0, 0.2), part="calibration")]
-    mix += [(x, i, True) for _, i, x in heldout_set(n * 2 // 10, SEEDS["char10"], 0.1, part="calibration")]
-    mix += [(x, i, False) for _, i, x in heldout_set(n * 15 // 100, SEEDS["words"], (0.0, 0.05), words=0.15,
-                                                     part="calibration")]
-    mix += [(x, i, True) for _, i, x in stop_set(n // 20, SEEDS["stop"])]
+    mix: list[tuple[str, dict[str, Any] | None, bool, str]] = []
+    mix += [(x, i, False, "commands_cer0_20")
+            for _, i, x in heldout_set(n * 3 // 10, SEEDS["char"], (0.0, 0.2), part="calibration")]
+    mix += [(x, i, True, "commands_cer10") for _, i, x in heldout_set(n * 2 // 10, SEEDS["char10"], 0.1,
+                                                                         part="calibration")]
+    mix += [(x, i, False, "commands_words") for _, i, x in heldout_set(n * 15 // 100, SEEDS["words"], (0.0, 0.05),
+                                                                          words=0.15, part="calibration")]
+    mix += [(x, i, True, "stop") for _, i, x in stop_set(n // 20, SEEDS["stop"])]
     said = oog.utterances("calibration", n * 2 // 10, SEEDS["oog"], grammar)
-    mix += [(corrupt(t, rng.choice([0.0, 0.0, 0.05, 0.1]), rng), None, True) for t in said]
-    mix += [(corrupt(t, rng.uniform(0.0, 0.15), rng), None, True)
+    mix += [(corrupt(t, rng.choice([0.0, 0.0, 0.05, 0.1]), rng), None, True, "out_of_grammar") for t in said]
+    mix += [(corrupt(t, rng.uniform(0.0, 0.15), rng), None, True, "negated")
             for t, _ in oog.negated("calibration", n // 10, SEEDS["negated"], grammar, part="calibration")]
     return mix
+
+
+def half_report(mix: list[tuple[str, dict[str, Any] | None, bool, str]], readings: list[Any], conf: list[float],
+                threshold: float) -> dict[str, dict[str, float]]:
+    """Per part of the calibration mix at `threshold`: candidate exact, share accepted, precision
+    and recall (as evaluate reports them on the evaluation half). Comparing weights is done on
+    these figures, never on the evaluation sets."""
+    out: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(m[3] for m in mix):
+        idx = [k for k, m in enumerate(mix) if m[3] == name]
+        acc = [k for k in idx if readings[k].candidate is not None and conf[k] >= threshold]
+        right = sum(readings[k].candidate == mix[k][1] for k in acc)
+        out[name] = {"n": len(idx), "candidate_exact": round(sum(readings[k].candidate == mix[k][1] for k in idx)
+                                                             / len(idx), 4),
+                     "accepted": round(len(acc) / len(idx), 4), "precision": round(right / max(1, len(acc)), 4),
+                     "recall": round(right / len(idx), 4)}
+    return out
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50) -> np.ndarray:
@@ -102,17 +122,20 @@ def main(argv: list[str] | None = None) -> None:
     model = load_checkpoint(args.weights)
     mix = calibration_mix(args.n, grammar)
     blank = Calibrator(tuple(0.0 for _ in FEATURES), 0.5)
-    readings = [r for r, _, _ in plugin_readings(model, grammar, blank, [x for x, _, _ in mix])]
-    fit = [(r.features, r.candidate == i) for r, (_, i, _) in zip(readings, mix) if r.features is not None]
+    readings = [r for r, _, _ in plugin_readings(model, grammar, blank, [m[0] for m in mix])]
+    fit = [(r.features, r.candidate == m[1]) for r, m in zip(readings, mix) if r.features is not None]
     w = fit_logistic(np.array([f for f, _ in fit]), np.array([float(c) for _, c in fit]))
     cal = Calibrator(tuple(float(v) for v in w), 0.5)
     conf = [cal.probability(r.features) if r.features is not None else 0.0 for r in readings]
-    correct = [r.candidate is not None and r.candidate == i for r, (_, i, _) in zip(readings, mix)]
-    picks = [k for k, (_, _, select) in enumerate(mix) if select]
+    correct = [r.candidate is not None and r.candidate == m[1] for r, m in zip(readings, mix)]
+    picks = [k for k, m in enumerate(mix) if m[2]]
     threshold = pick_threshold([conf[k] for k in picks], [correct[k] for k in picks])
     spec = {"features": list(FEATURES), "weights": [round(float(v), 6) for v in w], "threshold": threshold,
             "meta": {"n": len(mix), "fitted_on": len(fit), "seeds": SEEDS, "target_precision": TARGET_PRECISION,
-                     "calibration_ece": round(ece(conf, correct), 4), "wall_s": round(time.perf_counter() - t0)}}
+                     "calibration_ece": round(ece(conf, correct), 4),
+                     "calibration_half": half_report(mix, readings, conf, threshold),
+                     "weights_sha256": hashlib.sha256(args.weights.read_bytes()).hexdigest()[:16],
+                     "wall_s": round(time.perf_counter() - t0)}}
     args.out.write_text(json.dumps(spec, indent=2) + "\n")
     print(json.dumps(spec, indent=2))
 

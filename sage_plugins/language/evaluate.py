@@ -47,7 +47,7 @@ from sage_plugins.language.grammar import MAX_NORMALIZED, Grammar, normalize
 from sage_plugins.language.model import Denoiser, load_checkpoint
 from sage_plugins.language.noise import corrupt, corrupt_words, levenshtein
 from sage_plugins.language.refine import energies, first_pass, grammar_projection, refine, texts
-from sage_plugins.language.understand import Calibrator, Reading, read
+from sage_plugins.language.understand import CALIBRATION_PATH, Calibrator, Reading, read
 from sage_plugins.language.utterance import clean_words
 
 PACKAGE = Path(__file__).parent
@@ -292,6 +292,7 @@ def merge_understanding(pieces: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, default=PACKAGE / "weights.pt")
+    p.add_argument("--calibration", type=Path, default=CALIBRATION_PATH, help="the calibrator the readings use")
     p.add_argument("--n", type=int, default=1000, help="in-grammar commands per set")
     p.add_argument("--n-oog", type=int, default=600)
     p.add_argument("--n-neg", type=int, default=300)
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.sets != "rows" and not args.merge:
         parts_ = PARTS if args.sets in ("understanding", "all") else (args.sets,)
         t0 = time.perf_counter()
-        result["understanding"] = understanding(model, Calibrator.load(), n=args.n, n_oog=args.n_oog,
+        result["understanding"] = understanding(model, Calibrator.load(args.calibration), n=args.n, n_oog=args.n_oog,
                                                 n_neg=args.n_neg, parts=parts_)
         result["understanding"]["wall_s"] = round(time.perf_counter() - t0)
         if args.sets in ("understanding", "all"):

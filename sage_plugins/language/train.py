@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from sage_plugins.language.grammar import Command, Grammar
 from sage_plugins.language.canvas import encode_bytes, slot_targets
 from sage_plugins.language.model import BLANK, MASK, PAD, Denoiser, DenoiserConfig, load_checkpoint, save_checkpoint
-from sage_plugins.language.noise import corrupt
+from sage_plugins.language.noise import corrupt, corrupt_words
+from sage_plugins.language.utterance import clean_words
 
 PACKAGE = Path(__file__).parent
 WEIGHTS = PACKAGE / "weights.pt"
@@ -55,13 +56,25 @@ def intent_targets(grammar: Grammar, commands: list[Command]) -> dict[str, torch
     }
 
 
-def make_batch(grammar: Grammar, rng: random.Random, size: int, cfg: DenoiserConfig) -> dict[str, torch.Tensor]:
+def noisy_text(text: str, rng: random.Random, word_share: float = 0.0) -> str:
+    """A training input: character noise at a CER drawn from [0.05, 0.25] (clean 10% of the time);
+    with probability `word_share` word-level recognizer errors (rate 0.1-0.25 per word) first, with
+    fillers and stutters removed as the plugin removes them before the model reads."""
+    if word_share and rng.random() < word_share:
+        words = corrupt_words(text, rng.uniform(0.1, 0.25), rng)
+        text_in = clean_words(words) or words
+        return corrupt(text_in, rng.uniform(0.0, 0.1), rng, max_tries=1)
+    return corrupt(text, rng.uniform(0.05, 0.25) if rng.random() > 0.1 else 0.0, rng, max_tries=1)
+
+
+def make_batch(grammar: Grammar, rng: random.Random, size: int, cfg: DenoiserConfig, word_share: float = 0.0
+               ) -> dict[str, torch.Tensor]:
     """Noisy sources, their slot targets, and CMLM masks (all slots for half the texts: the first
     refinement pass; a uniform number for the rest: the re-masking steps)."""
     commands, src_rows, tgt_rows = [], [], []
     while len(commands) < size:
         cmd = grammar.sample_split(rng, heldout=False)
-        noisy = corrupt(cmd.text, rng.uniform(0.05, 0.25) if rng.random() > 0.1 else 0.0, rng, max_tries=1)
+        noisy = noisy_text(cmd.text, rng, word_share)
         src = encode_bytes(noisy, cfg.max_len)
         target = slot_targets(cmd.text.encode(), bytes(src), cfg.slots)
         if target is None:  # more dropped bytes in a row than the slots hold: rare, redraw
@@ -99,6 +112,7 @@ def loss_fn(model: Denoiser, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
+    """Linear warmup, then cosine down to 5% of the peak."""
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
@@ -116,15 +130,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=WEIGHTS)
     p.add_argument("--resume", action="store_true", help="continue from ckpt-dir/last.pt")
     p.add_argument("--eval-every", type=int, default=400)
+    p.add_argument("--init", type=Path, help="fine-tune: start from these weights (a new optimizer and schedule)")
+    p.add_argument("--word-share", type=float, default=0.0, help="share of inputs with word-level errors")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--seed", type=int, default=TRAIN_SEED, help="data and init seed (fine-tuning uses its own)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(TRAIN_SEED)
+    torch.manual_seed(args.seed)
     grammar = Grammar.load()
     cfg = model_config(grammar, hidden=args.hidden, layers=args.layers)
     model = Denoiser(cfg)
+    if args.init is not None:
+        base = load_checkpoint(args.init)
+        cfg = base.cfg
+        model = Denoiser(cfg)
+        model.load_state_dict(base.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    rng = random.Random(TRAIN_SEED)
+    rng = random.Random(args.seed)
     start, elapsed = 0, 0.0
     args.ckpt_dir.mkdir(parents=True, exist_ok=True)
     last = args.ckpt_dir / "last.pt"
@@ -143,15 +166,15 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(start, args.steps):
         model.train()
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr)
-        loss, parts = loss_fn(model, make_batch(grammar, rng, args.batch, cfg))
+            group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        loss, parts = loss_fn(model, make_batch(grammar, rng, args.batch, cfg, args.word_share))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 50 == 0:
             print(f"step {step} loss {loss.item():.4f} text {parts['text']:.4f} intent {parts['intent']:.4f} "
-                  f"lr {lr_at(step, args.steps, args.lr):.2e} {time.perf_counter() - t0:.0f}s", flush=True)
+                  f"lr {lr_at(step, args.steps, args.lr, args.warmup):.2e} {time.perf_counter() - t0:.0f}s", flush=True)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             model.eval()
             q = evaluate(model, n=200, seed=VALIDATION_SEED, grammar_only=False)
@@ -162,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - t0
     save_checkpoint(model, args.out, {"train": {"steps": args.steps, "batch": args.batch, "lr": args.lr,
                                                 "wall_s": round(wall), "threads": args.threads,
-                                                "params": n_params, "seed": TRAIN_SEED}})
+                                                "params": n_params, "seed": args.seed,
+                                                "init": str(args.init) if args.init else None,
+                                                "word_share": args.word_share, "warmup": args.warmup}})
     print(f"saved {args.out} after {wall:.0f}s; run `python -m sage_plugins.language.evaluate` for quality.json",
           flush=True)
     load_checkpoint(args.out)  # the shipped file loads
