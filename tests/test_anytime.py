@@ -347,3 +347,15 @@ def test_daemon_grants_no_atp_while_a_plugin_s_breaker_is_open(tmp_path):
     finally:
         pub.close()
         d.stop()
+
+
+def test_a_grant_ends_a_plugin_s_wait_only_if_it_covers_the_next_unit_of_work(hosts):
+    """The tick resets a plugin's waiting time (which ranks an overdue plugin first) only when
+    credit plus the grant covers its next unit: a job's start when idle, a step while one runs."""
+    plugin = Matmul(reps=400)
+    host = hosts(plugin)
+    host.init_cost.observe(10.0)
+    host.cost.observe(1.0)
+    assert not host.affords_next_unit(5.0) and host.affords_next_unit(host.init_cost.ms)
+    host.deposit(host.init_cost.ms / 2)
+    assert host.affords_next_unit(host.init_cost.ms / 2) and not host.affords_next_unit(0.0)

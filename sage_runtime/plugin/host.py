@@ -227,6 +227,14 @@ class PluginHost:
             with self._cond:
                 self._cond.notify_all()
 
+    def affords_next_unit(self, granted: float) -> bool:
+        """Whether credit plus `granted` covers the next unit of work: a step while a job runs,
+        else a job's start."""
+        with self._cond:
+            running = self._job is not None
+        need = self.cost.ms if running else self.init_cost.ms
+        return self.account.credit + granted >= need
+
     def credit_cap(self) -> float:
         """Credit this plugin may keep past a collect: none when idle, a few steps with work."""
         return CREDIT_STEPS * max(self.cost.ms, self.init_cost.ms) if self.wants_atp() else 0.0
