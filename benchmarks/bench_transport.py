@@ -130,7 +130,7 @@ def daemon_latency(d: DaemonProcess, pub: SensorPublisher, sub: ResultSubscriber
 
 
 def daemon_rcvhwm() -> int:
-    """The daemon's ingest ZMQ_RCVHWM under CONFIG (capacity.receive_bytes // max_message_bytes)."""
+    """The daemon's ingest ZMQ_RCVHWM under CONFIG (capacity.rcvhwm / receive_bytes, else libzmq's 1,000)."""
     try:
         from sage_runtime.config import CapacitySection, IngestSection, receive_hwm
     except ImportError:  # a tree from before capacity.rcvhwm: ingest.rcvhwm, 1000

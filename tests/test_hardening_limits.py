@@ -96,7 +96,7 @@ def test_a_flood_while_the_loop_is_busy_is_held_to_receive_bytes(tmp_path):
 
 def test_rcvhwm_times_message_size_over_receive_bytes_fails_check_config(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("capacity:\n  rcvhwm: 1000\n")
+    cfg.write_text("capacity:\n  rcvhwm: 1000\n  receive_bytes: 536870912\n")
     out = subprocess.run([SAGE_RUNTIME, "--check-config", "--config", str(cfg)], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2, out.stderr
