@@ -5,32 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from sage_runtime.plugin import Frame, IRPPlugin, PluginInputs
+from benchmarks.ack_plugin import Ack
 from tests.harness import DaemonProcess, confirmed_subscriber
 from tests.test_daemon_integration import connect_publisher
 
 
-class OneStep(IRPPlugin):
-    """One step per job; outputs the seq of each frame it answered."""
+class OneStep(Ack):
+    """The transport benchmark's one-step plugin (outputs the seq of each frame it answered),
+    answering events too, so a confirmed subscriber's probes get results."""
 
     name = "onestep"
     accepts_kinds = frozenset({"event", "tensor"})
-    max_steps = 1
-
-    def sample_inputs(self, seed: int) -> PluginInputs:
-        return PluginInputs(tick=seed, frames={"s": Frame("s", seed, 0, "event", "x", {})})
-
-    def init_state(self, inputs: PluginInputs):
-        return {s: f.seq for s, f in inputs.frames.items()}
-
-    def step(self, state):
-        return state
-
-    def energy(self, state) -> float:
-        return 0.0
-
-    def outputs(self, state):
-        return {"seen": state}
 
 
 def config(rate_hz: float, wake_on_input: bool) -> dict:

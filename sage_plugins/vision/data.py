@@ -49,6 +49,16 @@ def load_photos(names: tuple[str, ...], short_side: int | None = None) -> list[t
     return out
 
 
+def start_training(seed: int, threads: int) -> tuple[np.random.Generator, torch.Generator, list[torch.Tensor]]:
+    """What both training scripts begin with: torch threads and seeds, the numpy and torch
+    generators their batches draw from, and the training photos at a 512-pixel short side."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    return rng, g, load_photos(TRAIN_PHOTOS, short_side=512)
+
+
 def crop(photo: torch.Tensor, size: int, side: int, top: int, left: int, flip: bool) -> torch.Tensor:
     """A side x side window resized (antialiased) to size x size, optionally mirrored."""
     win = photo[:, top: top + side, left: left + side][None]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from sage_plugins.vision import classical, refine
-from sage_plugins.vision.data import (TRAIN_PHOTOS, add_noise, block_mask, drop_pixels, load_photos, quantise,
+from sage_plugins.vision.data import (TRAIN_PHOTOS, add_noise, block_mask, drop_pixels, quantise, start_training,
                                       random_crops, scenes)
 from sage_plugins.vision.images import psnr
 from sage_plugins.vision.model import PRIOR, PriorNet, param_count, save_prior
@@ -92,11 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-eval", action="store_true")
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    g = torch.Generator().manual_seed(args.seed + 1)
-    photos = load_photos(TRAIN_PHOTOS, short_side=512)
+    rng, g, photos = start_training(args.seed, args.threads)
     net = PriorNet(args.width, args.mid_blocks)
     cfg = refine.RefineConfig()
     print(f"params {param_count(net):,}  training photos {len(photos)}", flush=True)

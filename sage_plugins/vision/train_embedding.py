@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sage_plugins.vision.data import TRAIN_PHOTOS, load_photos, random_crops, scenes
+from sage_plugins.vision.data import TRAIN_PHOTOS, random_crops, scenes, start_training
 from sage_plugins.vision.images import fill_invalid, psnr
 from sage_plugins.vision.model import WEIGHTS, ConvAutoencoder, param_count, save_weights
 
@@ -77,11 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=WEIGHTS)
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    g = torch.Generator().manual_seed(args.seed + 1)
-    photos = load_photos(TRAIN_PHOTOS, short_side=512)
+    rng, g, photos = start_training(args.seed, args.threads)
     model = ConvAutoencoder(size=args.size, latent_ch=args.latent_ch, widths=tuple(args.widths),
                             variational=args.kl > 0)
     print(f"params {param_count(model):,}  training photos {len(photos)}", flush=True)
