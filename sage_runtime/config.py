@@ -211,8 +211,7 @@ class CapacitySection(Section):
     max_string_bytes: int = Field(256, ge=16, le=65536)
     #: A byte bound on what libzmq may queue per peer before the daemon reads a part: rcvhwm whole
     #: messages of up to ingest.max_message_bytes. Unset (default): no byte bound, libzmq's own
-    #: 1,000-message queue, because a SUB past its mark drops: at 16 messages (512 MiB / 32 MiB)
-    #: a 25-frame burst of 9 KiB frames lost one frame in 1 of 6 runs (0 of 8 at 1,000).
+    #: 1,000-message queue, because a SUB past its mark drops and a small queue loses bursts.
     receive_bytes: int | None = Field(None, ge=MIB)
     #: ZMQ_RCVHWM of the ingest and control sockets, in messages per peer; unset: receive_bytes //
     #: ingest.max_message_bytes when receive_bytes is set, else DEFAULT_RCVHWM; at most 100,000.
