@@ -18,6 +18,7 @@ import msgpack
 import pytest
 import zmq
 
+from sage_runtime.config import load_config, receive_hwm
 from sage_runtime.wire import PROTOCOL_VERSION
 from tests.harness import SAGE_RUNTIME, DaemonProcess, wait_for
 from tests.test_hardening import MIB, connect, rss, still_fine
@@ -242,3 +243,11 @@ def test_a_low_fd_limit_is_warned_about_at_start(tmp_path):
         assert "file descriptor limit" not in d2.log()  # raised to the hard limit, 8,192
     finally:
         d2.kill()
+
+
+def test_the_embedded_default_keeps_libzmq_s_1000_message_receive_queue():
+    """A queue of 16 (receive_bytes 512 MiB // 32 MiB messages, once the default) lost the tail of a
+    burst whose sender closed while libzmq had stopped reading it: the C example, 3 runs in 10."""
+    cfg = load_config(None, environ={})
+    assert cfg.capacity.receive_bytes is None
+    assert receive_hwm(cfg.capacity, cfg.ingest.max_message_bytes) == 1000
