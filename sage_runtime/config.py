@@ -167,6 +167,10 @@ class CognitionSection(Section):
     #: A plugin that has wanted to run this long without being scheduled ranks ahead of the
     #: selector's picks (longest wait first), so with few active slots it is delayed, not starved.
     max_wait_s: float = Field(1.0, gt=0)
+    #: While the reservoir is at least this full, ATP is going unspent (it spills at capacity), so
+    #: the state's max_active_plugins does not idle a plugin that wants work (outside CRISIS, which
+    #: serves its target alone). null: the limit always applies.
+    abundant_fraction: float | None = Field(0.9, gt=0, le=1)
 
 
 class SecuritySection(Section):

@@ -119,7 +119,8 @@ def test_the_selector_ranks_by_expert_trust_in_the_current_state(tmp_path):
     picked = {}
     for favourite in ("vision", "imu_filter"):
         box = Mailbox(torch.device("cpu"))
-        cog, clock = make(tmp_path, box, metabolic={"policies": one}, attention={"selector_alpha": 1.0})
+        cog, clock = make(tmp_path, box, metabolic={"policies": one}, attention={"selector_alpha": 1.0},
+                          cognition={"abundant_fraction": None})
         for _ in range(50):
             cog.trust.update_expert("WAKE", favourite, 1.0)
             cog.trust.update_expert("FOCUS", favourite, 0.0)
@@ -131,7 +132,7 @@ def test_the_selector_ranks_by_expert_trust_in_the_current_state(tmp_path):
 def test_a_plugin_kept_waiting_max_wait_s_runs_ahead_of_the_selectors_favourite(tmp_path, mailbox):
     one = {s: {"max_active_plugins": 1} for s in ("WAKE", "FOCUS")}
     cog, clock = make(tmp_path, mailbox, metabolic={"policies": one}, attention={"selector_alpha": 1.0},
-                      cognition={"max_wait_s": 1.0})
+                      cognition={"max_wait_s": 1.0, "abundant_fraction": None})
     for _ in range(50):
         cog.trust.update_expert("WAKE", "vision", 1.0)
         cog.trust.update_expert("FOCUS", "vision", 1.0)
@@ -144,6 +145,23 @@ def test_a_plugin_kept_waiting_max_wait_s_runs_ahead_of_the_selectors_favourite(
     # Two overdue: the longer wait first.
     assert tick(cog, clock, 4, frames(rng), waiting={"imu_filter": 1.5, "vision": 2.5}).order == ["vision"]
     assert tick(cog, clock, 5, frames(rng), waiting={"imu_filter": 3.0, "vision": 2.5}).order == ["imu_filter"]
+
+
+def test_the_slot_limit_applies_while_atp_is_scarce_not_while_it_spills(tmp_path):
+    """max_active_plugins 1: with the reservoir full every plugin with input is granted (a slot
+    limit would only leave ATP to spill); below abundant_fraction only one is; CRISIS always one."""
+    one = {s: {"max_active_plugins": 1} for s in ("WAKE", "FOCUS")}
+    rng = np.random.default_rng(6)
+    orders = {}
+    for start in (1.0, 0.5):
+        box = Mailbox(torch.device("cpu"))
+        cog, clock = make(tmp_path, box, metabolic={"policies": one}, atp={"start_fraction": start},
+                          cognition={"abundant_fraction": 0.9})
+        orders[start] = tick(cog, clock, 1, frames(rng)).order
+        if start == 1.0:
+            assert tick(cog, clock, 2, frames(rng, event="critical")).order == ["planner"]
+        box.close()
+    assert sorted(orders[1.0]) == ["imu_filter", "vision"] and len(orders[0.5]) == 1
 
 
 def test_a_plugin_paused_by_trust_gets_no_atp(tmp_path, mailbox):

@@ -106,7 +106,7 @@ ONE_SLOT = {
     "ingest": {"sensors": {"cmd": {"kind": "text", "policy": "fifo:16"}}},
     "metabolic": {"policies": {s: {"max_active_plugins": 1} for s in ("WAKE", "FOCUS", "REST")}},
     "attention": {"selector_alpha": 1.0},  # rank by trust alone: the seeded ledger decides
-    "cognition": {"max_wait_s": 0.2},
+    "cognition": {"max_wait_s": 0.2, "abundant_fraction": None},  # one slot even with ATP to spare
     "tick": {"rate_hz": 100, "max_rate_hz": 100},  # the camera (500 Hz) brings echo a frame every tick
 }
 

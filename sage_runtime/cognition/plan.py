@@ -202,7 +202,7 @@ class Cognition:
         candidates = [n for n in wanting if not self.trust.plugin_paused(n)]
         if not candidates or policy.max_active_plugins <= 0 or online_budget <= 0:
             return budget
-        ranked, relevance, crisis = self._rank(candidates, wanting, plan.fused, state, policy.max_active_plugins)
+        ranked, relevance, crisis = self._rank(candidates, wanting, plan.fused, state, self._active_limit(state))
         shares = self._allocate(state, ranked, wanting, snarc, relevance, crisis, pending, online_budget)
         self._last_spend = now
         for name, ask in zip(ranked, shares):
@@ -211,6 +211,14 @@ class Cognition:
                 plan.allocation[name] = granted
                 plan.order.append(name)
         return budget
+
+    def _active_limit(self, state: str) -> int:
+        """The state's max_active_plugins while ATP is scarce; with the reservoir near full (see
+        cognition.abundant_fraction) a slot limit only idles plugins while ATP spills unspent."""
+        limit, abundant = self.machine.policy.max_active_plugins, self.cfg.cognition.abundant_fraction
+        if state == MetabolicState.CRISIS.value or abundant is None or self.ledger.fraction < abundant:
+            return limit
+        return len(self.names)
 
     def _rank(self, candidates: list[str], wanting: Mapping[str, PluginView], fused: torch.Tensor | None,
               state: str, limit: int) -> tuple[list[str], dict[str, float], dict[str, bool]]:
