@@ -171,6 +171,9 @@ class CognitionSection(Section):
     #: the state's max_active_plugins does not idle a plugin that wants work (outside CRISIS, which
     #: serves its target alone). null: the limit always applies.
     abundant_fraction: float | None = Field(0.9, gt=0, le=1)
+    #: Most of a tick's online budget that goes, first, to the next step of plugins answering
+    #: requests (answers_requests: language, reasoning); the allocator splits the rest. 0: none.
+    request_share: float = Field(0.5, ge=0, le=1)
 
 
 class SecuritySection(Section):

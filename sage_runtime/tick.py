@@ -236,7 +236,8 @@ class Orchestrator:
         input arrived)."""
         now = self.clock.monotonic()
         views = {name: PluginView(host.cost.ms, tuple(offers[name][0]) if name in offers else (),
-                                  waiting_s=now - self._waiting_since.get(name, now))
+                                  waiting_s=now - self._waiting_since.get(name, now),
+                                  requests=host.plugin.answers_requests)
                  for name, host in self.hosts.items()
                  if host.available(now) and (name in offers or host.wants_atp())}
         sensors = {sid: (s.modality, s.expected_hz) for sid in frames

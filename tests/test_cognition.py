@@ -164,6 +164,38 @@ def test_the_slot_limit_applies_while_atp_is_scarce_not_while_it_spills(tmp_path
     assert sorted(orders[1.0]) == ["imu_filter", "vision"] and len(orders[0.5]) == 1
 
 
+def request_grants(tmp_path, share: float) -> list[float]:
+    """Per tick, what `planner` (answering requests, a 1 ATP step) is granted beside `vision`
+    (a 2 ATP step, the selector's favourite) on a budget of about 5 ATP a tick."""
+    box = Mailbox(torch.device("cpu"))
+    cog, clock = make(tmp_path, box, attention={"selector_alpha": 1.0}, cognition={"request_share": share})
+    for _ in range(50):
+        cog.trust.update_expert("WAKE", "vision", 1.0)
+        cog.trust.update_expert("WAKE", "planner", 0.0)
+    rng = np.random.default_rng(7)
+    views = {"vision": PluginView(2.0, ("cam",)), "planner": PluginView(1.0, ("bus",), requests=True)}
+    got = []
+    for n in range(1, 40):
+        clock.t += 0.01
+        plan = cog.plan(n, frames(rng), views, {s: SENSORS[s] for s in ("cam", "imu")}, 8.0, 0.01, 0.0, {})
+        got.append(plan.allocation.get("planner", 0.0))
+        for name, granted in plan.allocation.items():
+            account = PluginAccount()
+            account.deposit(granted)
+            account.charge(granted)
+            cog.settle_account(*account.collect(keep=0.0))
+        for lease in plan.leases:
+            lease.release()
+    box.close()
+    return got
+
+
+def test_a_plugin_answering_requests_is_granted_its_next_step_first_every_tick(tmp_path):
+    floor = request_grants(tmp_path, 0.5)
+    assert min(floor) >= 1.0  # its step, every tick, whatever the selector prefers
+    assert min(request_grants(tmp_path, 0.0)) < 1.0  # without the floor the favourite crowds it out
+
+
 def test_a_plugin_paused_by_trust_gets_no_atp(tmp_path, mailbox):
     cog, clock = make(tmp_path, mailbox)
     for _ in range(5):

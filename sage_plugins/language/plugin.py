@@ -69,6 +69,7 @@ class LanguagePlugin(IRPPlugin):
     name: ClassVar[str] = "language"
     Options = LanguageOptions
     accepts_kinds: ClassVar[frozenset[str]] = frozenset({"text"})
+    answers_requests: ClassVar[bool] = True  # a command waits for its reading
 
     def setup(self, ctx: PluginContext) -> None:
         super().setup(ctx)

@@ -81,6 +81,7 @@ class ReasoningPlugin(IRPPlugin):
     name = "reasoning"
     Options = ReasoningOptions
     accepts_kinds = frozenset({"tensor", "text"})
+    answers_requests = True  # a puzzle waits for its answer
     max_steps = 8
 
     def setup(self, ctx: PluginContext) -> None:

@@ -75,6 +75,7 @@ class PluginView:
     cost_ms: float
     sensors: tuple[str, ...] = ()
     waiting_s: float = 0.0  # how long it has wanted to run without being scheduled
+    requests: bool = False  # its work answers requests (the plugin's answers_requests)
 
 
 class Cognition:
@@ -203,14 +204,32 @@ class Cognition:
         if not candidates or policy.max_active_plugins <= 0 or online_budget <= 0:
             return budget
         ranked, relevance, crisis = self._rank(candidates, wanting, plan.fused, state, self._active_limit(state))
-        shares = self._allocate(state, ranked, wanting, snarc, relevance, crisis, pending, online_budget)
+        floors = self._request_floors(ranked, wanting, crisis, online_budget)
+        shares = self._allocate(state, ranked, wanting, snarc, relevance, crisis, pending,
+                                online_budget - sum(floors))
         self._last_spend = now
-        for name, ask in zip(ranked, shares):
+        for name, floor, share in zip(ranked, floors, shares):
+            ask = floor + share
             granted = self.ledger.grant(max(ask, 0.0))
             if granted > 0:
                 plan.allocation[name] = granted
                 plan.order.append(name)
         return budget
+
+    def _request_floors(self, ranked: list[str], wanting: Mapping[str, PluginView], crisis: Mapping[str, bool],
+                        online_budget: float) -> list[float]:
+        """Per ranked plugin, the part of its grant set aside first: its next step's cost when it
+        answers requests, while request_share of the budget lasts (none in CRISIS but for the
+        target: the event's reader comes first)."""
+        left = self.cfg.cognition.request_share * online_budget
+        in_crisis = any(crisis.values())
+        floors = []
+        for name in ranked:
+            view = wanting[name]
+            take = min(view.cost_ms, left) if view.requests and (crisis[name] or not in_crisis) else 0.0
+            floors.append(take)
+            left -= take
+        return floors
 
     def _active_limit(self, state: str) -> int:
         """The state's max_active_plugins while ATP is scarce; with the reservoir near full (see
@@ -224,12 +243,13 @@ class Cognition:
               state: str, limit: int) -> tuple[list[str], dict[str, float], dict[str, bool]]:
         """The crisis target first (CRISIS runs one plugin), then plugins that have waited
         max_wait_s or more, longest first (a low-ranked plugin is delayed, never starved), then
-        the selector's ranking; at most `limit`."""
+        plugins answering requests, then the selector's ranking; at most `limit`."""
         relevance = self._relevance(fused, state)
         crisis = {n: self._serves_crisis(n, wanting[n], state) for n in candidates}
         overdue = {n: wanting[n].waiting_s if wanting[n].waiting_s >= self.cfg.cognition.max_wait_s else 0.0
                    for n in candidates}
-        ranked = sorted(candidates, key=lambda n: (-crisis[n], -overdue[n], -relevance.get(n, 0.0), n))[:limit]
+        ranked = sorted(candidates, key=lambda n: (-crisis[n], -overdue[n], -wanting[n].requests,
+                                                   -relevance.get(n, 0.0), n))[:limit]
         return ranked, relevance, crisis
 
     def _read_events(self, frames: Mapping[str, list[Frame]], now: float) -> dict[str, Any] | None:

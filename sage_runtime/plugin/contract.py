@@ -118,6 +118,10 @@ class IRPPlugin(ABC):
     #: A job serves one sensor's frames (vision restores one frame per job): the host picks the
     #: sensor by salience share (plugin/sensor_share.py) and keeps the others' for later jobs.
     one_sensor_per_job: ClassVar[bool] = False
+    #: Its jobs answer requests someone waits on (a spoken command, a puzzle): while it has work,
+    #: cognition grants its next step first each tick, up to cognition.request_share of the
+    #: online budget, so an answer's latency is its compute, not its turn behind a camera.
+    answers_requests: ClassVar[bool] = False
     #: Hard ceiling on steps per run; the runner's quota is usually lower.
     max_steps: int = 50
     #: Default halting rule: converged when every |dE| over the last `halt_window` intervals < eps.
