@@ -3,16 +3,19 @@ ZeroMQ publisher processes at 3x the declared rates; the soak's own criteria dec
 flat fds and threads, no stall over 100 ms, drops only where `latest` superseded a frame).
 
 One soak run serves both tests. The criteria split in two: what the daemon meets today is
-asserted; what it does not meet since plugin jobs run across ticks (issue 15) is a strict xfail
-with the measured figures, so it shows in every run and turns into a failure the day it holds
-(then move it back). Measured on the 2-core box, 60 s at 3x: at the start of this stop (five runs,
+asserted; what it does not meet since plugin jobs run across ticks (issue 15) is an xfail with
+the measured figures, so it shows in every run (an XPASS is the day to move it back). Measured on the 2-core box, 60 s at 3x: at the start of this stop (five runs,
 loaded box) tick p99 over budget in 2.3-11.8% of the worst 5 s window (limit 1%), 562-655
 commands dropped from the language plugin's own queue, 91-220 of 273 puzzles answered. After
 publish-on-finish and the cheaper cognition step (two runs, quiet box): the tick p99 and p99.9
 criteria are met (worst window 0.29-0.44% over budget, tick p99 3.2-8.0 ms), 266 and 273 of 273
 puzzles answered, but language still drops 378-567 commands and vision published 6 and 139
-results (run to run). The cause: 3x input outruns the ATP recharge (500 ATP/s) and 2 cores, and the
-allocator splits ATP by salience, not by who holds unanswered requests.
+results (run to run). With requests first (cognition.request_share: language and reasoning get
+their next step before the allocator splits the rest) and no slot limit while ATP spills (two
+runs): language drops 91 and 27 commands (the 3x speech stream is 18 commands/s at ~24 ms of
+CPU each, near the whole 500 ATP/s recharge), puzzles 273 and 271 of 273, vision 68 and 139
+results, tick p99.9 met in 1 of 2. So the xfail is not strict: on a faster machine the drops
+criterion can hold, and an XPASS there must not fail the suite.
 """
 
 from __future__ import annotations
@@ -65,9 +68,9 @@ def test_sixty_second_soak_meets_its_criteria(soak):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, reason="issue 15: under 3x input, commands are dropped from the language queue, "
-                                       "vision may publish next to nothing, and on a loaded box puzzles go "
-                                       "unanswered and tick p99 windows exceed budget (figures in the docstring)")
+@pytest.mark.xfail(strict=False, reason="issue 15: under 3x input the language queue still drops commands (27-91 "
+                                        "per minute here) and on a loaded box tick p99.9 or puzzles may miss "
+                                        "(figures in the docstring)")
 def test_sixty_second_soak_answers_every_request_within_the_tick_budget(soak):
     proc, report, _ = soak
     summary = report["summary"]
