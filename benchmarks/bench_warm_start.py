@@ -70,7 +70,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     plugin = VisionPlugin()
-    plugin.setup(make_context())
+    plugin.setup(make_context(plugin))
     rng = np.random.default_rng(0)
     rows: dict[str, list[dict[str, float]]] = {"restart": [], "warm": []}
     for photo in load_photos(HELD_OUT_PHOTOS, short_side=128):

@@ -215,6 +215,34 @@ def test_queue_finishes_the_running_job_first_and_warm_starts_from_its_state(hos
             assert second.energies[0] < 0.1 * first.energies[0]
 
 
+def test_a_one_sensor_plugin_warm_starts_from_its_own_sensor_s_last_job(hosts):
+    """Two cameras, jobs a, b, a: the third starts from camera a's state, not from b's (the last
+    job), and the first job of each camera starts cold."""
+    class PerCamera(Matmul):
+        one_sensor_per_job = True
+        max_steps = 2
+
+        def init_state(self, inputs):
+            (sensor, frame), = inputs.frames.items()
+            return {"v": frame.data.float().clone(), "seq": frame.seq, "sensor": sensor}
+
+        def warm_state(self, prev, inputs):
+            (sensor, frame), = inputs.frames.items()
+            self.warmed_from.append((sensor, prev["sensor"]))
+            return {**prev, "seq": frame.seq, "sensor": sensor}
+
+    plugin = PerCamera(reps=2)
+    plugin.warmed_from = []
+    host = hosts(plugin, input_policy="warm")
+    host.deposit(1e6)
+    for k, sensor in enumerate(("a", "b", "a")):
+        host.submit(PluginInputs(tick=k, frames={sensor: Frame(sensor, k, time.time_ns(), "tensor",
+                                                                torch.full((256,), 1.0 + k))}))
+        done = wait_finished(host, n=1, feed=1e3)
+        assert done[0].result.warm is (k == 2)
+    assert plugin.warmed_from == [("a", "a")]
+
+
 class Raiser(Matmul):
     def step(self, s):
         raise RuntimeError("injected")

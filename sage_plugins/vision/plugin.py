@@ -49,10 +49,10 @@ class VisionPlugin(IRPPlugin):
     name = "vision"
     Options = VisionConfig
     accepts_kinds = frozenset({"tensor"})
-    #: New frames queue behind the running job. There is no `warm_state` for the classical-floor
-    #: refinement yet (the VAE latent warm start measured worse on panning crops: 1.15x the steps,
-    #: -0.2 dB), so input policy `warm` starts each job cold here.
-    input_policy = "queue"
+    #: New frames queue behind the running job, and a job on a camera starts from that camera's
+    #: previous estimate, aligned, when that lowers the energy (warm_state): on a panning camera
+    #: 0.38x the steps of a cold start and 53.1 dB against 38.1 (benchmarks/bench_warm_start.py).
+    input_policy = "warm"
     one_sensor_per_job = True  # one frame restored per job; the host shares jobs among cameras
 
     def setup(self, ctx: PluginContext) -> None:
@@ -105,6 +105,16 @@ class VisionPlugin(IRPPlugin):
         y, valid = to_working(image, mask, hw, self.ctx.device)
         r = refine.start(self.net, y, valid, self._sigma(frame, y, valid), self.refine_cfg)
         return VisionState(r, frame.sensor, frame.seq, channels, (int(image.shape[0]), int(image.shape[1])))
+
+    def warm_state(self, prev: VisionState, inputs: PluginInputs) -> VisionState | None:
+        """The next frame of the same camera, started from the previous estimate (refine.warm:
+        aligned, made consistent with the new frame, kept only if E says it is better)."""
+        state = self.init_state(inputs)
+        if state is None or not isinstance(prev, VisionState) or prev.sensor != state.sensor:
+            return None
+        side = min(state.r.y.shape[2:])
+        r = refine.warm(prev.r, state.r, self.refine_cfg, max_shift=side // 4)
+        return None if r is None else replace(state, r=r)
 
     def step(self, state: VisionState) -> VisionState:
         return replace(state, r=refine.step(self.net, state.r, self.refine_cfg))

@@ -135,6 +135,51 @@ def step(net: PriorNet, r: Refinement, cfg: RefineConfig) -> Refinement:
                    energy=torch.where(ok, r.energy - best_gain, r.energy), steps=r.steps + 1, stalled=~ok)
 
 
+def frame_shift(prev: torch.Tensor, new: torch.Tensor, max_shift: int) -> tuple[int, int]:
+    """The integer (dy, dx) that best maps `prev` onto `new` (B x 3 x H x W, first image), by
+    phase correlation of their luminance; (0, 0) past max_shift. Written with torch.fft since
+    scikit-image (phase_cross_correlation) is not a core dependency."""
+    a, b = prev[0].mean(0), new[0].mean(0)
+    window = torch.outer(torch.hann_window(a.shape[0], periodic=False, dtype=a.dtype, device=a.device),
+                         torch.hann_window(a.shape[1], periodic=False, dtype=a.dtype, device=a.device))
+    fa, fb = torch.fft.rfft2((a - a.mean()) * window), torch.fft.rfft2((b - b.mean()) * window)
+    cross = fb * fa.conj()
+    corr = torch.fft.irfft2(cross / cross.abs().clamp_min(1e-12), s=a.shape)
+    peak = int(corr.argmax())
+    dy, dx = divmod(peak, a.shape[1])
+    dy, dx = (dy - a.shape[0] if dy > a.shape[0] // 2 else dy), (dx - a.shape[1] if dx > a.shape[1] // 2 else dx)
+    return (dy, dx) if max(abs(dy), abs(dx)) <= max_shift else (0, 0)
+
+
+def _carried(prev: torch.Tensor, fallback: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """prev shifted by (dy, dx); where the shift exposes a border, the fallback."""
+    out = torch.roll(prev, shifts=(dy, dx), dims=(2, 3))
+    keep = torch.zeros_like(out[:, :1])
+    h, w = out.shape[2:]
+    keep[:, :, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = 1.0
+    return keep * out + (1 - keep) * fallback
+
+
+@torch.no_grad()
+def warm(prev: Refinement, r: Refinement, cfg: RefineConfig, max_shift: int) -> Refinement | None:
+    """Start `r` (a fresh `start`) from the previous frame's estimate instead of the floor: the
+    previous estimate and its shadow, aligned to the new frame (frame_shift) and made consistent
+    with the new observation (T's blend, the old estimate as the prior). Taken only if it lowers
+    E against the new frame's held pixels (the shadow's start, too, never saw them: it carries
+    the previous frame's pixels, an independent observation); else None (start from the floor)."""
+    if prev.y.shape != r.y.shape:
+        return None
+    dy, dx = frame_shift(prev.x, r.x, max_shift)
+    shadow_valid = r.valid - r.held
+    x = consistent(_carried(prev.x, r.x, dy, dx), r.y, r.valid, r.sigma, cfg.prior_sigma)
+    xs = consistent(_carried(prev.shadow, r.shadow, dy, dx), r.y, shadow_valid, r.sigma, cfg.prior_sigma)
+    energy = held_out_error(xs, r.y, r.held)
+    gain, zscore = _gain_z(r.shadow, xs, r.y, r.held)
+    if not bool(((gain > 0) & (zscore > cfg.min_z)).all()):
+        return None
+    return replace(r, x=x, shadow=xs, energy=energy)
+
+
 def refine(net: PriorNet, y: torch.Tensor, valid: torch.Tensor, sigma: torch.Tensor, cfg: RefineConfig,
            steps: int) -> tuple[Refinement, list[torch.Tensor]]:
     """`steps` steps from the floor; returns the final state and the estimates after each step

@@ -154,7 +154,9 @@ class PluginHost:
         self._calls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = collections.deque()
         self._job: Job | None = None
         self._next: PluginInputs | None = None
-        self._last_state: Any = None
+        #: The last finished job's state, per sensor for a one-sensor plugin (a camera's next
+        #: frame warm-starts from that camera's last job, not from whichever camera ran last).
+        self._last_state: dict[str | None, Any] = {}
         self._unit_since_ns: int | None = None
         self._finished: collections.deque[Finished] = collections.deque()
         self._stopping = False
@@ -413,6 +415,13 @@ class PluginHost:
             return held, None
         return split_sensor(held, self.share.pick(sorted(held.frames), held.salience))
 
+    def _warm_key(self, inputs: PluginInputs) -> str | None:
+        """Whose last state a job warm-starts from: its sensor's for a one-sensor plugin (at most
+        one entry per sensor), else the plugin's one last state."""
+        if self.plugin.one_sensor_per_job and len(inputs.frames) == 1:
+            return next(iter(inputs.frames))
+        return None
+
     def _deadline_ns(self, inputs: PluginInputs) -> int:
         """restart/warm serve samples, so the deadline is the oldest frame's age; queue serves
         requests in order, so each job gets max_age_ms from its start (a command or puzzle that
@@ -423,7 +432,7 @@ class PluginHost:
 
     def _start(self, inputs: PluginInputs) -> None:
         job = Job(inputs, self._deadline_ns(inputs), max_atp=self.policy.max_atp, wall_ns=self.clock.monotonic_ns)
-        warm_from = self._last_state if self.policy.input_policy == "warm" else None
+        warm_from = self._last_state.get(self._warm_key(inputs)) if self.policy.input_policy == "warm" else None
         with self._cond:
             self._job = job
         ok, _, ms = self._unit(job, lambda: begin(self.plugin, job, warm_from, self.cost_clock))
@@ -482,7 +491,7 @@ class PluginHost:
         with self._cond:
             self._unit_since_ns = None
         if res.halt != "error":
-            self._last_state = job.state
+            self._last_state[self._warm_key(job.inputs)] = job.state
         self._publish(job, res)
 
     def _returned(self) -> None:
