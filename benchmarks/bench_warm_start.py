@@ -5,7 +5,9 @@ with 30 % of its pixels dropped. Each frame is refined to convergence (the plugi
 rule, max_steps as the ceiling) twice: `restart` from the encoder's code (init_state), `warm`
 from the previous frame's final state (`warm_state`, what input policy `warm` does). Reports
 steps to converge, steps to come within 1 % of the restart run's final energy, and PSNR
-against the clean frame, per mode, in the same process. Writes
+against the clean frame, per mode, in the same process; `start_psnr_db` is the PSNR before any
+learned step (restart: the classical floor; warm: the aligned carry-over, a classical temporal
+method), so the net's own share of each mode's result shows. Writes
 benchmarks/results/warm_start.json. Uses whatever VisionPlugin is in the tree.
 
     nice -n 15 .venv/bin/python benchmarks/bench_warm_start.py [--frames 40]
@@ -54,6 +56,7 @@ def refine(plugin: VisionPlugin, frame: np.ndarray, seq: int, prev: object) -> t
     job = Job(inputs, deadline_ns=1 << 62)
     cost = StepCost()
     begin(plugin, job, warm_from=prev)
+    job.start_recon = np.asarray(plugin.outputs(job.state)["reconstruction"])[..., :3]  # before any step
     while (halt := next_halt(plugin, job, cost)) is None:
         advance(plugin, job, cost)
     return job, halt
@@ -86,7 +89,8 @@ def main() -> None:
                 reach = next((i for i, e in enumerate(job.energies) if e <= target), job.steps)
                 if k > 0:  # the first frame has nothing to start from
                     rows[mode].append({"steps": job.steps, "psnr": psnr(recon, clean), "converged": halt == "converged",
-                                       "warm": job.warm, "steps_to_restart_final": reach})
+                                       "warm": job.warm, "steps_to_restart_final": reach,
+                                       "start_psnr": psnr(job.start_recon, clean)})
                 if mode == "warm":
                     prev = job.state
     summary = {m: {"frames": len(r), "steps_p50": statistics.median(x["steps"] for x in r),
@@ -94,6 +98,9 @@ def main() -> None:
                    "steps_to_restart_final_p50": statistics.median(x["steps_to_restart_final"] for x in r),
                    "steps_to_restart_final_mean": round(statistics.fmean(x["steps_to_restart_final"] for x in r), 2),
                    "psnr_db": round(statistics.fmean(x["psnr"] for x in r), 3),
+                   # At the job's start, before any learned step: for restart the classical floor, for
+                   # warm the aligned carry-over (the classical temporal baseline the net must beat).
+                   "start_psnr_db": round(statistics.fmean(x["start_psnr"] for x in r), 3),
                    "converged_share": round(statistics.fmean(x["converged"] for x in r), 3),
                    "warm_share": round(statistics.fmean(x["warm"] for x in r), 3)} for m, r in rows.items()}
     summary["warm_over_restart_steps"] = round(summary["warm"]["steps_mean"] / max(summary["restart"]["steps_mean"], 1e-9), 3)

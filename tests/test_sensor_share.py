@@ -20,6 +20,23 @@ def test_jobs_follow_the_salience_ratio():
     assert abs(got["a"] / got["b"] - (0.6 + FLOOR) / (0.1 + FLOOR)) < 0.2
 
 
+def test_the_uniform_allocator_s_share_takes_equal_turns_whatever_the_salience():
+    share, got = SensorShare(uniform=True), collections.Counter()
+    for _ in range(700):
+        got[share.pick(["a", "b"], {"a": 0.6, "b": 0.1})] += 1
+    assert got["a"] == got["b"] == 350
+
+
+def test_the_uniform_allocator_config_reaches_the_host_s_sensor_share():
+    from sage_runtime.config import SageConfig
+    from sage_runtime.plugin.host import job_policy
+    from sage_plugins.vision import VisionPlugin
+
+    for allocator, uniform in (("attention", False), ("uniform", True)):
+        cfg = SageConfig.model_validate({"attention": {"allocator": allocator}})
+        assert job_policy(cfg, VisionPlugin()).sensor_share_uniform is uniform
+
+
 def test_a_sensor_of_zero_salience_is_served_at_the_floor_rate_not_starved():
     share, got = SensorShare(), collections.Counter()
     for _ in range(2100):

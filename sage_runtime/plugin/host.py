@@ -59,6 +59,9 @@ class JobPolicy:
     max_age_ms: float = 250.0
     max_atp: float = math.inf
     nice: int = 10
+    #: A one-sensor plugin's jobs among its sensors by salience, or in equal turns under the
+    #: uniform allocator (so the baseline is uniform at both levels, plugins and sensors).
+    sensor_share_uniform: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ def job_policy(cfg: Any, plugin: IRPPlugin) -> JobPolicy:
         raise ValueError(f"plugin {plugin.name}: input_policy must be one of {INPUT_POLICIES}, not {policy!r}")
     max_age = section.max_age_ms if section is not None and section.max_age_ms else cfg.plugins.max_age_ms
     max_atp = section.max_atp if section is not None and section.max_atp else math.inf
-    return JobPolicy(policy, max_age, max_atp, cfg.plugins.thread_nice)
+    return JobPolicy(policy, max_age, max_atp, cfg.plugins.thread_nice,
+                     sensor_share_uniform=cfg.attention.allocator == "uniform")
 
 
 def merge_inputs(old: PluginInputs | None, new: PluginInputs) -> tuple[PluginInputs, int]:
@@ -149,7 +153,7 @@ class PluginHost:
         self.hung = False
         self.held_dropped = 0
         self.priority = "default"
-        self.share = SensorShare()
+        self.share = SensorShare(uniform=self.policy.sensor_share_uniform)
         self._cond = threading.Condition()
         self._calls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = collections.deque()
         self._job: Job | None = None

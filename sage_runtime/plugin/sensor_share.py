@@ -21,15 +21,19 @@ FLOOR = 0.01
 
 
 class SensorShare:
-    """Stride scheduler over sensors, weighted by SNARC salience + floor at each pick."""
+    """Stride scheduler over sensors, weighted by SNARC salience + floor at each pick; with
+    `uniform` every sensor weighs the same (the uniform allocator's baseline: equal turns)."""
 
-    def __init__(self, floor: float = FLOOR) -> None:
+    def __init__(self, floor: float = FLOOR, uniform: bool = False) -> None:
         self.floor = floor
+        self.uniform = uniform
         self._pass: dict[str, float] = {}
         self._vtime = 0.0
 
     def pick(self, sensors: Sequence[str], salience: Mapping[str, float]) -> str:
         """The sensor to serve next among `sensors` (non-empty); advances its pass by 1/weight."""
+        if self.uniform:
+            salience = {}
         for s in sensors:
             self._pass[s] = max(self._pass.get(s, self._vtime), self._vtime)
         chosen = min(sensors, key=lambda s: (self._pass[s], -float(salience.get(s, 0.0)), s))
