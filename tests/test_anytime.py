@@ -387,3 +387,56 @@ def test_a_grant_ends_a_plugin_s_wait_only_if_it_covers_the_next_unit_of_work(ho
     assert not host.affords_next_unit(5.0) and host.affords_next_unit(host.init_cost.ms)
     host.deposit(host.init_cost.ms / 2)
     assert host.affords_next_unit(host.init_cost.ms / 2) and not host.affords_next_unit(0.0)
+
+
+class UnevenSteps(IRPPlugin):
+    """A 2 ms init, then steps that alternate 0.1 ms and 3 ms of busy work: the step estimate (an
+    EWMA) never equals their mean, so a run's total less steps x estimate is not the init."""
+
+    name = "uneven"
+    max_steps = 10_000
+    INIT_MS = 2.0
+
+    @staticmethod
+    def _busy(ms: float) -> None:
+        end = time.thread_time() + ms / 1e3
+        while time.thread_time() < end:
+            pass
+
+    def init_state(self, inputs: PluginInputs):
+        self._busy(self.INIT_MS)
+        return {"k": 0}
+
+    def step(self, s):
+        self._busy(0.1 if s["k"] % 2 else 3.0)
+        return {"k": s["k"] + 1}
+
+    def energy(self, s) -> float:
+        return 1.0 / (1 + s["k"])
+
+    def outputs(self, s):
+        return {"k": s["k"]}
+
+    def sample_inputs(self, seed: int) -> PluginInputs:
+        return PluginInputs(tick=seed, frames={"s": Frame("s", seed, time.time_ns(), "tensor", torch.zeros(1))})
+
+
+def test_warm_up_measures_the_init_itself_and_a_job_can_start_on_that_much_credit(tmp_path):
+    import logging
+
+    from sage_runtime.plugin.contract import PluginContext, PluginOptions
+
+    plugin = UnevenSteps()
+    host = PluginHost(plugin, breaker_failures=3, breaker_cooldown_s=0.3, policy=JobPolicy(max_age_ms=60_000.0, nice=0))
+    try:
+        host.setup_and_warmup(PluginContext(torch.device("cpu"), PluginOptions(), tmp_path,
+                                            logging.getLogger("test"))).result(timeout=60)
+        # Measured on the plugin's thread clock: the 2 ms init, whatever the steps did.
+        assert UnevenSteps.INIT_MS * 0.9 <= host.init_cost.ms <= UnevenSteps.INIT_MS * 2, host.summary()
+        assert 0.1 <= host.cost.ms <= 3.0
+        # Credit for the init (and a step) starts a job: the plugin is not priced out.
+        host.submit(plugin.sample_inputs(1))
+        done = wait_finished(host, feed=host.init_cost.ms + 3.5)
+        assert done[0].result.steps > 0
+    finally:
+        host.close()

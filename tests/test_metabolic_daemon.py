@@ -72,7 +72,7 @@ class StateWatch:
                 if msg.topic == "state" and msg.header["to"] == to:
                     return msg.header
                 msg = self.sub.recv(timeout_s=0)
-        raise AssertionError(f"no transition to {to} in {timeout_s} s; saw {[(s['from'], s['to']) for s in self.seen]}")
+        raise AssertionError(f"no transition to {to} in {timeout_s} s; saw {[(s['from'], s['to'], s['reason'], s.get('atp')) for s in self.seen]}")
 
 
 @pytest.mark.slow
@@ -113,7 +113,11 @@ def test_calm_focus_rest_crisis_dream_wake(tmp_path):
         focus = watch.until("FOCUS", salient)
         assert focus["from"] == "WAKE" and "salience_above" in focus["reason"]
 
-        rest = watch.until("REST", salient, timeout_s=30)
+        try:
+            rest = watch.until("REST", salient, timeout_s=30)
+        except AssertionError as exc:
+            st = daemon.status()
+            raise AssertionError(f"{exc}; atp {st['atp']}; burner {st['plugins']['burner']}; plan {st.get('plan')}") from None
         assert rest["from"] == "FOCUS" and "atp_below" in rest["reason"] and rest["atp"] < 0.05
 
         # A critical event: CRISIS in the very tick that took it (the Echo plugin saw the event
