@@ -64,3 +64,4 @@ class RunResult:
     error: str | None = None
     detail: str | None = None
     warm: bool = False  # the job started from the previous job's state (input policy `warm`)
+    init_ms: float = 0.0  # of atp_spent, what starting the job (init_state / warm_state) measured

@@ -117,7 +117,7 @@ def test_calm_focus_rest_crisis_dream_wake(tmp_path):
             rest = watch.until("REST", salient, timeout_s=30)
         except AssertionError as exc:
             st = daemon.status()
-            raise AssertionError(f"{exc}; atp {st['atp']}; burner {st['plugins']['burner']}; plan {st.get('plan')}") from None
+            raise AssertionError(f"{exc}; atp {st['atp']}; burner {st['plugins']['burner']}") from None
         assert rest["from"] == "FOCUS" and "atp_below" in rest["reason"] and rest["atp"] < 0.05
 
         # A critical event: CRISIS in the very tick that took it (the Echo plugin saw the event

@@ -33,7 +33,7 @@ from sage_runtime.plugin.account import PluginAccount
 from sage_runtime.metrics import LatencyWindow
 from sage_runtime.plugin.contract import IRPPlugin, PluginContext, PluginInputs
 from sage_runtime.plugin.priority import lower_thread_priority
-from sage_runtime.plugin.runner import Job, StepCost, advance, begin, failed, finish, next_halt
+from sage_runtime.plugin.runner import Job, StepCost, advance, begin, failed, finish, next_halt, run_plugin
 from sage_runtime.plugin.sensor_share import SensorShare, split_sensor
 from sage_runtime.records import Frame, RunResult
 
@@ -188,31 +188,18 @@ class PluginHost:
             self.plugin.setup(ctx)
             t0 = time.perf_counter()
             self.plugin.warmup()
-            self._representative_job()
+            # A representative job, so the first live job's step and init costs are measured ones.
+            # The init is its own measurement (res.init_ms): inferred as the run's total less steps
+            # x the final step estimate, a burner's 10,000-step run under load read 266 ms for a
+            # no-op init, more than a small reservoir holds, and it never started a job.
+            res = run_plugin(self.plugin, self.plugin.sample_inputs(0), atp_ms=1e9, deadline_ns=2**62,
+                             cost=self.cost, clock_ns=self.cost_clock, max_steps=WARMUP_STEPS)
+            if res.halt != "error":
+                self.init_cost.observe(res.init_ms)
             self.wall.observe(self.cost.ms)
             log.info("plugin %s warm: %.1f ms, step %.3f ms, init %.3f ms", self.name,
                      (time.perf_counter() - t0) * 1e3, self.cost.ms, self.init_cost.ms)
         return self.call(work)
-
-    def _representative_job(self) -> None:
-        """A job on the plugin's sample input (at most WARMUP_STEPS steps), so the first live
-        job's init and step costs are measured ones. The init is timed on its own: inferred as
-        the run's total less steps x the final step estimate, a 10,000-step run under load read
-        266 ms for a no-op init, more than a small reservoir holds, and the plugin never started
-        a job (tests/test_plugin_host.py). A plugin that fails here fails in its jobs, where
-        the breaker counts it."""
-        job = Job(self.plugin.sample_inputs(0), 2**62)
-        try:
-            init_ms = begin(self.plugin, job, clock_ns=self.cost_clock)
-            while job.state is not None and job.steps < WARMUP_STEPS \
-                    and next_halt(self.plugin, job, self.cost, self.cost_clock) is None:
-                advance(self.plugin, job, self.cost, self.cost_clock)
-            if job.state is not None:
-                finish(self.plugin, job, "converged", self.cost_clock)
-        except Exception as exc:  # noqa: BLE001 - isolation: the live jobs report it
-            log.warning("plugin %s: its warm-up job failed: %s: %s", self.name, type(exc).__name__, exc)
-            return
-        self.init_cost.observe(init_ms)
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Close the plugin between job units, stop the thread there, and join it: a thread still

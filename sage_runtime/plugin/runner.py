@@ -66,6 +66,7 @@ class Job:
     abandoned: bool = False
     detail: str | None = None
     started_ns: int = 0
+    init_ms: float = 0.0
     wall_ns: Clock = time.perf_counter_ns
 
 
@@ -89,7 +90,7 @@ def begin(plugin: IRPPlugin, job: Job, warm_from: Any = None, clock_ns: Clock = 
     job.state = state
     if state is not None:
         job.energies.append(_finite_energy(plugin.energy(state)))
-    ms = (clock_ns() - t0) / 1e6
+    ms = job.init_ms = (clock_ns() - t0) / 1e6
     job.spent_ms += ms
     return ms
 
@@ -141,7 +142,7 @@ def finish(plugin: IRPPlugin, job: Job, halt: str, clock_ns: Clock = time.perf_c
     job.spent_ms += (clock_ns() - t0) / 1e6
     latency = (job.wall_ns() - job.started_ns) / 1e6
     return RunResult(plugin.name, halt, job.steps, job.energies[-1], list(job.energies), outputs, latency,
-                     job.spent_ms, job.steps, detail=job.detail, warm=job.warm)
+                     job.spent_ms, job.steps, detail=job.detail, warm=job.warm, init_ms=job.init_ms)
 
 
 def failed(plugin: IRPPlugin, job: Job, exc: BaseException, clock_ns: Clock = time.perf_counter_ns) -> RunResult:
@@ -153,10 +154,11 @@ def failed(plugin: IRPPlugin, job: Job, exc: BaseException, clock_ns: Clock = ti
 
 
 def run_plugin(plugin: IRPPlugin, inputs: PluginInputs, *, atp_ms: float, deadline_ns: int, cost: StepCost,
-               clock_ns: Clock = time.perf_counter_ns) -> RunResult:
-    """Refine until halt, a step quota of atp_ms at the measured step cost, or the deadline, in one
-    call on the calling thread. ATP spent is the measured time of init, steps and outputs."""
-    quota = cost.quota(atp_ms, plugin.max_steps)
+               clock_ns: Clock = time.perf_counter_ns, max_steps: int | None = None) -> RunResult:
+    """Refine until halt, a step quota of atp_ms at the measured step cost (at most max_steps), or
+    the deadline, in one call on the calling thread. ATP spent is the measured time of init, steps
+    and outputs."""
+    quota = cost.quota(atp_ms, min(plugin.max_steps, max_steps or plugin.max_steps))
     job = Job(inputs, deadline_ns)
     try:
         begin(plugin, job, clock_ns=clock_ns)
