@@ -190,3 +190,31 @@ class OneCamera(Burner):
 
     def step(self, s):
         return {**super().step(s), "e": s["e"] * 0.5}
+
+
+class Starved(Echo):
+    """Each step needs `step_cpu_ms` of its own thread's CPU time. Its setup (on the plugin
+    thread) pins that thread to CPU `cpu` under SCHED_IDLE, so a busy process pinned there
+    starves it: its steps take far longer in wall time than they compute."""
+
+    class Options(Echo.Options):
+        step_cpu_ms: float = Field(2.0, ge=0)
+        cpu: int = Field(0, ge=0)
+
+    name = "starved"
+    accepts_kinds = frozenset({"tensor"})
+    max_steps = 2
+
+    def setup(self, ctx) -> None:
+        import os
+
+        super().setup(ctx)
+        self.step_cpu_ms = ctx.options.step_cpu_ms
+        os.sched_setaffinity(0, {ctx.options.cpu})
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+    def step(self, s):
+        end = time.thread_time() + self.step_cpu_ms / 1e3
+        while time.thread_time() < end:
+            pass
+        return super().step(s)

@@ -32,7 +32,7 @@ from sage_runtime.clock import SYSTEM, Clock
 from sage_runtime.plugin.account import PluginAccount
 from sage_runtime.metrics import LatencyWindow
 from sage_runtime.plugin.contract import IRPPlugin, PluginContext, PluginInputs
-from sage_runtime.plugin.priority import lower_thread_priority
+from sage_runtime.plugin.priority import lower_thread_priority, runqueue_wait_ns
 from sage_runtime.plugin.runner import Job, StepCost, advance, begin, failed, finish, next_halt, run_plugin
 from sage_runtime.plugin.sensor_share import SensorShare, split_sensor
 from sage_runtime.records import Frame, RunResult
@@ -164,6 +164,10 @@ class PluginHost:
         #: frame warm-starts from that camera's last job, not from whichever camera ran last).
         self._last_state: dict[str | None, Any] = {}
         self._unit_since_ns: int | None = None
+        #: The plugin thread's native id and its CPU-wait at the start of the running unit (the
+        #: hang check leaves out time the thread spent waiting for a CPU). None: not known.
+        self._tid: int | None = None
+        self._unit_wait_ns: int | None = None
         self._finished: collections.deque[Finished] = collections.deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -279,10 +283,16 @@ class PluginHost:
             if job is None or since is None or self.hung:
                 return
             now = self.clock.monotonic_ns()
-            # Hung: past the job's deadline plus grace, and 10x the unit's usual wall time (a
-            # starved CPU stretches every step; that is slowness, not a hang).
-            if now < max(job.deadline_ns, since + int(10 * max(self.wall.ms, self.init_cost.ms) * 1e6)) \
-                    + int(grace_ms * 1e6):
+            # Hung: past the job's deadline plus grace, and 10x the unit's usual wall time, not
+            # counting the time the thread waited for a CPU (a starved CPU stretches every step;
+            # that is slowness, not a hang: in the 3x soak a niced vision thread was abandoned
+            # 14 times in 10 minutes and its breaker opened, with nothing wrong with vision).
+            bound = max(job.deadline_ns - since, int(10 * max(self.wall.ms, self.init_cost.ms) * 1e6)) \
+                + int(grace_ms * 1e6)
+            if now - since < bound:
+                return
+            waited = self._waited_ns()
+            if now - since - waited < bound:
                 return
             self.hung = True
             job.abandoned = True
@@ -290,8 +300,16 @@ class PluginHost:
             self.stats.hangs += 1
             res = RunResult(self.name, "error", job.steps, job.energies[-1] if job.energies else None,
                             list(job.energies), {}, (now - job.started_ns) / 1e6, job.spent_ms, job.steps,
-                            error=f"hung: no return {grace_ms:.0f} ms past its deadline")
+                            error=f"hung: no return {grace_ms:.0f} ms past its deadline "
+                                  f"({waited / 1e6:.0f} ms of its {(now - since) / 1e6:.0f} ms waiting for a CPU)")
             self._finished.append(Finished(res, job.inputs))
+
+    def _waited_ns(self) -> int:
+        """(Under the lock.) How long the running unit's thread has waited for a CPU so far."""
+        if self._tid is None or self._unit_wait_ns is None:
+            return 0
+        now = runqueue_wait_ns(self._tid)
+        return 0 if now is None else max(now - self._unit_wait_ns, 0)
 
     # ---------------------------------------------------------------- state
 
@@ -348,6 +366,7 @@ class PluginHost:
             return 0
 
     def _serve(self) -> None:
+        self._tid = threading.get_native_id()
         self.priority = lower_thread_priority(self.name, self.policy.nice)
         while True:
             work = self._wait_for_work()
@@ -468,8 +487,7 @@ class PluginHost:
         (ok, what fn returned, ms). A plugin exception ends the job with `error`; a unit that
         returns after the tick abandoned it as hung is discarded; both give ok False."""
         t0 = self.cost_clock()
-        with self._cond:
-            self._unit_since_ns = self.clock.monotonic_ns()
+        self._unit_began()
         try:
             out, ok = fn(), True
         except Exception as exc:  # noqa: BLE001 - isolation is the point
@@ -485,14 +503,18 @@ class PluginHost:
             self._publish(job, failed(self.plugin, job, out))
         return ok, out, ms
 
+    def _unit_began(self) -> None:
+        wait = runqueue_wait_ns(self._tid) if self._tid is not None else None
+        with self._cond:
+            self._unit_since_ns, self._unit_wait_ns = self.clock.monotonic_ns(), wait
+
     def _end(self, job: Job, halt: str | None) -> None:
         if halt is None:
             with self._cond:
                 self._job = None
             return
         t0 = self.cost_clock()
-        with self._cond:
-            self._unit_since_ns = self.clock.monotonic_ns()
+        self._unit_began()
         try:
             res = finish(self.plugin, job, halt, self.cost_clock)
         except Exception as exc:  # noqa: BLE001

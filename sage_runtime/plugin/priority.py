@@ -68,6 +68,18 @@ def lower_thread_priority(name: str, nice: int) -> str:
     return got
 
 
+def runqueue_wait_ns(tid: int) -> int | None:
+    """Nanoseconds thread `tid` of this process has spent runnable but waiting for a CPU, from
+    the kernel's schedstat; None where the kernel does not say (not Linux, no CONFIG_SCHED_INFO).
+    The hang check subtracts it: a niced plugin thread on a loaded box can wait a second for a
+    CPU, which is slowness, not a hang."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def scheduling_report() -> dict[str, object]:
     """For `status.capabilities.scheduling`: what the tick and each plugin thread got, and the
     GIL switch interval plugin threads run under."""
