@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_transport import cpu_seconds  # noqa: E402
@@ -331,6 +333,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=None,
                     help="seconds excluded from growth/flatness (default: 20%% of duration, 2 intervals to 120 s)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/soak.json)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for an A/B soak, e.g. tick.gil_switch_interval_ms=0.2 (YAML value)")
     args = ap.parse_args()
     warmup = args.warmup if args.warmup is not None else min(max(2 * args.interval, 0.2 * args.duration), 120.0)
     rate = args.nominal_hz * args.rate_multiplier
@@ -340,6 +344,13 @@ def main() -> int:
         "ingest": {"allow_undeclared": False,
                    "sensors": {k: v for p in prefixes for k, v in sensor_declarations(args.nominal_hz, p).items()}},
     }
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *path, leaf = key.split(".")
+        node = config
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
     run: dict[str, Any] = {"machine": machine(), "args": {k: str(v) if isinstance(v, Path) else v
                                                           for k, v in vars(args).items()},
                            "warmup_s": warmup, "publish_rate_hz": rate, "config": config}

@@ -60,7 +60,8 @@ class Echo(IRPPlugin):
 
 
 class Faulty(Echo):
-    """Misbehaves on demand: option `mode` is raise, hang, nan, leak or ok; `after` good runs first.
+    """Misbehaves on demand: option `mode` is raise, hang, spin, nan, leak or ok; `after` good runs
+    first. spin: a Python busy loop for `hang_s` in a step (a runaway that keeps moving).
 
     hang: sleeps `hang_s` in a step, then checks the tensor frames it was given still hold what they
     held when it started, appending "same" or "changed" to `hang_check.txt` in its state dir (the
@@ -68,7 +69,7 @@ class Faulty(Echo):
     every run, up to `leak_max_mb`."""
 
     class Options(Echo.Options):
-        mode: Literal["raise", "hang", "nan", "leak", "ok"] | None = None  # None: the class's default_mode
+        mode: Literal["raise", "hang", "spin", "nan", "leak", "ok"] | None = None  # None: the class's default_mode
         after: int = Field(0, ge=0)
         hang_s: float = Field(2.0, ge=0)
         leak_mb: float = Field(1.0, ge=0)
@@ -101,6 +102,10 @@ class Faulty(Echo):
                 same = all(torch.equal(view, copy) for view, copy in self.held)
                 with open(self.ctx.state_dir / "hang_check.txt", "a") as f:
                     f.write("same\n" if same else "changed\n")
+            if self.mode == "spin":
+                end, n = time.perf_counter() + self.hang_s, 0
+                while time.perf_counter() < end:
+                    n += 1
             if self.mode == "nan":
                 return {**s, "x": torch.full((3,), math.nan)}
         return super().step(s)
@@ -112,6 +117,10 @@ class Raiser(Faulty):
 
 class Hanger(Faulty):
     name, default_mode = "hanger", "hang"
+
+
+class Spinner(Faulty):
+    name, default_mode = "spinner", "spin"
 
 
 class NaNer(Faulty):

@@ -58,8 +58,10 @@ def test_raising_hanging_nan_and_leaking_plugins_are_isolated_and_visible(tmp_pa
     # `after: 2`: warmup runs init_state twice; the faults start on the first real tick.
     faulty = {"after": 2}
     d = DaemonProcess(tmp_path, {
-        "plugins": {"enabled": [f"tests.plugins_for_tests:{c}" for c in ("Echo", "Raiser", "Hanger", "NaNer", "Leaky")],
+        "plugins": {"enabled": [f"tests.plugins_for_tests:{c}"
+                                for c in ("Echo", "Raiser", "Hanger", "Spinner", "NaNer", "Leaky")],
                     "options": {"raiser": faulty, "naner": faulty, "hanger": {**faulty, "hang_s": 1.0},
+                                "spinner": {**faulty, "hang_s": 1.0},
                                 "leaky": {**faulty, "leak_mb": 4, "leak_max_mb": 96}},
                     "breaker_cooldown_s": 0.5},
         "tick": {"rate_hz": 50, "hang_grace_ms": 100},
@@ -79,6 +81,7 @@ def test_raising_hanging_nan_and_leaking_plugins_are_isolated_and_visible(tmp_pa
             p = d.status()["plugins"]
             hang_lines = (d.state_dir / "plugins" / "hanger" / "hang_check.txt")
             return (p["raiser"]["errors"] >= 2 and p["naner"]["errors"] >= 2 and p["hanger"]["hangs"] >= 1
+                    and p["spinner"]["hangs"] >= 1
                     and p["leaky"]["runs"] >= 20 and hang_lines.exists() and hang_lines.read_text().count("\n") >= 1
                     and any(m.header["halt"] != "error" for m in got_echo))
         wait_for(everything_seen, timeout_s=40, interval_s=0.05)
@@ -88,7 +91,8 @@ def test_raising_hanging_nan_and_leaking_plugins_are_isolated_and_visible(tmp_pa
         plugins = status["plugins"]
         assert "injected failure" in plugins["raiser"]["last_error"]
         assert plugins["naner"]["halts"].get("error", 0) >= 2
-        assert plugins["hanger"]["hangs"] >= 1 and "hung" in (plugins["hanger"]["last_error"] or "")
+        assert plugins["hanger"]["hangs"] >= 1 and "nothing moved" in (plugins["hanger"]["last_error"] or "")
+        assert plugins["spinner"]["hangs"] >= 1 and "runaway" in (plugins["spinner"]["last_error"] or "")
         # With a 0.5 s cooldown the raiser's breaker opens and half-opens in turn; a sagectl process
         # on a loaded box can take longer than that to start, so watch for it rather than one snapshot.
         wait_for(lambda: any("plugin raiser" in r for r in d.status()["health_reasons"]), timeout_s=10,

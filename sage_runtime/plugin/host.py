@@ -22,6 +22,7 @@ import concurrent.futures
 import logging
 import math
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from sage_runtime.clock import SYSTEM, Clock
 from sage_runtime.plugin.account import PluginAccount
 from sage_runtime.metrics import LatencyWindow
 from sage_runtime.plugin.contract import IRPPlugin, PluginContext, PluginInputs
-from sage_runtime.plugin.priority import lower_thread_priority, runqueue_wait_ns
+from sage_runtime.plugin.priority import lower_thread_priority, thread_schedstat
 from sage_runtime.plugin.runner import Job, StepCost, advance, begin, failed, finish, next_halt, run_plugin
 from sage_runtime.plugin.sensor_share import SensorShare, split_sensor
 from sage_runtime.records import Frame, RunResult
@@ -164,10 +165,12 @@ class PluginHost:
         #: frame warm-starts from that camera's last job, not from whichever camera ran last).
         self._last_state: dict[str | None, Any] = {}
         self._unit_since_ns: int | None = None
-        #: The plugin thread's native id and its CPU-wait at the start of the running unit (the
-        #: hang check leaves out time the thread spent waiting for a CPU). None: not known.
+        #: The plugin thread's native id, its schedstat at the start of the running unit, and the
+        #: hang check's last look at a unit past its bound (unit start, when, what it saw): the
+        #: check tells a slow unit (still moving) from a stuck one. None: not known.
         self._tid: int | None = None
-        self._unit_wait_ns: int | None = None
+        self._unit_stat: tuple[int, int] | None = None
+        self._watch: tuple[int, int, tuple[int, Any]] | None = None
         self._finished: collections.deque[Finished] = collections.deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -275,7 +278,7 @@ class PluginHost:
         return out
 
     def check_hang(self, grace_ms: float) -> None:
-        """Abandon a job whose step has run past the job's deadline plus `grace_ms`."""
+        """Abandon a job whose unit has run past the job's deadline plus `grace_ms` and is stuck."""
         if self._job is None:
             return  # no job: no lock on an idle tick
         with self._cond:
@@ -283,16 +286,15 @@ class PluginHost:
             if job is None or since is None or self.hung:
                 return
             now = self.clock.monotonic_ns()
-            # Hung: past the job's deadline plus grace, and 10x the unit's usual wall time, not
-            # counting the time the thread waited for a CPU (a starved CPU stretches every step;
-            # that is slowness, not a hang: in the 3x soak a niced vision thread was abandoned
-            # 14 times in 10 minutes and its breaker opened, with nothing wrong with vision).
+            # Past the job's deadline plus grace, and 10x the unit's usual wall time; then it must
+            # also be stuck (_stuck): in the 3x soak a niced vision thread, starved of the CPU and
+            # the GIL but computing, was abandoned 14 times in 10 minutes and its breaker opened.
             bound = max(job.deadline_ns - since, int(10 * max(self.wall.ms, self.init_cost.ms) * 1e6)) \
                 + int(grace_ms * 1e6)
             if now - since < bound:
                 return
-            waited = self._waited_ns()
-            if now - since - waited < bound:
+            why = self._stuck(now, since, bound, int(grace_ms * 1e6))
+            if why is None:
                 return
             self.hung = True
             job.abandoned = True
@@ -300,16 +302,36 @@ class PluginHost:
             self.stats.hangs += 1
             res = RunResult(self.name, "error", job.steps, job.energies[-1] if job.energies else None,
                             list(job.energies), {}, (now - job.started_ns) / 1e6, job.spent_ms, job.steps,
-                            error=f"hung: no return {grace_ms:.0f} ms past its deadline "
-                                  f"({waited / 1e6:.0f} ms of its {(now - since) / 1e6:.0f} ms waiting for a CPU)")
+                            error=f"hung: no return {grace_ms:.0f} ms past its deadline ({why})")
             self._finished.append(Finished(res, job.inputs))
 
-    def _waited_ns(self) -> int:
-        """(Under the lock.) How long the running unit's thread has waited for a CPU so far."""
-        if self._tid is None or self._unit_wait_ns is None:
-            return 0
-        now = runqueue_wait_ns(self._tid)
-        return 0 if now is None else max(now - self._unit_wait_ns, 0)
+    def _stuck(self, now: int, since: int, bound: int, grace: int) -> str | None:
+        """(Under the lock.) Why the unit running since `since`, past `bound`, counts as hung, or
+        None while it is slow but moving. Where the kernel says (schedstat): time waiting for a
+        CPU does not count; more than `bound` on a CPU is a runaway; else it is stuck only when
+        over `grace` it gained under 1 ms of CPU and its Python position did not move (a thread
+        starved of the GIL still moves between torch ops; one blocked in a sleep or a lock does
+        not)."""
+        elapsed = f"{(now - since) / 1e6:.0f} ms"
+        stat = thread_schedstat(self._tid) if self._tid is not None and self._unit_stat is not None else None
+        if stat is None or self._unit_stat is None:
+            return elapsed
+        run, wait = stat[0] - self._unit_stat[0], stat[1] - self._unit_stat[1]
+        detail = f"{elapsed}: {run / 1e6:.0f} ms on a CPU, {wait / 1e6:.0f} ms waiting for one"
+        if run >= bound:
+            return detail + ", a runaway"
+        if now - since - wait < bound:
+            return None
+        # sys._current_frames: the one way to see where another thread is (a specialised use)
+        frame = sys._current_frames().get(self._thread.ident) if self._thread is not None else None
+        mark = (stat[0], None if frame is None else (id(frame), frame.f_lasti))
+        watch = self._watch
+        if watch is None or watch[0] != since or mark[0] - watch[2][0] >= 1_000_000 or mark[1] != watch[2][1]:
+            self._watch = (since, now, mark)
+            return None
+        if now - watch[1] < grace:
+            return None
+        return detail + f", nothing moved for {(now - watch[1]) / 1e6:.0f} ms"
 
     # ---------------------------------------------------------------- state
 
@@ -504,9 +526,9 @@ class PluginHost:
         return ok, out, ms
 
     def _unit_began(self) -> None:
-        wait = runqueue_wait_ns(self._tid) if self._tid is not None else None
+        stat = thread_schedstat(self._tid) if self._tid is not None else None
         with self._cond:
-            self._unit_since_ns, self._unit_wait_ns = self.clock.monotonic_ns(), wait
+            self._unit_since_ns, self._unit_stat = self.clock.monotonic_ns(), stat
 
     def _end(self, job: Job, halt: str | None) -> None:
         if halt is None:

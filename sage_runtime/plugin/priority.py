@@ -68,15 +68,16 @@ def lower_thread_priority(name: str, nice: int) -> str:
     return got
 
 
-def runqueue_wait_ns(tid: int) -> int | None:
-    """Nanoseconds thread `tid` of this process has spent runnable but waiting for a CPU, from
-    the kernel's schedstat; None where the kernel does not say (not Linux, no CONFIG_SCHED_INFO).
-    The hang check subtracts it: a niced plugin thread on a loaded box can wait a second for a
-    CPU, which is slowness, not a hang."""
+def thread_schedstat(tid: int) -> tuple[int, int] | None:
+    """(ns on a CPU, ns runnable but waiting for a CPU) of thread `tid` of this process, from the
+    kernel's schedstat; None where the kernel does not say (not Linux, no CONFIG_SCHED_INFO). The
+    hang check reads it: a niced plugin thread on a loaded box can wait a second for a CPU, which
+    is slowness, not a hang."""
     try:
         with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
-            return int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
+            run, wait = f.read().split()[:2]
+        return int(run), int(wait)
+    except (OSError, ValueError):
         return None
 
 
