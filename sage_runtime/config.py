@@ -48,8 +48,9 @@ class TickSection(Section):
     max_rate_hz: float = Field(1000.0, gt=0, le=10000)
     #: Share of the tick period plugins may spend; the rest is ingest, attention and publish.
     plugin_share: float = Field(0.8, gt=0, le=1)
-    #: A plugin still running this long past its deadline (and 10x its usual unit time) is abandoned
-    #: and counted as hung; time its thread spent waiting for a CPU (schedstat) does not count.
+    #: A plugin unit still running this long past its deadline (and 10x its usual time) is abandoned
+    #: and counted as hung if it is a runaway or stuck (docs/architecture.md); time its thread
+    #: spent waiting for a CPU does not count.
     hang_grace_ms: float = Field(250.0, gt=0)
     #: Deadline misses over this many recent ticks feed the metabolic deadline-miss rate.
     miss_window: int = Field(100, ge=1)
