@@ -33,7 +33,7 @@ from sage_runtime.clock import SYSTEM, Clock
 from sage_runtime.plugin.account import PluginAccount
 from sage_runtime.metrics import LatencyWindow
 from sage_runtime.plugin.contract import IRPPlugin, PluginContext, PluginInputs
-from sage_runtime.plugin.priority import lower_thread_priority, thread_schedstat
+from sage_runtime.plugin.priority import ThreadSchedstat, lower_thread_priority
 from sage_runtime.plugin.runner import Job, StepCost, advance, begin, failed, finish, next_halt, run_plugin
 from sage_runtime.plugin.sensor_share import SensorShare, split_sensor
 from sage_runtime.records import Frame, RunResult
@@ -165,10 +165,10 @@ class PluginHost:
         #: frame warm-starts from that camera's last job, not from whichever camera ran last).
         self._last_state: dict[str | None, Any] = {}
         self._unit_since_ns: int | None = None
-        #: The plugin thread's native id, its schedstat at the start of the running unit, and the
+        #: The plugin thread's schedstat reader, its reading at the start of the running unit, and the
         #: hang check's last look at a unit past its bound (unit start, when, what it saw): the
         #: check tells a slow unit (still moving) from a stuck one. None: not known.
-        self._tid: int | None = None
+        self._schedstat: ThreadSchedstat | None = None
         self._unit_stat: tuple[int, int] | None = None
         self._watch: tuple[int, int, tuple[int, Any]] | None = None
         self._finished: collections.deque[Finished] = collections.deque()
@@ -313,7 +313,7 @@ class PluginHost:
         starved of the GIL still moves between torch ops; one blocked in a sleep or a lock does
         not)."""
         elapsed = f"{(now - since) / 1e6:.0f} ms"
-        stat = thread_schedstat(self._tid) if self._tid is not None and self._unit_stat is not None else None
+        stat = self._schedstat.read() if self._schedstat is not None else None
         if stat is None or self._unit_stat is None:
             return elapsed
         run, wait = stat[0] - self._unit_stat[0], stat[1] - self._unit_stat[1]
@@ -388,13 +388,21 @@ class PluginHost:
             return 0
 
     def _serve(self) -> None:
-        self._tid = threading.get_native_id()
+        stat = ThreadSchedstat.open(threading.get_native_id())
+        with self._cond:
+            self._schedstat = stat
         self.priority = lower_thread_priority(self.name, self.policy.nice)
-        while True:
-            work = self._wait_for_work()
-            if work is None:
-                return
-            self._do(work)
+        try:
+            while True:
+                work = self._wait_for_work()
+                if work is None:
+                    return
+                self._do(work)
+        finally:
+            with self._cond:  # the tick reads it under the lock: no read of a reused descriptor
+                self._schedstat = None
+            if stat is not None:
+                stat.close()
 
     def drain(self) -> int:
         """(synchronous hosts) Run every unit that is ready now on the caller's thread, in the
@@ -526,7 +534,7 @@ class PluginHost:
         return ok, out, ms
 
     def _unit_began(self) -> None:
-        stat = thread_schedstat(self._tid) if self._tid is not None else None
+        stat = self._schedstat.read() if self._schedstat is not None else None
         with self._cond:
             self._unit_since_ns, self._unit_stat = self.clock.monotonic_ns(), stat
 

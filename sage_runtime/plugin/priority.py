@@ -68,17 +68,36 @@ def lower_thread_priority(name: str, nice: int) -> str:
     return got
 
 
-def thread_schedstat(tid: int) -> tuple[int, int] | None:
-    """(ns on a CPU, ns runnable but waiting for a CPU) of thread `tid` of this process, from the
-    kernel's schedstat; None where the kernel does not say (not Linux, no CONFIG_SCHED_INFO). The
-    hang check reads it: a niced plugin thread on a loaded box can wait a second for a CPU, which
-    is slowness, not a hang."""
-    try:
-        with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
-            run, wait = f.read().split()[:2]
-        return int(run), int(wait)
-    except (OSError, ValueError):
-        return None
+class ThreadSchedstat:
+    """(ns on a CPU, ns runnable but waiting for a CPU) of one thread of this process, from the
+    kernel's schedstat. The hang check reads it: a niced plugin thread on a loaded box can wait a
+    second for a CPU, which is slowness, not a hang. One descriptor stays open for the thread's
+    life (read with pread): an open per read showed as a passing descriptor in the soak's
+    leak check. `open` gives None where the kernel does not say (not Linux, no schedstat)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @classmethod
+    def open(cls, tid: int) -> "ThreadSchedstat | None":
+        try:
+            return cls(os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY | os.O_CLOEXEC))
+        except (OSError, AttributeError):
+            return None
+
+    def read(self) -> tuple[int, int] | None:
+        if self._fd is None:
+            return None
+        try:
+            run, wait = os.pread(self._fd, 128, 0).split()[:2]
+            return int(run), int(wait)
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def scheduling_report() -> dict[str, object]:
