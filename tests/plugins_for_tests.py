@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -12,6 +14,13 @@ from typing import Literal
 from pydantic import Field
 
 from sage_runtime.plugin import Frame, IRPPlugin, PluginInputs, PluginOptions
+
+
+def busy_wait(seconds: float, clock: Callable[[], float] = time.perf_counter) -> None:
+    """Spin in Python until `clock` has advanced `seconds` (wall time, or the thread's CPU time)."""
+    end = clock() + seconds
+    while clock() < end:
+        pass
 
 
 class Echo(IRPPlugin):
@@ -103,9 +112,7 @@ class Faulty(Echo):
                 with open(self.ctx.state_dir / "hang_check.txt", "a") as f:
                     f.write("same\n" if same else "changed\n")
             if self.mode == "spin":
-                end, n = time.perf_counter() + self.hang_s, 0
-                while time.perf_counter() < end:
-                    n += 1
+                busy_wait(self.hang_s)
             if self.mode == "nan":
                 return {**s, "x": torch.full((3,), math.nan)}
         return super().step(s)
@@ -164,9 +171,7 @@ class Burner(Echo):
         return {**super().init_state(inputs), "e": 1.0}
 
     def step(self, s):
-        end = time.perf_counter() + self.step_ms / 1e3
-        while time.perf_counter() < end:
-            pass
+        busy_wait(self.step_ms / 1e3)
         return {**s, "e": s["e"] * 0.999}
 
     def energy(self, s) -> float:
@@ -215,15 +220,11 @@ class Starved(Echo):
     max_steps = 2
 
     def setup(self, ctx) -> None:
-        import os
-
         super().setup(ctx)
         self.step_cpu_ms = ctx.options.step_cpu_ms
         os.sched_setaffinity(0, {ctx.options.cpu})
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
     def step(self, s):
-        end = time.thread_time() + self.step_cpu_ms / 1e3
-        while time.thread_time() < end:
-            pass
+        busy_wait(self.step_cpu_ms / 1e3, time.thread_time)
         return super().step(s)

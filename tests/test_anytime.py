@@ -17,6 +17,7 @@ from sage_runtime.plugin.contract import IRPPlugin, PluginInputs
 from sage_runtime.plugin.host import JobPolicy, PluginHost
 from sage_runtime.plugin.runner import Job, StepCost, advance, begin, next_halt, run_plugin
 from sage_runtime.records import Frame
+from tests.plugins_for_tests import busy_wait
 
 FAR = 1 << 62
 
@@ -397,18 +398,12 @@ class UnevenSteps(IRPPlugin):
     max_steps = 10_000
     INIT_MS = 2.0
 
-    @staticmethod
-    def _busy(ms: float) -> None:
-        end = time.thread_time() + ms / 1e3
-        while time.thread_time() < end:
-            pass
-
     def init_state(self, inputs: PluginInputs):
-        self._busy(self.INIT_MS)
+        busy_wait(self.INIT_MS / 1e3, time.thread_time)
         return {"k": 0}
 
     def step(self, s):
-        self._busy(0.1 if s["k"] % 2 else 3.0)
+        busy_wait((0.1 if s["k"] % 2 else 3.0) / 1e3, time.thread_time)
         return {"k": s["k"] + 1}
 
     def energy(self, s) -> float:

@@ -70,7 +70,7 @@ def lower_thread_priority(name: str, nice: int) -> str:
 
 class ThreadSchedstat:
     """(ns on a CPU, ns runnable but waiting for a CPU) of one thread of this process, from the
-    kernel's schedstat. The hang check reads it: a niced plugin thread on a loaded box can wait a
+    kernel's schedstat. The hang check reads it: a plugin thread on a loaded box can wait a
     second for a CPU, which is slowness, not a hang. One descriptor stays open for the thread's
     life (read with pread): an open per read showed as a passing descriptor in the soak's
     leak check. `open` gives None where the kernel does not say (not Linux, no schedstat)."""
