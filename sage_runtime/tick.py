@@ -311,9 +311,11 @@ class Orchestrator:
 
     def _settle(self) -> None:
         """What each plugin thread measured is debited against what it was granted; credit past
-        the plugin's cap returns to the reservoir (docs/metabolic.md, "Credit")."""
+        the plugin's cap returns to the reservoir (docs/metabolic.md, "Credit"). A plugin that is
+        unavailable or paused by trust keeps none: it would start a job on what is left."""
         for host in self.hosts.values():
-            keep = host.credit_cap() if host.available(self.clock.monotonic()) else 0.0
+            off = not host.available(self.clock.monotonic()) or self.cognition.trust.plugin_paused(host.name)
+            keep = 0.0 if off else host.credit_cap()
             used, debit, returned = host.account.collect(keep)
             if used or debit or returned:
                 self.cognition.settle_account(used, debit, returned)

@@ -65,11 +65,14 @@ def test_failing_plugin_loses_trust_is_paused_and_trust_survives_restart(tmp_pat
         assert paused["plugins"]["faulty"]["trust"] < 0.2 <= paused["plugins"]["echo"]["trust"]
         assert paused["plugins"]["faulty"]["errors"] > 0 and paused["plugins"]["echo"]["errors"] == 0
         assert paused["sensors"]["imu"] > 0
-        # Paused by trust: the tick stops giving it ATP, so its run count stops growing.
-        runs = daemon.status()["plugins"]["faulty"]["runs"]
+        # Paused by trust: the tick stops giving it ATP and takes back its credit, so once a job
+        # that was already running has ended, its run count and ATP granted stop growing.
+        idle = wait_for(lambda: (p := daemon.status()["plugins"]["faulty"]) and not p["job_running"]
+                        and p["credit"] == 0 and p, timeout_s=10, interval_s=0.02)
         for _ in range(20):
             trust()
-        assert daemon.status()["plugins"]["faulty"]["runs"] == runs
+        after = daemon.status()["plugins"]["faulty"]
+        assert (after["runs"], after["atp_granted"]) == (idle["runs"], idle["atp_granted"]), (idle, after)
         code, before = sagectl(daemon, "trust")
         assert code == 0 and before["plugins"]["faulty"]["paused"]
     finally:
