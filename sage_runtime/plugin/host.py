@@ -169,7 +169,7 @@ class PluginHost:
         #: hang check's last look at a unit past its bound (unit start, when, what it saw): the
         #: check tells a slow unit (still moving) from a stuck one. None: not known.
         self._schedstat: ThreadSchedstat | None = None
-        self._unit_stat: tuple[int, int] | None = None
+        self._unit_stat: tuple[int, int, bool] | None = None
         self._watch: tuple[int, int, tuple[int, Any]] | None = None
         self._finished: collections.deque[Finished] = collections.deque()
         self._stopping = False
@@ -320,8 +320,8 @@ class PluginHost:
         detail = f"{elapsed}: {run / 1e6:.0f} ms on a CPU, {wait / 1e6:.0f} ms waiting for one"
         if run >= bound:
             return detail + ", a runaway"
-        if now - since - wait < bound:
-            return None
+        if stat[2] or now - since - wait < bound:
+            return None  # runnable (on a CPU or waiting for one), or it has not been off one long
         # sys._current_frames: the one way to see where another thread is (a specialised use)
         frame = sys._current_frames().get(self._thread.ident) if self._thread is not None else None
         mark = (stat[0], None if frame is None else (id(frame), frame.f_lasti))
