@@ -114,7 +114,8 @@ def test_raising_hanging_nan_and_leaking_plugins_are_isolated_and_visible(tmp_pa
 def test_a_plugin_starved_of_cpu_is_slow_not_hung(tmp_path):
     # The plugin thread runs SCHED_IDLE, pinned to one CPU with a busy process pinned there: each of
     # its 1 ms steps takes far longer than its deadline plus grace in wall time, nearly all of it
-    # waiting for the CPU, much of it a wait still in progress (not yet in schedstat). That is a starved plugin, not a hung one: no hang, no error, no breaker.
+    # waiting for the CPU, much of it a wait still in progress (not yet in schedstat). That is a
+    # starved plugin, not a hung one: no hang, no error, no breaker.
     # (A plugin that blocks is still abandoned: the test above.)
     if not hasattr(os, "SCHED_IDLE") or not os.path.exists(f"/proc/self/task/{os.getpid()}/schedstat"):
         pytest.skip("needs Linux SCHED_IDLE and schedstat")
