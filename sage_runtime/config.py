@@ -125,6 +125,8 @@ class JobSection(Section):
     input_policy: Literal["queue", "restart", "warm"] | None = None
     max_age_ms: float | None = Field(None, gt=0)
     max_atp: float | None = Field(None, gt=0)
+    #: Where the plugin's code runs (unset: plugins.isolation).
+    isolation: Literal["thread", "process"] | None = None
 
 
 class PluginsSection(Section):
@@ -142,6 +144,9 @@ class PluginsSection(Section):
     jobs: dict[str, JobSection] = {}
     #: How far below the tick plugin threads run (per-thread nice, 0..19).
     thread_nice: int = Field(10, ge=0, le=19)
+    #: Where plugin code runs: a thread of the daemon, or a worker process per plugin (its own
+    #: GIL, killable when hung; docs/architecture.md, "Isolation"). Per plugin: jobs.<name>.isolation.
+    isolation: Literal["thread", "process"] = "thread"
 
 
 class AttentionSection(Section):

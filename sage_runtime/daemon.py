@@ -48,6 +48,7 @@ from sage_runtime.plugin.contract import PluginContext
 from sage_runtime.plugin.host import PluginHost, job_policy
 from sage_runtime.plugin.priority import raise_tick_priority
 from sage_runtime.plugin.registry import check_plugins, load_plugin_classes
+from sage_runtime.plugin.worker import RemotePlugin
 from sage_runtime.status import StatusReport
 from sage_runtime.telemetry import open_telemetry
 from sage_runtime.tick import Orchestrator
@@ -100,11 +101,20 @@ class Daemon:
         """A plugin's host thread, its job policy from config. ATP is compute time: a CPU thread's
         own CPU time (not the time other processes held its core); on CUDA the step's wall time.
         A replay's hosts run in virtual time instead (replay.DeterministicReplay.host_options)."""
-        options = self.replay.host_options(plugin) if self.replay is not None else {
-            "plugin": plugin, "cost_clock": time.perf_counter_ns if self.device.type == "cuda" else None}
+        if self.replay is not None:
+            options = self.replay.host_options(plugin)
+        elif self._isolation(plugin) == "process":
+            remote = RemotePlugin(type(plugin), torch_threads=self.cfg.runtime.torch_threads)
+            options = {"plugin": remote, "cost_clock": time.perf_counter_ns if self.device.type == "cuda" else remote.cpu_ns}
+        else:
+            options = {"plugin": plugin, "cost_clock": time.perf_counter_ns if self.device.type == "cuda" else None}
         return PluginHost(breaker_failures=self.cfg.plugins.breaker_failures,
                           breaker_cooldown_s=self.cfg.plugins.breaker_cooldown_s, policy=job_policy(self.cfg, plugin),
                           **options)
+
+    def _isolation(self, plugin: Any) -> str:
+        job = self.cfg.plugins.jobs.get(plugin.name)
+        return (job.isolation if job is not None else None) or self.cfg.plugins.isolation
 
     def _clocks(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Cognition's and the tick's clock arguments: the machine's by default, a replay's virtual time."""
@@ -257,18 +267,22 @@ class Daemon:
         self.publisher.add_tap(bridge.publish)
 
     async def _warmup(self, hosts: list[PluginHost]) -> None:
-        for host in hosts:
-            pdir = self.state_dir / "plugins" / host.name
-            try:
-                pdir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                log.error("plugin %s state dir %s unusable: %s", host.name, pdir, exc)
-            ctx = PluginContext(self.device, self.plugin_options[host.name], pdir,
-                                logging.getLogger(f"sage.plugin.{host.name}"))
-            try:
-                await asyncio.wrap_future(host.setup_and_warmup(ctx))
-            except Exception as exc:  # noqa: BLE001 - any setup failure means this plugin set cannot run
-                raise PluginLoadError(f"plugin {host.name}: setup failed: {type(exc).__name__}: {exc}") from exc
+        """Every plugin's setup and warmup at once, each on its own host thread (a worker
+        process's start is seconds of imports)."""
+        await asyncio.gather(*(self._warmup_one(host) for host in hosts))
+
+    async def _warmup_one(self, host: PluginHost) -> None:
+        pdir = self.state_dir / "plugins" / host.name
+        try:
+            pdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("plugin %s state dir %s unusable: %s", host.name, pdir, exc)
+        ctx = PluginContext(self.device, self.plugin_options[host.name], pdir,
+                            logging.getLogger(f"sage.plugin.{host.name}"))
+        try:
+            await asyncio.wrap_future(host.setup_and_warmup(ctx))
+        except Exception as exc:  # noqa: BLE001 - any setup failure means this plugin set cannot run
+            raise PluginLoadError(f"plugin {host.name}: setup failed: {type(exc).__name__}: {exc}") from exc
 
     async def _wait(self) -> None:
         """READY after the first full tick; then until stop is requested or the tick loop fails."""

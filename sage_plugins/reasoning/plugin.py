@@ -105,6 +105,9 @@ class ReasoningPlugin(IRPPlugin):
                 self.taus[n] = float(self.tau_config if self.tau_config is not None else meta.get("halt_tau", 0.5))
         if not self.models:
             raise FileNotFoundError(f"no reasoning checkpoint found in {WEIGHTS_DIR}")
+        #: Board sizes with a model: a plain tuple, so `accepts` also works on the daemon's side of
+        #: a worker process (plugin/worker.py), which gets plain attributes, not the models.
+        self.sizes = tuple(sorted(self.models))
         self.segment_limit = {n: m.cfg.halt_max_steps + extra for n, m in self.models.items()}
         self.max_steps = max(self.segment_limit.values())
         self._paused: OrderedDict[bytes, ReasoningState] = OrderedDict()
@@ -115,13 +118,13 @@ class ReasoningPlugin(IRPPlugin):
         """[B, n, n] digits when the frame holds one or more boards of a size we have a model for."""
         if frame.kind == "text" and isinstance(frame.data, str):
             g = sudoku.parse_grid(frame.data)
-            return g[None] if g is not None and g.shape[0] in self.models else None
+            return g[None] if g is not None and g.shape[0] in self.sizes else None
         if frame.kind != "tensor" or not isinstance(frame.data, torch.Tensor):
             return None
         t = frame.data
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.numel() == 0:
             return None
-        for n in self.models:
+        for n in self.sizes:
             boards = (t.ndim in (2, 3) and tuple(t.shape[-2:]) == (n, n)) or (t.ndim in (1, 2) and t.shape[-1] == n * n)
             if boards:
                 g = t.detach().to("cpu", torch.int64).reshape(-1, n, n).numpy().copy()

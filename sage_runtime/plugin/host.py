@@ -36,6 +36,7 @@ from sage_runtime.plugin.contract import IRPPlugin, PluginContext, PluginInputs
 from sage_runtime.plugin.priority import ThreadSchedstat, lower_thread_priority
 from sage_runtime.plugin.runner import Job, StepCost, advance, begin, failed, finish, next_halt, run_plugin
 from sage_runtime.plugin.sensor_share import SensorShare, split_sensor
+from sage_runtime.plugin.worker import RemotePlugin, WorkerDied
 from sage_runtime.records import Frame, RunResult
 
 log = logging.getLogger("sage.plugins")
@@ -304,6 +305,8 @@ class PluginHost:
                             list(job.energies), {}, (now - job.started_ns) / 1e6, job.spent_ms, job.steps,
                             error=f"hung: no return {grace_ms:.0f} ms past its deadline ({why})")
             self._finished.append(Finished(res, job.inputs))
+        if isinstance(self.plugin, RemotePlugin):
+            self.plugin.kill()  # its unit then fails on the host thread, which comes back; the next starts a worker
 
     def _stuck(self, now: int, since: int, bound: int, grace: int) -> str | None:
         """(Under the lock.) Why the unit running since `since`, past `bound`, counts as hung, or
@@ -313,7 +316,7 @@ class PluginHost:
         starved of the GIL still moves between torch ops; one blocked in a sleep or a lock does
         not)."""
         elapsed = f"{(now - since) / 1e6:.0f} ms"
-        stat = self._schedstat.read() if self._schedstat is not None else None
+        stat = self._thread_stat()
         if stat is None or self._unit_stat is None:
             return elapsed
         run, wait = stat[0] - self._unit_stat[0], stat[1] - self._unit_stat[1]
@@ -367,7 +370,12 @@ class PluginHost:
                 "atp_granted": round(self.account.deposited_total, 3),
                 "input_policy": self.policy.input_policy, "job_running": self._job is not None,
                 "priority": self.priority, "consecutive_failures": self.consecutive_failures,
-                "held_frames": self._held_frames(), "held_dropped": self.held_dropped}
+                "held_frames": self._held_frames(), "held_dropped": self.held_dropped, **self._isolation()}
+
+    def _isolation(self) -> dict[str, Any]:
+        if not isinstance(self.plugin, RemotePlugin):
+            return {"isolation": "thread"}
+        return {"isolation": "process", "worker_pid": self.plugin.worker_pid, "worker_restarts": self.plugin.restarts}
 
     def _health_reasons(self) -> list[str]:
         try:
@@ -526,15 +534,33 @@ class PluginHost:
         self.account.charge(ms)
         with self._cond:
             self._unit_since_ns = None
-            if job.abandoned:
+            abandoned = job.abandoned
+            if abandoned:
                 self._returned()
-                return False, None, ms
+        if isinstance(out, WorkerDied):
+            self._respawn()
+        if abandoned:
+            return False, None, ms
         if not ok:
             self._publish(job, failed(self.plugin, job, out))
         return ok, out, ms
 
+    def _respawn(self) -> None:
+        """A plugin worker died (or was killed as hung): its successor starts now, outside any
+        unit, so its seconds of imports and setup are neither charged nor seen as a hang."""
+        try:
+            self.plugin.respawn()
+        except Exception as exc:  # noqa: BLE001 - the plugin's next units fail and feed its breaker
+            log.error("plugin %s: worker restart failed: %s: %s", self.name, type(exc).__name__, exc)
+
+    def _thread_stat(self) -> tuple[int, int, bool] | None:
+        """The kernel's view of the thread that runs the plugin's code: the host thread, or a
+        worker process's."""
+        reader = self.plugin.schedstat if isinstance(self.plugin, RemotePlugin) else self._schedstat
+        return reader.read() if reader is not None else None
+
     def _unit_began(self) -> None:
-        stat = self._schedstat.read() if self._schedstat is not None else None
+        stat = self._thread_stat()
         with self._cond:
             self._unit_since_ns, self._unit_stat = self.clock.monotonic_ns(), stat
 
@@ -549,6 +575,8 @@ class PluginHost:
             res = finish(self.plugin, job, halt, self.cost_clock)
         except Exception as exc:  # noqa: BLE001
             res = failed(self.plugin, job, exc, self.cost_clock)
+            if isinstance(exc, WorkerDied):
+                self._respawn()
         self.account.charge((self.cost_clock() - t0) / 1e6)
         with self._cond:
             self._unit_since_ns = None

@@ -80,13 +80,15 @@ class ThreadSchedstat:
 
     def __init__(self, schedstat_fd: int, stat_fd: int) -> None:
         self._fds: tuple[int, int] | None = (schedstat_fd, stat_fd)
+        self._lock = threading.Lock()  # a close on the host thread never races a read on the tick's
 
     @classmethod
-    def open(cls, tid: int) -> "ThreadSchedstat | None":
+    def open(cls, tid: int, pid: int | str = "self") -> "ThreadSchedstat | None":
+        """Thread `tid` of process `pid` (this one by default; a plugin worker's main thread)."""
         fds: list[int] = []
         try:
             for name in ("schedstat", "stat"):
-                fds.append(os.open(f"/proc/self/task/{tid}/{name}", os.O_RDONLY | os.O_CLOEXEC))
+                fds.append(os.open(f"/proc/{pid}/task/{tid}/{name}", os.O_RDONLY | os.O_CLOEXEC))
         except (OSError, AttributeError):
             for fd in fds:
                 os.close(fd)
@@ -94,18 +96,20 @@ class ThreadSchedstat:
         return cls(*fds)
 
     def read(self) -> tuple[int, int, bool] | None:
-        if self._fds is None:
-            return None
-        try:
-            run, wait = os.pread(self._fds[0], 128, 0).split()[:2]
-            stat = os.pread(self._fds[1], 1024, 0)
-            state = stat[stat.rindex(b")") + 2:][:1]  # the field after "(comm)", which may hold spaces
-            return int(run), int(wait), state == b"R"
-        except (OSError, ValueError):
-            return None
+        with self._lock:
+            if self._fds is None:
+                return None
+            try:
+                run, wait = os.pread(self._fds[0], 128, 0).split()[:2]
+                stat = os.pread(self._fds[1], 1024, 0)
+                state = stat[stat.rindex(b")") + 2:][:1]  # the field after "(comm)", which may hold spaces
+                return int(run), int(wait), state == b"R"
+            except (OSError, ValueError):
+                return None
 
     def close(self) -> None:
-        fds, self._fds = self._fds, None
+        with self._lock:
+            fds, self._fds = self._fds, None
         for fd in fds or ():
             os.close(fd)
 
