@@ -104,7 +104,7 @@ class Daemon:
         if self.replay is not None:
             options = self.replay.host_options(plugin)
         elif self._isolation(plugin) == "process":
-            remote = RemotePlugin(type(plugin), torch_threads=self.cfg.runtime.torch_threads)
+            remote = RemotePlugin(type(plugin), nice=self.cfg.plugins.thread_nice, torch_threads=self.cfg.runtime.torch_threads)
             options = {"plugin": remote, "cost_clock": time.perf_counter_ns if self.device.type == "cuda" else remote.cpu_ns}
         else:
             options = {"plugin": plugin, "cost_clock": time.perf_counter_ns if self.device.type == "cuda" else None}

@@ -105,7 +105,7 @@ def status_header(s: dict[str, Any]) -> Table:
 SENSOR_COLUMNS = ["sensor", "kind", "policy", "modality", "received", "accepted", "skipped", "dropped",
                   "pending", "last_seq", "age_ms"]
 PLUGIN_COLUMNS = ["plugin", "status", "runs", "steps", "errors", "p50_ms", "p99_ms", "step_ms", "atp_spent",
-                  "last_halt", "held", "wait_s"]
+                  "last_halt", "held", "wait_s", "runs_in"]
 
 
 def sensors_table(sensors: dict[str, Any]) -> Table:
@@ -113,9 +113,18 @@ def sensors_table(sensors: dict[str, Any]) -> Table:
     return table(f"sensors ({len(sensors)})", SENSOR_COLUMNS, rows)
 
 
+def runs_in(p: dict[str, Any]) -> str:
+    """Where a plugin's code runs: the daemon's thread, or its worker process and its restarts."""
+    if p.get("isolation") != "process":
+        return "thread"
+    pid = p.get("worker_pid")
+    where = f"pid {pid}" if pid is not None else "no worker"
+    return where + (f" ({p['worker_restarts']} restarts)" if p.get("worker_restarts") else "")
+
+
 def plugins_table(plugins: dict[str, Any]) -> Table:
     rows = [[name, p["status"], p["runs"], p.get("steps"), p["errors"], p["p50_ms"], p["p99_ms"], p["step_ms"],
-             p.get("atp_spent"), p["last_halt"], p.get("held_frames"), p.get("waiting_s")]
+             p.get("atp_spent"), p["last_halt"], p.get("held_frames"), p.get("waiting_s"), runs_in(p)]
             for name, p in sorted(plugins.items())]
     return table(f"plugins ({len(plugins)})", PLUGIN_COLUMNS, rows)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from sage_runtime.plugin.contract import PluginContext
 from sage_runtime.plugin.runner import StepCost, run_plugin
 from sage_runtime.plugin.worker import RemotePlugin, WorkerDied
 from sage_runtime.client import ResultSubscriber
-from tests.harness import DaemonProcess, wait_for
+from tests.harness import SAGECTL, DaemonProcess, wait_for
 from tests.test_faults import connect_publisher
 from tests.plugins_for_tests import Echo
 
@@ -112,6 +113,9 @@ def test_a_daemon_serves_results_from_a_worker_process(tmp_path):
         assert abs(msg.outputs["summary"][0] - 2.5) < 1e-2 and msg.header["steps"] > 3
         after = d.status()["plugins"]["echo"]
         assert after["atp_spent"] > 0 and after["errors"] == 0 and after["worker_pid"] == pid
+        table = subprocess.run([SAGECTL, "--socket", str(d.run_dir / "control.sock"), "status"],
+                               capture_output=True, text=True, timeout=20, env={**os.environ, "COLUMNS": "250"})
+        assert f"pid {pid}" in table.stdout, table.stdout  # the operator sees where it runs
         pub.close()
         sub.close()
     finally:

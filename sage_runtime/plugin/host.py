@@ -399,7 +399,9 @@ class PluginHost:
         stat = ThreadSchedstat.open(threading.get_native_id())
         with self._cond:
             self._schedstat = stat
-        self.priority = lower_thread_priority(self.name, self.policy.nice)
+        # a worker process lowers itself instead: its host thread only waits on the worker
+        remote = isinstance(self.plugin, RemotePlugin)
+        self.priority = lower_thread_priority(self.name, 0 if remote else self.policy.nice)
         try:
             while True:
                 work = self._wait_for_work()
