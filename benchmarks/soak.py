@@ -37,6 +37,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -323,6 +324,9 @@ def _rate(samples: list[dict[str, Any]], value: Any) -> list[float | None]:
 
 
 def main() -> int:
+    # SIGTERM unwinds like an exception, so the finally below stops the daemon and the publishers:
+    # a soak killed by default SIGTERM left its 3 publishers running into the next soak (6x load)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     nominal = SageConfig().demo.rate_hz
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=600.0, help="seconds under load (default 600)")

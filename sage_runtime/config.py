@@ -126,7 +126,7 @@ class JobSection(Section):
     max_age_ms: float | None = Field(None, gt=0)
     max_atp: float | None = Field(None, gt=0)
     #: Where the plugin's code runs (unset: plugins.isolation).
-    isolation: Literal["thread", "process"] | None = None
+    isolation: Literal["auto", "thread", "process"] | None = None
 
 
 class PluginsSection(Section):
@@ -145,8 +145,10 @@ class PluginsSection(Section):
     #: How far below the tick plugin threads run (per-thread nice, 0..19).
     thread_nice: int = Field(10, ge=0, le=19)
     #: Where plugin code runs: a thread of the daemon, or a worker process per plugin (its own
-    #: GIL, killable when hung; docs/architecture.md, "Isolation"). Per plugin: jobs.<name>.isolation.
-    isolation: Literal["thread", "process"] = "thread"
+    #: GIL, killable when hung); `auto`: a process on a CPU device, a thread on CUDA (a CUDA
+    #: context per process costs memory, and frames would leave the device). docs/architecture.md,
+    #: "Isolation". Per plugin: jobs.<name>.isolation.
+    isolation: Literal["auto", "thread", "process"] = "auto"
 
 
 class AttentionSection(Section):

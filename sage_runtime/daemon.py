@@ -113,8 +113,12 @@ class Daemon:
                           **options)
 
     def _isolation(self, plugin: Any) -> str:
+        """`thread` or `process` for this plugin; `auto` is a process on CPU, a thread on CUDA."""
         job = self.cfg.plugins.jobs.get(plugin.name)
-        return (job.isolation if job is not None else None) or self.cfg.plugins.isolation
+        chosen = (job.isolation if job is not None else None) or self.cfg.plugins.isolation
+        if chosen == "auto":
+            return "process" if self.device.type == "cpu" else "thread"
+        return chosen
 
     def _clocks(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Cognition's and the tick's clock arguments: the machine's by default, a replay's virtual time."""

@@ -33,6 +33,9 @@ def ipc_only(config: dict[str, Any]) -> dict[str, Any]:
 class DaemonProcess:
     #: The command that starts the daemon (a test may run it from another environment's python).
     command: tuple[str, ...] = (SAGE_RUNTIME,)
+    #: plugins.isolation where a config does not say; None: the daemon's default. tests/conftest.py
+    #: sets `thread` for the suite (benchmarks keep the default).
+    plugin_isolation: str | None = None
 
     def __init__(self, tmp: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
                  args: list[str] | None = None) -> None:
@@ -40,7 +43,10 @@ class DaemonProcess:
         self.run_dir = tmp / "run"
         self.state_dir = tmp / "state"
         self.config_path = tmp / "config.yaml"
-        self.config_path.write_text(yaml.safe_dump(ipc_only(config or {})))
+        config = dict(config or {})
+        if self.plugin_isolation is not None and "isolation" not in config.get("plugins", {}):
+            config["plugins"] = {**config.get("plugins", {}), "isolation": self.plugin_isolation}
+        self.config_path.write_text(yaml.safe_dump(ipc_only(config)))
         self.log_path = tmp / "daemon.log"
         inherited = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
         self.env = {**inherited, "SAGE_RUNTIME_DIR": str(self.run_dir), "SAGE_STATE_DIR": str(self.state_dir),

@@ -63,7 +63,7 @@ def test_stop_joins_the_publishing_thread_within_a_second(tmp_path):
 
 
 def test_demo_daemon_publishes_results_from_every_builtin_plugin(tmp_path):
-    d = DaemonProcess(tmp_path, {}, args=["--demo"])
+    d = DaemonProcess(tmp_path, {"plugins": {"isolation": "auto"}}, args=["--demo"])  # as shipped: workers on CPU
     # Connect before the daemon binds (ZeroMQ reconnects), so no early result is missed.
     sub = ResultSubscriber(d.results, topics=("result/",))
     try:
