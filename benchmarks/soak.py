@@ -122,6 +122,27 @@ def proc_sample(pid: int) -> dict[str, Any]:
             "fds": len(list(Path(f"/proc/{pid}/fd").iterdir()))}
 
 
+def workers_sample(pid: int) -> dict[str, Any]:
+    """The daemon's plugin worker processes (plugins.isolation: process): how many, and their RSS
+    summed; a worker that leaks shows here, not in the daemon's own RSS."""
+    rss_kb, count = 0, 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2:].split()[1]) != pid:
+                continue
+            if b"sage_runtime.plugin.worker" not in (proc / "cmdline").read_bytes():
+                continue
+            fields = dict(line.split(":", 1) for line in (proc / "status").read_text().splitlines() if ":" in line)
+            rss_kb += int(fields["VmRSS"].split()[0])
+            count += 1
+        except (OSError, ValueError, KeyError, IndexError):
+            continue  # a process that just ended
+    return {"workers": count, "workers_rss_mb": round(rss_kb / 1024, 2)}
+
+
 def runqueue_wait_s(pid: int) -> float:
     """Seconds the process's threads have spent runnable but waiting for a CPU (schedstat), summed:
     when this grows about as fast as the wall clock, the machine, not the daemon, holds the ticks up."""
@@ -187,6 +208,9 @@ def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_stalls: in
     base = after[0]
     rss_max = max(s["rss_mb"] for s in after)
     growth = 100.0 * (rss_max - base["rss_mb"]) / base["rss_mb"]
+    workers_max = max(s.get("workers_rss_mb", 0.0) for s in after)
+    workers_growth = 100.0 * (workers_max - base["workers_rss_mb"]) / base["workers_rss_mb"] \
+        if base.get("workers_rss_mb") else 0.0
     fds = [s["fds"] for s in after]
     threads = [s["threads"] for s in after]
     # The daemon counts ticks over 100 ms; each sample where the count rose records how many.
@@ -227,6 +251,10 @@ def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_stalls: in
             "ok": ticks_after > 0 and over_15 <= 0.001 * ticks_after},
         "rss_growth_pct": {"value": round(growth, 2), "limit": f"< {RSS_GROWTH_LIMIT_PCT}",
                            "ok": growth < RSS_GROWTH_LIMIT_PCT},
+        "workers_rss_growth_pct": {"value": round(workers_growth, 2), "limit": f"< {RSS_GROWTH_LIMIT_PCT}",
+                                   "workers": [base.get("workers", 0), after[-1].get("workers", 0)],
+                                   "ok": workers_growth < RSS_GROWTH_LIMIT_PCT
+                                   and base.get("workers", 0) == after[-1].get("workers", 0)},
         "fds_flat": {"value": [min(fds), max(fds)], "ok": min(fds) == max(fds)},
         "threads_flat": {"value": [min(threads), max(threads)], "ok": min(threads) == max(threads)},
         # A stall the daemon's threads spent at least as long waiting for a CPU (runnable, not
@@ -249,6 +277,8 @@ def summarise(samples: list[dict[str, Any]], warmup_s: float, startup_stalls: in
         "warmup_s": warmup_s, "samples": len(samples),
         "rss_mb": {"first": samples[0]["rss_mb"], "after_warmup": base["rss_mb"], "max_after_warmup": rss_max,
                    "last": samples[-1]["rss_mb"]},
+        "workers_rss_mb": {"after_warmup": base.get("workers_rss_mb"), "max_after_warmup": workers_max,
+                           "last": samples[-1].get("workers_rss_mb")},
         "fds": {"min": min(fds), "max": max(fds)}, "threads": {"min": min(threads), "max": max(threads)},
         "tick": {"p99_ms_max": max(p99s, default=None), "p99_ms_median": sorted(p99s)[len(p99s) // 2] if p99s else None,
                  "max_ms": final["tick"]["max_ms"], "overruns": final["tick"]["overruns"],
@@ -390,7 +420,7 @@ def main() -> int:
                     time.sleep(target - now)
                 if d.proc.poll() is not None:
                     raise RuntimeError(f"daemon exited with {d.proc.returncode} during the soak:\n{d.log()[-4000:]}")
-                sample = {"t_s": round(time.monotonic() - t0, 2), **proc_sample(pid),
+                sample = {"t_s": round(time.monotonic() - t0, 2), **proc_sample(pid), **workers_sample(pid),
                           "cpu_pressure_pct": cpu_pressure(), "loadavg_1m": os.getloadavg()[0]}
                 cpu, wait, tn = cpu_seconds(pid), runqueue_wait_s(pid), time.monotonic()
                 sample["cpu"] = round((cpu - cpu_prev) / max(tn - t_prev, 1e-9), 3)
@@ -402,7 +432,7 @@ def main() -> int:
                 sample["puzzles_finished"] = counter.puzzles_finished
                 samples.append(sample)
                 t = sample["tick"]
-                print(f"t={sample['t_s']:>6.1f}s rss {sample['rss_mb']:>7.1f} MiB fds {sample['fds']:>3} "
+                print(f"t={sample['t_s']:>6.1f}s rss {sample['rss_mb']:>7.1f} MiB workers {sample['workers_rss_mb']:>7.1f} MiB fds {sample['fds']:>3} "
                       f"threads {sample['threads']:>3} cpu {sample['cpu']:.2f} tick p99 {t['p99_ms']} "
                       f"max {t['max_ms']} "
                       f"overruns {t['overruns']} state {sample['state']} results {sum(counter.counts.values())}",

@@ -52,6 +52,10 @@ def test_a_worker_computes_what_the_plugin_in_a_thread_computes(tmp_path):
         assert torch.equal(got[0].outputs["summary"], got[1].outputs["summary"])
         assert got[0].atp_spent > 0  # charged from the worker's own CPU clock
         assert remote.pending_input() == 0 and remote.health_reasons() == []
+        for seed in range(20):  # states the daemon dropped are freed in the worker, not kept
+            run_plugin(remote, inputs, atp_ms=1e9, deadline_ns=2**62, cost=StepCost(), clock_ns=remote.cpu_ns)
+        remote.energy(remote.init_state(inputs))  # one more request carries the last frees
+        assert remote.held_states <= 2, remote.held_states
     finally:
         remote.close()
     assert remote.worker_pid is None

@@ -375,7 +375,8 @@ class PluginHost:
     def _isolation(self) -> dict[str, Any]:
         if not isinstance(self.plugin, RemotePlugin):
             return {"isolation": "thread"}
-        return {"isolation": "process", "worker_pid": self.plugin.worker_pid, "worker_restarts": self.plugin.restarts}
+        return {"isolation": "process", "worker_pid": self.plugin.worker_pid, "worker_restarts": self.plugin.restarts,
+                "worker_states": self.plugin.held_states}
 
     def _health_reasons(self) -> list[str]:
         try:

@@ -66,12 +66,15 @@ class WorkerDied(RuntimeError):
 
 class Handle:
     """A job state held in the worker (`key`), valid for the worker generation that made it,
-    with its energy (computed in the same request: one request per step, not three)."""
+    with what the same request computed, so a step is one request, not four: its energy, and
+    after a step the plugin's halt for `history` (the job's energies, this state's last)."""
 
-    __slots__ = ("key", "generation", "energy", "projected", "__weakref__")
+    __slots__ = ("key", "generation", "energy", "projected", "history", "halt", "__weakref__")
 
-    def __init__(self, key: int, generation: int, energy: float | None, projected: bool) -> None:
+    def __init__(self, key: int, generation: int, energy: float | None, projected: bool,
+                 history: list[float] | None, halt: dict[str, str | None] | None) -> None:
         self.key, self.generation, self.energy, self.projected = key, generation, energy, projected
+        self.history, self.halt = history, halt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +140,7 @@ class RemotePlugin:
         self._cpu_now = 0
         self.schedstat: ThreadSchedstat | None = None
         self.restarts = 0
+        self.held_states = 0  # job states alive in the worker, as of its last answer (a leak shows here)
 
     def __getattr__(self, name: str) -> Any:  # class attributes and accepts: the local instance
         local = self.__dict__.get("_local")
@@ -248,7 +252,7 @@ class RemotePlugin:
         wire_args = tuple(StateRef(a.key) if isinstance(a, Handle) else a for a in args)
         try:
             conn.send_bytes(_dumps((method, wire_args, freed)))
-            ok, value, cpu, hooks = pickle.loads(conn.recv_bytes())
+            ok, value, cpu, hooks, self.held_states = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError) as exc:
             how = self._exit_status() or str(exc)
             self._reap()
@@ -257,10 +261,23 @@ class RemotePlugin:
         if not ok:
             raise value
         if method in STATE_METHODS and value is not None:
-            handle = Handle(value[0], generation, value[1], method in ("step", "project"))
-            weakref.finalize(handle, self._freed.append, (generation, value))  # the deque, never rebound
+            key, energy, halt = value
+            history = self._history_after(method, args, energy)
+            handle = Handle(key, generation, energy, method in ("step", "project"), history, halt)
+            weakref.finalize(handle, self._freed.append, (generation, key))  # the deque, never rebound
             return handle
         return value
+
+    @staticmethod
+    def _history_after(method: str, args: tuple[Any, ...], energy: float | None) -> list[float] | None:
+        """The job's energies ending with this new state's, where known: a job's first state
+        starts them; a step extends its input's."""
+        if energy is None:
+            return None
+        if method in ("init_state", "warm_state"):
+            return [energy]
+        before = args[1] if method == "step" and len(args) > 1 else None
+        return [*before, energy] if before is not None else None
 
     # -------------------------------------------------------------- the plugin's interface
 
@@ -284,8 +301,11 @@ class RemotePlugin:
         return self._request("warm_state", previous, inputs)
 
     def step(self, state: Any) -> Any:
-        """The step and the plugin's project of it, in the worker (the runner always projects)."""
-        return self._request("step", state)
+        """The step, the plugin's project of it, its energy and the plugin's halt after it, in
+        one request (the runner always projects, then asks energy, then halt with the job's
+        energies: the history the input state carries, plus the new energy)."""
+        history = state.history if isinstance(state, Handle) else None
+        return self._request("step", state, history)
 
     def project(self, state: Any) -> Any:
         return state if isinstance(state, Handle) and state.projected else self._request("project", state)
@@ -296,6 +316,8 @@ class RemotePlugin:
         return self._request("energy", state)
 
     def halt(self, state: Any, history: Any) -> str | None:
+        if isinstance(state, Handle) and state.halt is not None and list(history) == state.history:
+            return state.halt["reason"]  # computed with the step, for this very history
         return self._request("halt", state, list(history))
 
     def outputs(self, state: Any) -> dict[str, Any]:
@@ -376,12 +398,14 @@ def serve(conn: multiprocessing.connection.Connection, plugin: IRPPlugin) -> Non
         try:
             value, ok = _answer(plugin, method, tuple(states[a.key] if isinstance(a, StateRef) else a for a in args)), True
             if method in STATE_METHODS and value is not None:
-                states[next_key], value = value, (next_key, _energy_or_none(plugin, value))
+                energy = _energy_or_none(plugin, value)
+                halt = _halt_or_none(plugin, value, args[1], energy) if method == "step" else None
+                states[next_key], value = value, (next_key, energy, halt)
                 next_key += 1
         except Exception as exc:  # noqa: BLE001 - handed to the daemon, which isolates it
             value, ok = _picklable(exc), False
         try:
-            conn.send_bytes(_dumps((ok, value, time.thread_time_ns(), _hooks(plugin))))
+            conn.send_bytes(_dumps((ok, value, time.thread_time_ns(), _hooks(plugin), len(states))))
         except (EOFError, OSError):
             return
         if method == "close":
@@ -397,9 +421,21 @@ def _energy_or_none(plugin: IRPPlugin, state: Any) -> float | None:
         return None
 
 
+def _halt_or_none(plugin: IRPPlugin, state: Any, history: list[float] | None,
+                  energy: float | None) -> dict[str, str | None] | None:
+    """The plugin's halt after a step ({"reason": ...}) for the history the daemon will ask it
+    with; None when unknown or when it raises (the daemon then asks, and gets the exception)."""
+    if history is None or energy is None:
+        return None
+    try:
+        return {"reason": plugin.halt(state, [*history, energy])}
+    except Exception:  # noqa: BLE001 - raised again where the runner asks
+        return None
+
+
 def _answer(plugin: IRPPlugin, method: str, args: tuple[Any, ...]) -> Any:
     if method == "step":
-        return plugin.project(plugin.step(*args))
+        return plugin.project(plugin.step(args[0]))
     if method == "setup":
         plugin.setup(*args)
         return plain_attributes(plugin)
