@@ -33,7 +33,7 @@ from sage_runtime.clock import SYSTEM, Clock
 from sage_runtime.plugin.account import PluginAccount
 from sage_runtime.metrics import LatencyWindow
 from sage_runtime.plugin.contract import IRPPlugin, PluginContext, PluginInputs
-from sage_runtime.plugin.priority import ThreadSchedstat, lower_thread_priority
+from sage_runtime.plugin.priority import ThreadSchedstat, host_thread_priority, lower_thread_priority
 from sage_runtime.plugin.runner import Job, StepCost, advance, begin, failed, finish, next_halt, run_plugin
 from sage_runtime.plugin.sensor_share import SensorShare, split_sensor
 from sage_runtime.plugin.worker import RemotePlugin, WorkerDied
@@ -400,9 +400,9 @@ class PluginHost:
         stat = ThreadSchedstat.open(threading.get_native_id())
         with self._cond:
             self._schedstat = stat
-        # a worker process lowers itself instead: its host thread only waits on the worker
-        remote = isinstance(self.plugin, RemotePlugin)
-        self.priority = lower_thread_priority(self.name, 0 if remote else self.policy.nice)
+        # a worker process lowers itself instead; its host thread only waits on it
+        self.priority = host_thread_priority(self.name) if isinstance(self.plugin, RemotePlugin) \
+            else lower_thread_priority(self.name, self.policy.nice)
         try:
             while True:
                 work = self._wait_for_work()

@@ -41,6 +41,25 @@ def tick_is_realtime() -> bool:
     return str(REPORT["tick"]).startswith("SCHED_FIFO")
 
 
+def host_thread_priority(name: str) -> str:
+    """A worker process's host thread (plugin/worker.py): SCHED_FIFO one below the tick when the
+    tick has it, so the thread never waits for a CPU behind busy processes while it holds the
+    GIL for a moment per request (it blocks on its worker the rest of the time); else nice 0."""
+    if not tick_is_realtime():
+        return lower_thread_priority(name, 0)
+    got = "default"
+    try:
+        fifo = max(int(str(REPORT["tick"]).split()[1]) - 1, 1)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(fifo))
+        got = f"SCHED_FIFO {fifo} (host of a worker process)"
+    except (OSError, ValueError, IndexError) as exc:
+        return lower_thread_priority(name, 0) + f" (SCHED_FIFO refused: {exc})"
+    plugins = REPORT["plugins"]
+    assert isinstance(plugins, dict)
+    plugins[name] = got
+    return got
+
+
 def lower_thread_priority(name: str, nice: int) -> str:
     """Lower the calling thread by `nice` (per-thread on Linux) unless the tick runs under
     SCHED_FIFO, which already preempts every SCHED_OTHER thread: a niced plugin thread also

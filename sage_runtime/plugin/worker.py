@@ -13,8 +13,8 @@ comes from a local instance of the class that is never set up, given the plugin'
 attributes after its setup, and from the hook values sent with every answer. So a plugin run
 this way must decide `accepts` from its class and plain attributes (numbers, strings, tuples).
 
-The worker runs `nice` below its host thread, which stays at the tick's level or just below it
-(plugin/priority.py): the host thread holds the GIL for a moment per request (unpickling an
+The worker runs `nice` below its host thread, which runs SCHED_FIFO just below the tick when the
+tick has it, else at nice 0 (plugin/priority.py): the host thread holds the GIL for a moment per request (unpickling an
 answer, the runner's bookkeeping), and a 3x soak with workers at the host thread's priority had
 tick p99 of 20-23 ms: host threads holding the GIL lost the CPU to the workers, and the tick
 waited for the GIL behind them.
@@ -32,6 +32,7 @@ thread the hang check can read and that can be killed and replaced.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import dataclasses
 import io
@@ -47,6 +48,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from sage_runtime.plugin.contract import IRPPlugin, PluginContext
@@ -166,12 +168,16 @@ class RemotePlugin:
         (never the tick's SCHED_FIFO) and lowers itself by `nice`; this process's sys.path goes
         first on the pipe, so it imports what the daemon can."""
         ours, theirs = socket.socketpair()
-        proc = subprocess.Popen([sys.executable, "-m", "sage_runtime.plugin.worker", str(theirs.fileno())],
-                                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        with _normal_scheduling():
+            proc = subprocess.Popen([sys.executable, "-m", "sage_runtime.plugin.worker", str(theirs.fileno())],
+                                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         theirs.close()
         conn = multiprocessing.connection.Connection(ours.detach())
         conn.send_bytes(_dumps(list(sys.path)))
-        conn.send_bytes(_dumps((self._cls, self._nice, self._torch_threads)))
+        # under a SCHED_FIFO host thread the worker may stay at nice 0: the host never waits
+        # behind it for a CPU, and a niced worker loses its core to every other process
+        fifo = hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) == os.SCHED_FIFO
+        conn.send_bytes(_dumps((self._cls, 0 if fifo else self._nice, self._torch_threads)))
         self._generation += 1
         self._proc, self._conn, self._cpu_now = proc, conn, 0
         self.schedstat = ThreadSchedstat.open(proc.pid, pid=proc.pid)
@@ -350,6 +356,22 @@ class RemotePlugin:
                 stat, self.schedstat = self.schedstat, None
                 if stat is not None:
                     stat.close()
+
+
+@contextlib.contextmanager
+def _normal_scheduling() -> Iterator[None]:
+    """SCHED_OTHER for the calling thread while it starts a worker: a child inherits the
+    starting thread's policy, and a host thread may run SCHED_FIFO (plugin/priority.py)."""
+    policy = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
+    if policy is None or policy == os.SCHED_OTHER:
+        yield
+        return
+    param = os.sched_getparam(0)
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, policy, param)
 
 
 # ------------------------------------------------------------------ the worker process
