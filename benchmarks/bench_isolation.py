@@ -1,4 +1,5 @@
-"""What a worker process costs a plugin: one job's wall time per step, in a thread and in a
+"""What a worker process costs a plugin: a job's wall time per step (the whole job, its init
+and outputs included, over its steps), in a thread and in a
 worker (`plugins.isolation: process`), side by side in one run, for a plugin whose step is
 almost nothing (Echo: the request's own cost) and for the built-in vision and language plugins
 (real steps). Also the worker's start (spawn, imports, setup) and the ATP charged per step (the
