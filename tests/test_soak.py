@@ -15,7 +15,10 @@ their next step before the allocator splits the rest) and no slot limit while AT
 runs): language drops 91 and 27 commands (the 3x speech stream is 18 commands/s at ~24 ms of
 CPU each, near the whole 500 ATP/s recharge), puzzles 273 and 271 of 273, vision 68 and 139
 results, tick p99.9 met in 1 of 2. So the xfail is not strict: on a faster machine the drops
-criterion can hold, and an XPASS there must not fail the suite.
+criterion can hold, and an XPASS there must not fail the suite. Plugins run in worker processes
+here (the shipped default on CPU): the 10-minute soak then meets both tick criteria (96 of 96
+windows, 8 of 127,845 ticks past 1.5 periods) and the workers' RSS criterion; language still
+drops commands.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import pytest
 from tests.harness import REPO
 
 FIELDS = ("t_s", "rss_mb", "fds", "threads", "cpu", "tick", "sensors", "rejected", "results", "plugins")
-CRITERIA = ("rss_growth_pct", "fds_flat", "threads_flat", "stalls_over_100ms", "drops_only_latest_superseded",
+CRITERIA = ("rss_growth_pct", "workers_rss_growth_pct", "fds_flat", "threads_flat", "stalls_over_100ms",
+            "drops_only_latest_superseded",
             "every_plugin_published", "publishers_ok", "clean_exit", "tick_p99_within_budget_every_window",
             "tick_p999_within_1_5x_budget")
 #: Not met since jobs run across ticks (issue 15): see the module docstring for the figures.
