@@ -140,6 +140,8 @@ class PluginHost:
                  clock: Clock = SYSTEM, synchronous: bool = False) -> None:
         self.plugin = plugin
         self.name = plugin.name
+        #: In a worker process (plugin/worker.py): killable when hung, restarted when dead.
+        self.remote: RemotePlugin | None = plugin if isinstance(plugin, RemotePlugin) else None
         self.policy = policy or JobPolicy(input_policy=getattr(plugin, "input_policy", "queue"))
         self.breaker_failures = breaker_failures
         self.breaker_cooldown_s = breaker_cooldown_s
@@ -305,8 +307,8 @@ class PluginHost:
                             list(job.energies), {}, (now - job.started_ns) / 1e6, job.spent_ms, job.steps,
                             error=f"hung: no return {grace_ms:.0f} ms past its deadline ({why})")
             self._finished.append(Finished(res, job.inputs))
-        if isinstance(self.plugin, RemotePlugin):
-            self.plugin.kill()  # its unit then fails on the host thread, which comes back; the next starts a worker
+        if self.remote is not None:
+            self.remote.kill()  # its unit then fails on the host thread, which comes back; the next starts a worker
 
     def _stuck(self, now: int, since: int, bound: int, grace: int) -> str | None:
         """(Under the lock.) Why the unit running since `since`, past `bound`, counts as hung, or
@@ -373,10 +375,10 @@ class PluginHost:
                 "held_frames": self._held_frames(), "held_dropped": self.held_dropped, **self._isolation()}
 
     def _isolation(self) -> dict[str, Any]:
-        if not isinstance(self.plugin, RemotePlugin):
+        if self.remote is None:
             return {"isolation": "thread"}
-        return {"isolation": "process", "worker_pid": self.plugin.worker_pid, "worker_restarts": self.plugin.restarts,
-                "worker_states": self.plugin.held_states}
+        return {"isolation": "process", "worker_pid": self.remote.worker_pid, "worker_restarts": self.remote.restarts,
+                "worker_states": self.remote.held_states}
 
     def _health_reasons(self) -> list[str]:
         try:
@@ -397,11 +399,11 @@ class PluginHost:
             return 0
 
     def _serve(self) -> None:
-        stat = ThreadSchedstat.open(threading.get_native_id())
+        # a worker process has its own reader and lowers itself; its host thread only waits on it
+        stat = ThreadSchedstat.open(threading.get_native_id()) if self.remote is None else None
         with self._cond:
             self._schedstat = stat
-        # a worker process lowers itself instead; its host thread only waits on it
-        self.priority = host_thread_priority(self.name) if isinstance(self.plugin, RemotePlugin) \
+        self.priority = host_thread_priority(self.name) if self.remote is not None \
             else lower_thread_priority(self.name, self.policy.nice)
         try:
             while True:
@@ -552,14 +554,15 @@ class PluginHost:
         """A plugin worker died (or was killed as hung): its successor starts now, outside any
         unit, so its seconds of imports and setup are neither charged nor seen as a hang."""
         try:
-            self.plugin.respawn()
+            if self.remote is not None:
+                self.remote.respawn()
         except Exception as exc:  # noqa: BLE001 - the plugin's next units fail and feed its breaker
             log.error("plugin %s: worker restart failed: %s: %s", self.name, type(exc).__name__, exc)
 
     def _thread_stat(self) -> tuple[int, int, bool] | None:
         """The kernel's view of the thread that runs the plugin's code: the host thread, or a
         worker process's."""
-        reader = self.plugin.schedstat if isinstance(self.plugin, RemotePlugin) else self._schedstat
+        reader = self.remote.schedstat if self.remote is not None else self._schedstat
         return reader.read() if reader is not None else None
 
     def _unit_began(self) -> None:

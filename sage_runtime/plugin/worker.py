@@ -182,8 +182,8 @@ class RemotePlugin:
         self._proc, self._conn, self._cpu_now = proc, conn, 0
         self.schedstat = ThreadSchedstat.open(proc.pid, pid=proc.pid)
 
-    def _reap(self) -> None:
-        """Forget a worker that died: its CPU joins the base, its states are gone."""
+    def _reap(self, wait_s: float = 1.0) -> None:
+        """Forget a worker that ended or died: its CPU joins the base, its states are gone."""
         self._cpu_base += self._cpu_now
         self._cpu_now = 0
         stat, self.schedstat = self.schedstat, None
@@ -192,7 +192,7 @@ class RemotePlugin:
         if self._conn is not None:
             self._conn.close()
         if self._proc is not None:
-            self._wait_or_kill(1.0)
+            self._wait_or_kill(wait_s)
         self._proc = self._conn = None
         self._freed.clear()
 
@@ -348,14 +348,8 @@ class RemotePlugin:
             try:
                 self._exchange("close", ())
             finally:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-                if self._proc is not None:
-                    self._wait_or_kill(2.0)
-                stat, self.schedstat = self.schedstat, None
-                if stat is not None:
-                    stat.close()
+                if self._conn is not None:  # (a worker that died in `close` is reaped already)
+                    self._reap(wait_s=2.0)
 
 
 @contextlib.contextmanager
